@@ -1,0 +1,1 @@
+"""Side-effect-free code shared by training, the stream workers and the server."""

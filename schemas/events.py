@@ -1,0 +1,182 @@
+"""Versioned event contracts: what producers publish to Kafka and POST to ``/v1/events``.
+
+Every event is one JSON object with a ``type`` tag, an ``event_id``, an event time ``ts`` in
+milliseconds since the Unix epoch (UTC) and a ``schema_version``. Interaction and profile events
+carry a ``user_id`` (the Kafka key of the ``interactions`` topic); catalog events carry an
+``item_id`` (the key of the compacted ``catalog`` topic).
+
+The structs are msgspec ``Struct``s: the decoder in :mod:`schemas.decoder` validates while it
+parses (types, ranges, patterns, unknown fields), which measured fastest of the candidates we
+tried (``benchmarks/bench_decode.py``). JSON Schema files for producers in other languages are
+generated from these classes (``python -m schemas.jsonschema``).
+
+This package imports nothing from ``streams``, ``serving``, ``models`` or ``streamrec``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+SCHEMA_VERSION: Final = 1
+
+# Ids are opaque strings; numeric ids (MovieLens) are sent as strings. No pattern: a regex per id
+# made decoding 4.6x slower (benchmarks/bench_decode.py) for a rule no consumer relies on.
+Id = Annotated[str, Meta(min_length=1, max_length=128, description="Opaque id, 1 to 128 characters.")]
+# Milliseconds since the Unix epoch, UTC; bounded so that a seconds/microseconds mix-up fails loudly.
+TimestampMs = Annotated[
+    int, Meta(ge=0, le=4_102_444_800_000, description="Milliseconds since the Unix epoch (UTC), before 2100.")
+]
+# Release dates reach back before 1970 (a 1920s film has a negative release_ts).
+ReleaseTs = Annotated[
+    int,
+    Meta(ge=-5_364_662_400_000, le=4_102_444_800_000, description="Release time, epoch ms, years 1800 to 2100."),
+]
+Seconds = Annotated[float, Meta(ge=0.0, le=86_400.0 * 7, description="A duration in seconds.")]
+Country = Annotated[str, Meta(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 country code.")]
+LocalHour = Annotated[int, Meta(ge=0, le=23, description="Hour of day in the user's time zone.")]
+Label = Annotated[str, Meta(min_length=1, max_length=200)]
+Device = Literal["tv", "mobile", "tablet", "web", "console", "other"]
+# Content maturity, least to most restricted; "NR" (not rated) sorts last so that a
+# profile limit below "NR" hides unrated titles.
+MaturityRating = Literal["G", "PG", "PG-13", "R", "NC-17", "NR"]
+MATURITY_ORDER: Final[tuple[str, ...]] = ("G", "PG", "PG-13", "R", "NC-17", "NR")
+
+DEVICES: Final[tuple[str, ...]] = ("tv", "mobile", "tablet", "web", "console", "other")
+
+
+class Context(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Where and when an interaction happened; every field is optional."""
+
+    device: Device | None = None
+    country: Country | None = None
+    local_hour: LocalHour | None = None
+    session_id: Id | None = None
+
+
+class _Base(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True, tag_field="type"):
+    event_id: Id
+    ts: TimestampMs
+    schema_version: Literal[1]
+
+
+class _Interaction(_Base, kw_only=True):
+    user_id: Id
+    item_id: Id
+    context: Context | None = None
+
+
+class Play(_Interaction, tag="play"):
+    """The user started playing a title."""
+
+
+class Progress(_Interaction, tag="progress"):
+    """A heartbeat during playback with the seconds watched so far."""
+
+    watched_seconds: Seconds
+    duration_seconds: Seconds | None = None
+
+
+class Complete(_Interaction, tag="complete"):
+    """The user finished a title (or watched past the credits)."""
+
+    watched_seconds: Seconds
+    duration_seconds: Seconds | None = None
+
+
+class Rating(_Interaction, tag="rating"):
+    """An explicit rating on the 0.5 to 5 star scale."""
+
+    value: Annotated[float, Meta(ge=0.5, le=5.0)]
+
+
+class Click(_Interaction, tag="click"):
+    """A click on a title, optionally attributed to a recommendation request and slot."""
+
+    request_id: Id | None = None
+    position: Annotated[int, Meta(ge=0)] | None = None
+
+
+class Skip(_Interaction, tag="skip"):
+    """The user abandoned a title early (a negative signal)."""
+
+    watched_seconds: Seconds | None = None
+
+
+class AddToList(_Interaction, tag="add_to_list"):
+    """The user saved a title to their list."""
+
+
+class Impression(_Base, kw_only=True, tag="impression"):
+    """A list of titles shown to the user for one recommendation request."""
+
+    user_id: Id
+    item_ids: Annotated[list[Id], Meta(min_length=1, max_length=1000)]
+    request_id: Id
+    context: Context | None = None
+
+
+class UserUpsert(_Base, kw_only=True, tag="user_upsert"):
+    """Profile facts about a user (demographics, maturity limit). Published on ``interactions``."""
+
+    user_id: Id
+    country: Country | None = None
+    maturity_limit: MaturityRating | None = None
+    age: Annotated[int, Meta(ge=0, le=130)] | None = None
+    gender: Label | None = None
+    occupation: Label | None = None
+    zip_code: Label | None = None
+
+
+class ItemUpsert(_Base, kw_only=True, tag="item_upsert"):
+    """A title was added to the catalogue or its metadata changed."""
+
+    item_id: Id
+    title: Annotated[str, Meta(min_length=1, max_length=500)]
+    genres: Annotated[list[Label], Meta(max_length=50)]
+    tags: Annotated[list[Label], Meta(max_length=500)] = []
+    cast: Annotated[list[Label], Meta(max_length=200)] = []
+    release_ts: ReleaseTs
+    year: Annotated[int, Meta(ge=1800, le=2100)] | None = None
+    maturity_rating: MaturityRating = "NR"
+    is_original: bool = False
+    available: bool = True
+    duration_seconds: Seconds | None = None
+
+
+class ItemRemove(_Base, kw_only=True, tag="item_remove"):
+    """A title left the catalogue."""
+
+    item_id: Id
+
+
+InteractionEvent = Play | Progress | Complete | Rating | Click | Skip | AddToList | Impression | UserUpsert
+CatalogEvent = ItemUpsert | ItemRemove
+Event = InteractionEvent | CatalogEvent
+
+INTERACTION_TYPES: Final[tuple[type[Struct], ...]] = (
+    Play, Progress, Complete, Rating, Click, Skip, AddToList, Impression, UserUpsert,
+)
+CATALOG_TYPES: Final[tuple[type[Struct], ...]] = (ItemUpsert, ItemRemove)
+EVENT_TYPES: Final[dict[str, type[Struct]]] = {
+    cls.__struct_config__.tag: cls for cls in (*INTERACTION_TYPES, *CATALOG_TYPES)  # type: ignore[misc]
+}
+
+
+def is_catalog(event: Event) -> bool:
+    return isinstance(event, ItemUpsert | ItemRemove)
+
+
+def partition_key(event: Event) -> str:
+    """The Kafka key: user id for interaction and profile events, item id for catalog events."""
+    return event.item_id if isinstance(event, ItemUpsert | ItemRemove) else event.user_id
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(event: Event) -> bytes:
+    """Canonical JSON bytes of an event (defaults omitted, ``type`` first)."""
+    return _encoder.encode(event)

@@ -1,0 +1,1 @@
+"""Event logs in the catalog.jsonl + events.jsonl format: a synthetic world generator and importers."""

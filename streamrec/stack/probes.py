@@ -1,0 +1,108 @@
+"""Liveness checks ("does it answer?") for the local services: Kafka metadata, group coordinator, Redis PING."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    detail: str
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_aiokafka() -> Iterator[None]:
+    """Silence aiokafka's connection errors while polling a broker that is expected to be down."""
+    logger = logging.getLogger("aiokafka")
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+async def kafka_answers(host: str, port: int, timeout_s: float = 5.0) -> Probe:
+    """A metadata request through aiokafka's admin client: the broker is up and serving requests."""
+    if not port_open(host, port):
+        return Probe(False, f"nothing listens on {host}:{port}")
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=f"{host}:{port}",
+        client_id="streamrec-stack-probe",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        with quiet_aiokafka():
+            async with asyncio.timeout(timeout_s):
+                await admin.start()
+                cluster = await admin.describe_cluster()
+    except Exception as exc:  # any failure means "not ready yet"
+        return Probe(False, f"metadata request failed: {type(exc).__name__}: {exc}".rstrip(": "))
+    finally:
+        with quiet_aiokafka(), contextlib.suppress(Exception):
+            await admin.close()
+    brokers = cluster.get("brokers") or []
+    if not brokers:
+        return Probe(False, "metadata lists no broker yet")
+    return Probe(True, f"cluster {cluster.get('cluster_id')}, {len(brokers)} broker(s)")
+
+
+async def wait_group_coordinator(host: str, port: int, timeout_s: float = 60.0) -> None:
+    """Wait until the group coordinator answers (the broker creates ``__consumer_offsets`` on demand).
+
+    Done once by ``stack up`` so that the first consumer group of a test or worker joins at once
+    instead of retrying through COORDINATOR_NOT_AVAILABLE.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=f"{host}:{port}", client_id="streamrec-stack-probe")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        with quiet_aiokafka():
+            await admin.start()
+            while True:
+                try:
+                    await admin.find_coordinator("streamrec-stack-warmup")
+                    return
+                except Exception:
+                    if loop.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+    finally:
+        with quiet_aiokafka(), contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def redis_answers(host: str, port: int, timeout_s: float = 2.0) -> Probe:
+    """PING answered with PONG."""
+    if not port_open(host, port):
+        return Probe(False, f"nothing listens on {host}:{port}")
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        await client.ping()
+        info = await client.info("server")
+    except Exception as exc:  # any failure means "not ready yet"
+        return Probe(False, f"PING failed: {type(exc).__name__}: {exc}")
+    finally:
+        await client.aclose()
+    return Probe(True, f"redis {info.get('redis_version', '?')}")

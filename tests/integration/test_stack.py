@@ -1,0 +1,272 @@
+"""`streamrec stack` against the real servers: a Kafka 4.x (KRaft) broker and redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from streamrec.settings import Settings
+from streamrec.stack import manager, probes, process
+from streamrec.stack.layout import StackLayout
+from streamrec.stack.topics import DEAD_LETTER_RETENTION_MS, ensure_topics, topic_specs
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+StackFactory = Callable[[str, int, int, int], Settings]
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "stack", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def pids(settings: Settings) -> dict[str, int]:
+    layout = StackLayout.from_settings(settings)
+    found = {}
+    for name, path in (("kafka", layout.kafka_pid_file), ("redis", layout.redis_pid_file)):
+        record = process.read_record(path)
+        if record is not None:
+            found[name] = record.pid
+    return found
+
+
+# --- up / status -------------------------------------------------------------------------------
+
+
+async def test_up_is_idempotent(stack: Settings) -> None:
+    before = pids(stack)
+    result = await manager.up(stack)
+    assert result.started == ()
+    assert set(result.already_running) == {"kafka", "redis"}
+    assert result.created_topics == ()
+    assert result.status.healthy
+    assert pids(stack) == before
+
+
+def test_cli_status_and_second_up(stack: Settings, stack_env: dict[str, str]) -> None:
+    as_json = run_cli(stack_env, "status", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["healthy"] is True
+    assert report["kafka_version"] == stack.kafka_version
+    assert {name: s["pid"] for name, s in report["services"].items()} == pids(stack)
+    assert all(s["healthy"] and s["running"] for s in report["services"].values())
+    assert {spec.name for spec in topic_specs(stack)} <= set(report["topics"])
+
+    table = run_cli(stack_env, "status")
+    assert table.returncode == 0, table.stderr
+    assert "healthy" in table.stdout and "unhealthy" not in table.stdout
+
+    again = run_cli(stack_env, "up")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already running") == 2
+
+
+# --- Topics ------------------------------------------------------------------------------------
+
+
+async def test_topics_have_partitions_and_configs(stack: Settings) -> None:
+    specs = {spec.name: spec for spec in topic_specs(stack)}
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = {t["topic"]: t for t in await admin.describe_topics(list(specs))}
+        partitions = {name: len(described[name]["partitions"]) for name in specs}
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in specs])
+    finally:
+        await admin.close()
+    assert partitions == {
+        stack.topic_interactions: stack.interactions_partitions,
+        stack.topic_catalog: stack.catalog_partitions,
+        stack.topic_item_vectors: stack.catalog_partitions,
+        stack.topic_dead_letters: 4,
+    }
+    configs = {
+        resource[3]: {entry[0]: entry[1] for entry in resource[4]}
+        for response in responses
+        for resource in response.resources
+    }
+    assert configs[stack.topic_catalog]["cleanup.policy"] == "compact"
+    assert configs[stack.topic_item_vectors]["cleanup.policy"] == "compact"
+    assert configs[stack.topic_interactions]["cleanup.policy"] == "delete"
+    assert configs[stack.topic_dead_letters]["cleanup.policy"] == "delete"
+    assert configs[stack.topic_dead_letters]["retention.ms"] == str(DEAD_LETTER_RETENTION_MS)
+
+
+async def test_ensure_topics_is_idempotent(stack: Settings) -> None:
+    assert await ensure_topics(stack) == []
+
+
+async def test_ensure_topics_creates_missing_topics(stack: Settings) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    names = {
+        "topic_interactions": f"it-interactions-{suffix}",
+        "topic_catalog": f"it-catalog-{suffix}",
+        "topic_item_vectors": f"it-item-vectors-{suffix}",
+        "topic_dead_letters": f"it-dead-letters-{suffix}",
+    }
+    settings = stack.model_copy(update=names)
+    try:
+        assert sorted(await ensure_topics(settings)) == sorted(names.values())
+        assert await ensure_topics(settings) == []
+    finally:
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(list(names.values()))
+        finally:
+            await admin.close()
+
+
+# --- Client compatibility: produce, consume in a group, commit ---------------------------------
+
+
+async def _consume(consumer: AIOKafkaConsumer, count: int, timeout_s: float = 30.0) -> list[bytes]:
+    values: list[bytes] = []
+    async with asyncio.timeout(timeout_s):
+        while len(values) < count:
+            batches = await consumer.getmany(timeout_ms=500)
+            values += [message.value for messages in batches.values() for message in messages]
+    return values
+
+
+async def test_round_trip_with_idempotent_producer_and_consumer_group(kafka_bootstrap: str) -> None:
+    topic, group = f"it-round-trip-{uuid.uuid4().hex[:8]}", f"it-group-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 3, 1)])
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
+        await producer.start()
+        try:
+            for i in range(30):
+                await producer.send(topic, value=f"v{i}".encode(), key=f"user-{i % 7}".encode())
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+        def consumer() -> AIOKafkaConsumer:
+            return AIOKafkaConsumer(
+                topic,
+                bootstrap_servers=kafka_bootstrap,
+                group_id=group,
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+            )
+
+        first = consumer()
+        await first.start()
+        try:
+            values = await _consume(first, 30)
+            await first.commit()
+            committed = {tp.partition: await first.committed(tp) for tp in first.assignment()}
+        finally:
+            await first.stop()
+        assert sorted(values) == sorted(f"v{i}".encode() for i in range(30))
+        assert sum(committed.values()) == 30
+
+        offsets = await admin.list_consumer_group_offsets(group)
+        assert {tp.partition: meta.offset for tp, meta in offsets.items()} == committed
+
+        # A new member of the group resumes from the committed offsets: only the new record arrives.
+        second = consumer()
+        await second.start()
+        try:
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
+            await producer.start()
+            try:
+                await producer.send_and_wait(topic, value=b"after-commit", key=b"user-0")
+            finally:
+                await producer.stop()
+            assert await _consume(second, 1) == [b"after-commit"]
+            assert await second.getmany(timeout_ms=500) == {}
+            tps = [TopicPartition(topic, p) for p in range(3)]
+            assert sum((await second.end_offsets(tps)).values()) == 31
+        finally:
+            await second.stop()
+    finally:
+        await admin.delete_topics([topic])
+        await admin.close()
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+
+async def test_redis_set_get(redis_client) -> None:
+    assert await redis_client.set("streamrec:it:key", "value") is True
+    assert await redis_client.get("streamrec:it:key") == b"value"
+    assert await redis_client.incr("streamrec:it:counter") == 1
+
+
+async def test_redis_client_is_flushed_per_test(redis_client) -> None:
+    assert await redis_client.dbsize() == 0
+
+
+# --- down ---------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    info = process.proc_info(pid)
+    return info is not None and info.alive
+
+
+def _cmdlines_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            info = process.proc_info(int(entry.name))
+            if info is not None and info.alive and text in " ".join(info.cmdline):
+                found.append(f"{entry.name}: {' '.join(info.cmdline)[:200]}")
+    return found
+
+
+def test_down_stops_exactly_the_started_processes(
+    stack: Settings, stack_factory: StackFactory, env_for: Callable[[Settings], dict[str, str]]
+) -> None:
+    """A second stack on other ports: `down` stops its two processes and nothing else."""
+    session_pids = pids(stack)
+    decoy = subprocess.Popen(["sleep", "600"])
+    try:
+        other = stack_factory("down", 19192, 19193, 16479)
+        started = pids(other)
+        assert set(started) == {"kafka", "redis"}
+        assert all(_alive(pid) for pid in started.values())
+        assert not set(started.values()) & set(session_pids.values())
+
+        result = run_cli(env_for(other), "down")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("stopped") == 2
+
+        assert not any(_alive(pid) for pid in started.values())
+        layout = StackLayout.from_settings(other)
+        assert not layout.kafka_pid_file.exists() and not layout.redis_pid_file.exists()
+        assert _cmdlines_mentioning(str(layout.root)) == []
+        for port in (19192, 19193, 16479):
+            assert not probes.port_open("127.0.0.1", port)
+
+        status = run_cli(env_for(other), "status", "--json")
+        assert status.returncode == 1
+        assert json.loads(status.stdout)["healthy"] is False
+
+        # Nothing else was touched: the session's stack and an unrelated process still run.
+        assert decoy.poll() is None
+        assert pids(stack) == session_pids
+        assert all(_alive(pid) for pid in session_pids.values())
+    finally:
+        decoy.kill()
+        decoy.wait()
