@@ -42,7 +42,9 @@ def feedback_weights(kind: NDArray[np.int8], value: NDArray[np.float32]) -> NDAr
     return weights
 
 
-def engagement(kind: NDArray[np.int8], value: NDArray[np.float32], duration: NDArray[np.float32]) -> NDArray[np.float32]:
+def engagement(
+    kind: NDArray[np.int8], value: NDArray[np.float32], duration: NDArray[np.float32]
+) -> NDArray[np.float32]:
     """Per-event engagement label in [0, 1] (see the module docstring)."""
     out = np.zeros(len(kind), np.float32)
     for name, base in _ENGAGEMENT_BASE.items():
