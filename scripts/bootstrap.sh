@@ -28,7 +28,7 @@ if [ -z "$UV" ] && "$PYTHON" -m pip install --quiet --disable-pip-version-check 
   UV=$(command -v uv || "$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts") + "/uv")')
 fi
 
-EXTRAS=${STREAMREC_EXTRAS:-dev}
+EXTRAS=${STREAMREC_EXTRAS:-dev,train}
 stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${EXTRAS//,/-}"
 if [ -f "$stamp" ]; then
   exit 0
