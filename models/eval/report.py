@@ -1,0 +1,90 @@
+"""The evaluation report: plain data that round-trips through JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from models.eval.metrics import MAX_K, METRIC_DEFINITIONS
+
+# Columns of the printed table, in order (absent ones are skipped).
+TABLE_COLUMNS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "mrr", "coverage", "diversity", "seconds")
+
+
+@dataclass
+class EvalReport:
+    """Shape::
+
+        {"split", "test_users", "positives", "train_events", "n_items", "ks", "max_k",
+         "systems": {name: {"recall@10", "recall@20", "ndcg@10", "mrr", "coverage", "diversity",
+                            "seconds", ...more metrics and the system's extra}},
+         "candidate_recall": {system: {source: recall, ..., "union": recall}},
+         "curves": {name: {"recall": [K=1..50], "ndcg": [...], "recall_capped": [...]}},
+         "definitions": {metric: how it is computed}}
+    """
+
+    split: str
+    test_users: int
+    positives: int
+    train_events: int = 0
+    n_items: int = 0
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+    max_k: int = MAX_K
+    systems: dict[str, dict[str, Any]] = field(default_factory=dict)
+    candidate_recall: dict[str, dict[str, float]] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    definitions: dict[str, str] = field(default_factory=lambda: dict(METRIC_DEFINITIONS))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        # OPT_SERIALIZE_NUMPY: a system's ``extra`` may hold numpy scalars.
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str)
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(self.to_json())
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalReport:
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    @classmethod
+    def read(cls, path: Path) -> EvalReport:
+        return cls.from_dict(orjson.loads(path.read_bytes()))
+
+
+def report_table(report: EvalReport) -> Any:
+    """A rich Table of the systems (a caption with the split, test users and positives)."""
+    from rich.table import Table
+
+    table = Table(title=f"offline evaluation ({report.split})",
+                  caption=f"{report.test_users} test users, {report.positives} positives, "
+                          f"{report.train_events} training events, {report.n_items} items")
+    columns = [c for c in TABLE_COLUMNS if any(c in row for row in report.systems.values())]
+    table.add_column("system", style="bold")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_column("notes")
+    for name, row in report.systems.items():
+        cells = [f"{row[c]:.1f}" if c == "seconds" else f"{row[c]:.4f}" for c in columns]
+        notes = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in row.items() if _is_note(k, v))
+        table.add_row(name, *cells, notes)
+    for system, recalls in report.candidate_recall.items():
+        text = ", ".join(f"{source}={value:.3f}" for source, value in recalls.items())
+        table.add_row(f"{system} candidates", *[""] * len(columns), text)
+    return table
+
+
+def _is_note(key: str, value: Any) -> bool:
+    """A system's extra worth a table cell: a scalar that is not a metric (dicts stay in the JSON)."""
+    metric = "@" in key or key in ("mrr", "coverage", "diversity", "seconds", "fit_seconds")
+    return not metric and isinstance(value, str | int | float | bool)
