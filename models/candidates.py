@@ -1,0 +1,540 @@
+"""Candidate generation: several cheap sources per request, merged into one de-duplicated set.
+
+Each source answers for ONE user/request and returns ``(item_indices int32, scores float32)``, best
+first, at most ``budget`` long (``because_you_watched`` adds a third array: the seed item each
+candidate came from, for the "Because you watched X" row). Sources are vectorised numpy over the
+catalogue (or one batched HNSW query), never a Python loop per item: the server calls them on every
+request. Scores are only comparable within one source; :func:`merge_candidates` therefore keeps one
+score column per source (plus the rank inside the source) and leaves the mixing to the ranker.
+
+Sources take an optional ``exclude`` mask (already-watched, unavailable titles) so that they fill
+their budget with eligible titles instead of spending it on titles the merge would drop; HNSW
+sources over-fetch by at most one extra budget for that.
+
+For offline evaluation :func:`candidates_for_users` runs every source for many users and returns
+the per-source item arrays, so per-source candidate recall can be measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.ann import ItemIndex
+from models.cf import CFModel
+from models.dataset import EventLog
+from models.feedback import feedback_weights
+
+DAY_MS: Final = 86_400_000
+SOURCES: Final[tuple[str, ...]] = ("ann_cf", "content", "popular", "new_releases", "byw")
+NO_SEED: Final = -1
+
+Items = NDArray[np.int32]
+Scores = NDArray[np.float32]
+SourceResult = tuple[Items, Scores] | tuple[Items, Scores, Items]
+ItemMask = NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateConfig:
+    """Budgets per source (about 1,000 candidates in all) and the knobs of the sources."""
+
+    ann_cf: int = 400
+    content: int = 200
+    popular: int = 150
+    new_releases: int = 100
+    byw: int = 150
+    byw_seeds: int = 10  # the user's last N distinct positive titles seed "because you watched"
+    profile_items: int = 50  # recent positive titles averaged into the content profile
+    profile_half_life_days: float | None = 60.0  # older titles weigh less in the profile (None: equal)
+    new_window_days: float = 30.0
+    context_weight: float = 0.5  # share of context-specific popularity in the popular source
+
+    def budgets(self) -> dict[str, int]:
+        return {"ann_cf": self.ann_cf, "content": self.content, "popular": self.popular,
+                "new_releases": self.new_releases, "byw": self.byw}
+
+    @property
+    def total(self) -> int:
+        return sum(self.budgets().values())
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _empty() -> tuple[Items, Scores]:
+    return np.zeros(0, np.int32), np.zeros(0, np.float32)
+
+
+def as_mask(items_or_mask: ItemMask | NDArray[np.integer] | Sequence[int] | None, n_items: int) -> ItemMask:
+    """A bool mask over ``n_items`` from a mask (padded/truncated) or an array of item indices."""
+    out = np.zeros(n_items, bool)
+    if items_or_mask is None:
+        return out
+    arr = np.asarray(items_or_mask)
+    if arr.dtype == np.bool_:
+        m = min(len(arr), n_items)
+        out[:m] = arr[:m]
+    else:
+        idx = arr.astype(np.int64).ravel()
+        out[idx[(idx >= 0) & (idx < n_items)]] = True
+    return out
+
+
+def _top_k(scores: NDArray[np.floating], k: int, exclude: ItemMask | None = None) -> tuple[Items, Scores]:
+    """Indices of the ``k`` best finite scores (best first), skipping ``exclude``; no full sort."""
+    s = np.asarray(scores, np.float32)
+    if exclude is not None:
+        s = np.where(exclude if len(exclude) == len(s) else as_mask(exclude, len(s)), -np.inf, s)
+    valid = int(np.isfinite(s).sum())
+    k = min(int(k), valid)
+    if k <= 0:
+        return _empty()
+    top = np.argpartition(-s, k - 1)[:k]
+    # Stable order on (score desc, item asc) so equal scores come out the same way every time.
+    top = top[np.lexsort((top, -s[top]))]
+    return top.astype(np.int32), s[top]
+
+
+def _drop_excluded(items: Items, scores: Scores, exclude: ItemMask | None, budget: int) -> tuple[Items, Scores]:
+    if exclude is not None and len(items):
+        inside = items < len(exclude)
+        keep = ~inside.copy()
+        keep[inside] = ~exclude[items[inside]]
+        items, scores = items[keep], scores[keep]
+    return items[:budget], scores[:budget]
+
+
+def _overfetch(budget: int, exclude: ItemMask | None) -> int:
+    """How many extra HNSW results to ask for so ``budget`` survive exclusion (≤ one extra budget)."""
+    return 0 if exclude is None else min(int(exclude.sum()), budget)
+
+
+# -- sources --------------------------------------------------------------------------------------
+
+
+def ann_cf(index: ItemIndex, user_vector: NDArray[np.floating], budget: int,
+           exclude: ItemMask | None = None) -> tuple[Items, Scores]:
+    """CF retrieval: the items with the highest ``user · item`` (an ``"ip"`` index), via HNSW."""
+    if budget <= 0 or not np.any(user_vector):
+        return _empty()  # a user with no CF vector (no history) has no CF neighbours
+    labels, sims = index.query(user_vector, budget + _overfetch(budget, exclude))
+    return _drop_excluded(labels[0], sims[0], exclude, budget)
+
+
+def recent_positives(
+    items: NDArray[np.integer], weights: NDArray[np.floating], ts: NDArray[np.integer] | None = None,
+    max_items: int | None = None,
+) -> tuple[Items, NDArray[np.float32], NDArray[np.int64]]:
+    """Distinct items with net weight > 0 in a time-ordered history, most recent last.
+
+    Returns ``(items, net weight, last ts)``; ``ts`` defaults to the event position. Keeps the
+    ``max_items`` most recently touched ones.
+    """
+    it = np.asarray(items, np.int64)
+    if it.size == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    w = np.asarray(weights, np.float64)
+    t = np.arange(len(it), dtype=np.int64) if ts is None else np.asarray(ts, np.int64)
+    uniq, inverse = np.unique(it, return_inverse=True)
+    net = np.bincount(inverse, weights=w, minlength=len(uniq))
+    last = np.full(len(uniq), np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(last, inverse, t)
+    pos = net > 0
+    uniq, net, last = uniq[pos], net[pos], last[pos]
+    order = np.lexsort((uniq, last))  # oldest first, ties by item for determinism
+    if max_items is not None:
+        order = order[len(order) - max_items:] if max_items > 0 else order[:0]
+    return uniq[order].astype(np.int32), net[order].astype(np.float32), last[order]
+
+
+def user_content_profile(
+    content_vectors: NDArray[np.floating], items: NDArray[np.integer], weights: NDArray[np.floating],
+    ts: NDArray[np.integer] | None = None, now: int | None = None, *, max_items: int = 50,
+    half_life_days: float | None = 60.0,
+) -> NDArray[np.float32]:
+    """L2-normalised weighted mean of the content vectors of the user's recent positive titles.
+
+    Weight = net feedback weight × ``0.5 ** (age / half_life)`` (age from ``now``, default the last
+    event), so the profile follows what the user watches *now* (tastes drift). Zeros when the user
+    has no positive title yet.
+    """
+    cv = np.asarray(content_vectors, np.float32)
+    pos_items, net, last = recent_positives(items, weights, ts, max_items)
+    pos_items_ok = pos_items < len(cv)
+    pos_items, net, last = pos_items[pos_items_ok], net[pos_items_ok], last[pos_items_ok]
+    if len(pos_items) == 0:
+        return np.zeros(cv.shape[1], np.float32)
+    w = net.astype(np.float64)
+    if half_life_days and ts is not None:
+        ref = int(last.max()) if now is None else int(now)
+        age_days = np.maximum(ref - last, 0) / DAY_MS
+        w = w * np.power(0.5, age_days / half_life_days)
+    profile = (w[:, None] * cv[pos_items]).sum(axis=0)
+    norm = float(np.linalg.norm(profile))
+    return (profile / norm if norm > 0 else profile).astype(np.float32)
+
+
+def content_based(content: ItemIndex | NDArray[np.floating], profile: NDArray[np.floating], budget: int,
+                  exclude: ItemMask | None = None) -> tuple[Items, Scores]:
+    """Titles whose content vector is closest (cosine) to the user's content profile.
+
+    ``content`` is either the ``(n_items, d)`` L2-normalised content matrix (exact: one mat-vec,
+    ~10k × 64 is tens of µs) or an :class:`ItemIndex` over it for much larger catalogues.
+    """
+    if budget <= 0 or not np.any(profile):
+        return _empty()
+    if isinstance(content, ItemIndex):
+        labels, sims = content.query(profile, budget + _overfetch(budget, exclude))
+        return _drop_excluded(labels[0], sims[0], exclude, budget)
+    scores = np.asarray(content, np.float32) @ np.asarray(profile, np.float32)
+    # Titles with no content vector score exactly 0; keep them out rather than rank them at random.
+    # (Testing the score, not the rows, saves a pass over the whole matrix per request.)
+    scores[scores == 0.0] = -np.inf
+    return _top_k(scores, budget, exclude)
+
+
+def popular(popularity_scores: NDArray[np.floating], budget: int, context_scores: NDArray[np.floating] | None = None,
+            *, context_weight: float = 0.5, exclude: ItemMask | None = None) -> tuple[Items, Scores]:
+    """Trending/popular titles, optionally blended with popularity in the request's context.
+
+    Both are scaled by their maximum before blending (``(1−w)·pop + w·ctx``), so the blend does not
+    depend on how many events each was counted over. Titles with zero popularity are not returned.
+    """
+    pop = np.asarray(popularity_scores, np.float32)
+    blended = _unit_max(pop)
+    if context_scores is not None and context_weight > 0:
+        ctx = np.asarray(context_scores, np.float32)
+        blended = (1.0 - context_weight) * blended + context_weight * _unit_max(ctx)
+    blended = np.where(blended > 0, blended, -np.inf).astype(np.float32)
+    return _top_k(blended, budget, exclude)
+
+
+def _unit_max(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    top = float(x.max()) if len(x) else 0.0
+    return (x / top).astype(np.float32) if top > 0 else np.zeros_like(x)
+
+
+def new_releases(
+    release_ts: NDArray[np.integer], now: int, budget: int, window_days: float = 30.0,
+    popularity: NDArray[np.floating] | None = None, exclude: ItemMask | None = None,
+) -> tuple[Items, Scores]:
+    """Titles released (or added, if given ``first_seen_ts``) within ``window_days`` before ``now``.
+
+    Ranked by ``popularity`` when given (ties, e.g. not yet watched, by recency), else by recency.
+    Score: the popularity, or ``1 − age/window`` in (0, 1].
+    """
+    ts = np.asarray(release_ts, np.int64)
+    window = window_days * DAY_MS
+    age = now - ts
+    fresh = (age >= 0) & (age < window)
+    if exclude is not None:
+        fresh &= ~as_mask(exclude, len(ts))
+    cand = np.flatnonzero(fresh)
+    if budget <= 0 or len(cand) == 0:
+        return _empty()
+    recency = (1.0 - age[cand] / window).astype(np.float32)
+    if popularity is None:
+        order = np.lexsort((cand, -recency))
+        score = recency
+    else:
+        pop = np.asarray(popularity, np.float32)[cand]
+        order = np.lexsort((cand, -recency, -pop))
+        score = pop
+    order = order[:budget]
+    return cand[order].astype(np.int32), score[order].astype(np.float32)
+
+
+def byw_per_seed(budget: int, n_seeds: int) -> int:
+    """Neighbours fetched per seed: twice the fair share, since neighbours of similar seeds overlap."""
+    return max(10, -(-2 * budget // max(n_seeds, 1)))
+
+
+def because_you_watched(
+    index: ItemIndex, recent_items: NDArray[np.integer], budget: int, *, per_seed: int | None = None,
+    exclude: ItemMask | None = None,
+) -> tuple[Items, Scores, Items]:
+    """Item-to-item neighbours of the user's recent titles, merged by max similarity.
+
+    ``index`` should be a ``"cosine"`` index over CF item vectors; ``recent_items`` are the seeds
+    (most recent last; those not in the index are skipped). One batched HNSW query fetches
+    ``per_seed`` neighbours per seed (default: enough for the budget twice over); a neighbour of
+    several seeds keeps its best similarity and that seed. Returns ``(items, scores, seeds)``.
+    """
+    seeds = np.unique(np.asarray(recent_items, np.int64))
+    seeds = seeds[(seeds < len(index.live))]
+    seeds = seeds[index.live[seeds]] if len(seeds) else seeds
+    if budget <= 0 or len(seeds) == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32)
+    per = per_seed if per_seed is not None else byw_per_seed(budget, len(seeds))
+    # +1: a seed is its own nearest neighbour (other watched seeds are covered by the over-fetch).
+    labels, sims = index.query(index.vectors[seeds], per + 1 + _overfetch(per, exclude))
+    seed_col = np.repeat(seeds.astype(np.int32), labels.shape[1])
+    flat, flat_sims = labels.ravel(), sims.ravel()
+    keep = ~np.isin(flat, seeds)  # watched titles are no "because you watched" candidates
+    if exclude is not None:
+        inside = flat < len(exclude)
+        keep[inside] &= ~exclude[flat[inside]]
+    flat, flat_sims, seed_col = flat[keep], flat_sims[keep], seed_col[keep]
+    if len(flat) == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32)
+    order = np.lexsort((seed_col, -flat_sims))  # best similarity first (ties: lower seed index)
+    flat, flat_sims, seed_col = flat[order], flat_sims[order], seed_col[order]
+    _, first = np.unique(flat, return_index=True)  # the first occurrence is the best one
+    first = np.sort(first)[:budget]  # already in score order: keep the best ``budget``
+    return flat[first].astype(np.int32), flat_sims[first].astype(np.float32), seed_col[first]
+
+
+# -- merge ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """One request's merged candidate set; row ``r`` of every array is candidate ``r``."""
+
+    items: Items  # (m,) distinct, sorted ascending
+    scores: NDArray[np.float32]  # (m, n_sources) source score, NaN where the source did not retrieve it
+    ranks: NDArray[np.int32]  # (m, n_sources) 0-based position inside the source, -1 where absent
+    sources: NDArray[np.uint32]  # (m,) bit s set when source s retrieved the item
+    seed: Items  # (m,) the "because you watched" seed item, NO_SEED when none
+    source_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def source_bit(self, name: str) -> int:
+        return 1 << self.source_names.index(name)
+
+    def from_source(self, name: str) -> NDArray[np.bool_]:
+        return (self.sources & np.uint32(self.source_bit(name))) != 0
+
+    def score_matrix(self, fill: float = 0.0) -> NDArray[np.float32]:
+        """The score columns with absent entries filled (the ranker cannot take NaN)."""
+        return np.where(np.isnan(self.scores), np.float32(fill), self.scores)
+
+
+def merge_candidates(
+    sources: Mapping[str, SourceResult],
+    exclude: ItemMask | NDArray[np.integer] | None = None,
+    available: ItemMask | None = None,
+) -> Candidates:
+    """De-duplicate the sources' items, drop excluded and unavailable ones, attribute sources.
+
+    ``exclude``: a bool mask over items or an array of item indices (already watched). Items outside
+    the ``available`` mask, including indices beyond its length (titles it does not know), are
+    dropped. A source given as ``(items, scores, seeds)`` provides the seed column (its best-scoring
+    seed per item; the first such source wins). Vectorised: concatenations, ``np.unique`` and
+    ``ufunc.at``; no loop per candidate.
+    """
+    names = tuple(sources)
+    if len(names) > 32:
+        raise ValueError("at most 32 sources fit the uint32 bitmask")
+    parts = [sources[n] for n in names]
+    lengths = np.array([len(p[0]) for p in parts], np.int64)
+    items = np.concatenate([np.asarray(p[0], np.int64) for p in parts]) if parts else np.zeros(0, np.int64)
+    scores = np.concatenate([np.asarray(p[1], np.float32) for p in parts]) if parts else np.zeros(0, np.float32)
+    src = np.repeat(np.arange(len(names), dtype=np.int64), lengths)
+    rank = np.arange(len(items), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    has_seed = np.repeat(np.array([len(p) == 3 for p in parts], bool), lengths)
+    seeds = np.concatenate([np.asarray(p[2], np.int64) if len(p) == 3 else np.full(len(p[0]), NO_SEED, np.int64)
+                            for p in parts]) if parts else np.zeros(0, np.int64)
+
+    keep = items >= 0
+    if exclude is not None:
+        ex = np.asarray(exclude)
+        if ex.dtype == np.bool_:
+            inside = items < len(ex)
+            keep[inside] &= ~ex[items[inside]]
+        else:
+            keep &= ~np.isin(items, ex)
+    if available is not None:
+        avail = np.asarray(available, bool)
+        inside = items < len(avail)
+        keep &= inside
+        keep[inside] &= avail[items[inside]]
+    items, scores, src, rank, has_seed, seeds = (a[keep] for a in (items, scores, src, rank, has_seed, seeds))
+
+    uniq, inv = np.unique(items, return_inverse=True)
+    m, s = len(uniq), len(names)
+    score_cols = np.full((m, s), np.nan, np.float32)
+    np.fmax.at(score_cols, (inv, src), scores)  # fmax ignores the NaN fill; a repeated item keeps its best
+    rank_cols = np.full((m, s), np.iinfo(np.int32).max, np.int64)
+    np.minimum.at(rank_cols, (inv, src), rank)
+    rank_cols[rank_cols == np.iinfo(np.int32).max] = -1
+    present = rank_cols >= 0
+    bitmask = (present.astype(np.uint32) << np.arange(s, dtype=np.uint32)).sum(axis=1, dtype=np.uint32) \
+        if s else np.zeros(m, np.uint32)
+
+    seed_out = np.full(m, NO_SEED, np.int32)
+    if has_seed.any():
+        rows = np.flatnonzero(has_seed)
+        # Per candidate: the first seed-providing source, then its best score, wins.
+        order = np.lexsort((-scores[rows], src[rows], inv[rows]))
+        rows = rows[order]
+        _, first = np.unique(inv[rows], return_index=True)
+        seed_out[inv[rows[first]]] = seeds[rows[first]]
+    return Candidates(uniq.astype(np.int32), score_cols, rank_cols.astype(np.int32), bitmask, seed_out, names)
+
+
+# -- popularity helpers ----------------------------------------------------------------------------
+
+
+def popularity_scores(
+    log: EventLog, now: int | None = None, half_life_days: float | None = 7.0,
+    mask: NDArray[np.bool_] | None = None,
+) -> NDArray[np.float32]:
+    """Per-item popularity: positive-feedback events, each decayed by ``0.5 ** (age/half_life)``.
+
+    ``now`` defaults to the last event; events after ``now`` are ignored (no peeking). ``mask``
+    restricts the rows counted, e.g. ``log.device == d`` for a context-specific popularity. With
+    ``half_life_days=None`` this is the all-time count. "Trending" = a short half-life.
+    """
+    rows = log.item_events() if mask is None else (log.item_events() & mask)
+    ref = int(log.ts.max()) if (now is None and log.n_events) else int(now or 0)
+    rows &= log.ts <= ref
+    w = feedback_weights(log.kind[rows], log.value[rows])
+    positive = (w > 0).astype(np.float64)
+    if half_life_days:
+        positive *= np.power(0.5, (ref - log.ts[rows]) / (half_life_days * DAY_MS))
+    return np.bincount(log.item[rows], weights=positive, minlength=log.catalog.n_items).astype(np.float32)
+
+
+# -- one request, and many users offline ----------------------------------------------------------
+
+
+@dataclass
+class Retriever:
+    """The artefacts every source needs, for one model bundle (server: one per loaded bundle).
+
+    ``cf_index``: an ``"ip"`` :class:`ItemIndex` over CF item vectors (user retrieval);
+    ``neighbour_index``: a ``"cosine"`` one over the same vectors (because you watched);
+    ``content``: the L2-normalised content matrix (or an index over it); ``release_ts``: release
+    or first-seen timestamps for new releases. A missing artefact switches its source off.
+    """
+
+    config: CandidateConfig = field(default_factory=CandidateConfig)
+    cf_index: ItemIndex | None = None
+    neighbour_index: ItemIndex | None = None
+    content: ItemIndex | NDArray[np.float32] | None = None
+    content_vectors: NDArray[np.float32] | None = None  # for profiles when ``content`` is an index
+    popularity: NDArray[np.float32] | None = None
+    release_ts: NDArray[np.int64] | None = None
+    available: ItemMask | None = None
+    n_items: int = 0
+
+    def __post_init__(self) -> None:
+        if self.content_vectors is None and isinstance(self.content, np.ndarray):
+            self.content_vectors = self.content
+        if not self.n_items:
+            sizes = [len(a) for a in (self.popularity, self.release_ts, self.available, self.content_vectors)
+                     if a is not None]
+            self.n_items = max(sizes) if sizes else 0
+
+    def exclusion(self, history_items: NDArray[np.integer], extra: ItemMask | None = None) -> ItemMask:
+        """Already-touched titles plus unavailable ones, as one mask (shared by every source)."""
+        mask = as_mask(history_items, self.n_items)
+        if self.available is not None:
+            mask |= ~as_mask(self.available, self.n_items)
+        if extra is not None:
+            mask |= as_mask(extra, self.n_items)
+        return mask
+
+    def sources(
+        self, user_vector: NDArray[np.floating] | None, history_items: NDArray[np.integer],
+        history_weights: NDArray[np.floating], history_ts: NDArray[np.integer] | None, now: int,
+        *, context_popularity: NDArray[np.floating] | None = None, exclude: ItemMask | None = None,
+    ) -> dict[str, SourceResult]:
+        """Run every configured source for one user (``history_*``: time-ordered raw events)."""
+        cfg = self.config
+        if exclude is None:
+            exclude = self.exclusion(history_items)
+        out: dict[str, SourceResult] = {}
+        if self.cf_index is not None and user_vector is not None:
+            out["ann_cf"] = ann_cf(self.cf_index, user_vector, cfg.ann_cf, exclude)
+        if self.content is not None and self.content_vectors is not None:
+            profile = user_content_profile(self.content_vectors, history_items, history_weights, history_ts, now,
+                                           max_items=cfg.profile_items, half_life_days=cfg.profile_half_life_days)
+            out["content"] = content_based(self.content, profile, cfg.content, exclude)
+        if self.popularity is not None:
+            out["popular"] = popular(self.popularity, cfg.popular, context_popularity,
+                                     context_weight=cfg.context_weight, exclude=exclude)
+        if self.release_ts is not None:
+            out["new_releases"] = new_releases(self.release_ts, now, cfg.new_releases, cfg.new_window_days,
+                                               self.popularity, exclude)
+        if self.neighbour_index is not None:
+            seeds, _, _ = recent_positives(history_items, history_weights, history_ts, cfg.byw_seeds)
+            out["byw"] = because_you_watched(self.neighbour_index, seeds, cfg.byw, exclude=exclude)
+        return out
+
+    def generate(
+        self, user_vector: NDArray[np.floating] | None, history_items: NDArray[np.integer],
+        history_weights: NDArray[np.floating], history_ts: NDArray[np.integer] | None, now: int,
+        *, context_popularity: NDArray[np.floating] | None = None, exclude: ItemMask | None = None,
+    ) -> Candidates:
+        """All sources for one request, merged."""
+        if exclude is None:
+            exclude = self.exclusion(history_items)
+        found = self.sources(user_vector, history_items, history_weights, history_ts, now,
+                             context_popularity=context_popularity, exclude=exclude)
+        return merge_candidates(found, exclude=exclude, available=self.available)
+
+
+@dataclass(frozen=True, slots=True)
+class Histories:
+    """Every user's time-ordered item events, CSR-style: user ``u`` is rows ``ptr[u]:ptr[u+1]``."""
+
+    ptr: NDArray[np.int64]
+    items: NDArray[np.int32]
+    weights: NDArray[np.float32]  # feedback weight of each event
+    ts: NDArray[np.int64]
+
+    def of(self, user: int) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.int64]]:
+        s, e = self.ptr[user], self.ptr[user + 1]
+        return self.items[s:e], self.weights[s:e], self.ts[s:e]
+
+
+def user_histories(log: EventLog) -> Histories:
+    """Split a log's item events by user, keeping time order (one stable sort, no loop)."""
+    rows = np.flatnonzero(log.item_events())
+    order = rows[np.argsort(log.user[rows], kind="stable")]
+    counts = np.bincount(log.user[order], minlength=log.n_users)
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return Histories(ptr, log.item[order].astype(np.int32),
+                     feedback_weights(log.kind[order], log.value[order]), log.ts[order])
+
+
+def candidates_for_users(
+    retriever: Retriever, histories: Histories, users: NDArray[np.integer], now: int | NDArray[np.integer],
+    *, user_vectors: NDArray[np.floating] | None = None, cf: CFModel | None = None,
+) -> dict[str, list[Items]]:
+    """Every source's items (and the merged set under ``"merged"``) for each user in ``users``.
+
+    The CF vector of user ``u`` is ``user_vectors[u]`` when given, else (``cf`` given) the ALS
+    fold-in of ``u``'s history, as the server does for users unseen at training time. ``now`` is
+    one timestamp or one per user (e.g. each user's split time). A loop over users with each
+    source call vectorised: this is the offline path; the server calls :meth:`Retriever.generate`.
+    """
+    users = np.asarray(users, np.int64)
+    nows = np.broadcast_to(np.asarray(now, np.int64), users.shape)
+    out: dict[str, list[Items]] = {name: [] for name in (*SOURCES, "merged")}
+    n_hist = len(histories.ptr) - 1
+    for u, t in zip(users.tolist(), nows.tolist(), strict=True):
+        if u < n_hist:
+            items, weights, ts = histories.of(u)
+        else:
+            items, weights, ts = np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        vec: NDArray[np.floating] | None = None
+        if user_vectors is not None:
+            vec = user_vectors[u] if u < len(user_vectors) else None
+        elif cf is not None:
+            vec = cf.fold_in(items, weights)
+        exclude = retriever.exclusion(items)
+        found = retriever.sources(vec, items, weights, ts, int(t), exclude=exclude)
+        for name in SOURCES:
+            out[name].append(found[name][0] if name in found else np.zeros(0, np.int32))
+        out["merged"].append(merge_candidates(found, exclude=exclude, available=retriever.available).items)
+    return out
