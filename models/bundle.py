@@ -186,8 +186,14 @@ class Bundle:
                 raise BundleError(f"bundle {self.version}: {name} does not match its manifest checksum")
 
 
-def open_bundle(root: Path, version: str | None = None, *, verify: bool = True) -> Bundle:
-    """Open ``version`` (default: what ``latest`` names) under the artifacts root."""
+def open_bundle(root: Path, version: str | None = None, *, verify: bool = True,
+                check_features: bool = True) -> Bundle:
+    """Open ``version`` (default: what ``latest`` names) under the artifacts root.
+
+    With ``check_features`` (what workers and servers do) a bundle whose feature-spec version this
+    code does not compute is refused with ``UnsupportedFeatureSpec``: its ranker would be fed
+    columns that mean something else and score garbage without any error.
+    """
     version = version or latest_version(root)
     path = root / "versions" / version
     try:
@@ -197,6 +203,10 @@ def open_bundle(root: Path, version: str | None = None, *, verify: bool = True) 
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"bundle {version} has format {manifest.get('format')}; this code reads {BUNDLE_FORMAT}")
     bundle = Bundle(path, manifest)
+    if check_features:
+        from models.features.spec import check_feature_spec
+
+        check_feature_spec(manifest.get("feature_spec_version"))
     if verify:
         bundle.verify()
     return bundle

@@ -116,14 +116,22 @@ def grouped_ndcg(scores: NDArray[np.floating], labels: NDArray[np.floating], gro
 
 
 def _listwise_loss(scores: torch.Tensor, labels: torch.Tensor, seg: torch.Tensor, n_seg: int) -> torch.Tensor:
-    """Mean over segments of softmax cross-entropy against the segment's normalised labels."""
+    """Mean over segments of softmax cross-entropy against the segment's normalised labels.
+
+    Segments without any positive label carry no target distribution and are left out of the mean
+    (rather than dividing by a zero label sum), whatever the caller's subsampling did.
+    """
     zeros = scores.new_zeros(n_seg)
     label_sum = zeros.index_add(0, seg, labels)
-    target = labels / label_sum[seg]  # every segment here has label_sum > 0 (filtered before)
+    has_target = label_sum > 0
+    target = labels / label_sum.clamp_min(1e-12)[seg]
     # The max only stabilises exp(); logsumexp is exact for any shift, so no gradient through it.
     seg_max = zeros.scatter_reduce(0, seg, scores.detach(), reduce="amax", include_self=False)
     lse = torch.log(zeros.index_add(0, seg, torch.exp(scores - seg_max[seg]))) + seg_max
-    return (lse - zeros.index_add(0, seg, target * scores)).mean()
+    per_segment = lse - zeros.index_add(0, seg, target * scores)
+    if not bool(has_target.any()):
+        return scores.sum() * 0.0  # keeps the graph; nothing to learn from this mini-batch
+    return per_segment[has_target].mean()
 
 
 def _group_bounds(sorted_groups: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

@@ -23,10 +23,15 @@ def system_factories(artifacts: Path | None) -> dict[str, SystemFactory]:
     A factory is called with the split's training part: retrain on it (or check that the bundle
     was trained on the same cut) so that held-out events never leak into what is evaluated.
     """
+    from models.eval.model_systems import mf_system, two_stage_system
     from models.eval.systems import BASELINES
+    from models.train import config_from_bundle
 
     factories: dict[str, SystemFactory] = dict(BASELINES)
-    # --- more systems (need `artifacts`) are added here -----------------------------------------
+    # Model-backed systems are refitted on the split's training part with the bundle's parameters.
+    config = config_from_bundle(artifacts)
+    factories["mf"] = mf_system(config)
+    factories["two_stage"] = two_stage_system(config)
     return factories
 
 
@@ -40,7 +45,7 @@ def evaluate(
                      ] = None,
     split: Annotated[str, typer.Option("--split", help="user-last (default) or global-time.")] = "user-last",
     systems: Annotated[str, typer.Option("--systems", help="Comma-separated system names.")
-                       ] = "popularity,itemknn,ease",
+                       ] = "popularity,itemknn,ease,mf,two_stage",
     seed: Annotated[int, typer.Option(help="Seed handed to systems that draw random numbers.")] = 0,
 ) -> None:
     """Offline evaluation: hold out each user's latest events, rank the whole catalogue, report metrics."""

@@ -88,3 +88,14 @@ def test_fingerprint_changes_with_the_data(tmp_path: Path) -> None:
     assert fingerprint_files([a, b]) == first
     b.write_text("y\nz\n")
     assert fingerprint_files([a, b]) != first
+
+
+def test_a_bundle_for_an_unsupported_feature_spec_is_refused(tmp_path: Path) -> None:
+    from models.features.spec import FEATURE_SPEC_VERSION, UnsupportedFeatureSpec
+
+    with BundleWriter(tmp_path, "ef" * 32, feature_spec_version=FEATURE_SPEC_VERSION + 1) as writer:
+        writer.save_json("item_ids", [])
+        writer.publish()
+    with pytest.raises(UnsupportedFeatureSpec, match=str(FEATURE_SPEC_VERSION + 1)):
+        open_bundle(tmp_path)
+    assert open_bundle(tmp_path, check_features=False).feature_spec_version == FEATURE_SPEC_VERSION + 1

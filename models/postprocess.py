@@ -1,0 +1,75 @@
+"""Stage 3: from ranked candidates to the list a person sees (diversity, business rules, freshness).
+
+Shared by offline evaluation (``two_stage``) and the server, so the list evaluated is the list
+served. Everything is numpy over the candidate arrays; MMR loops over the K picks (20), never over
+the ~1,000 candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class PostConfig:
+    diversity: float = 0.1  # MMR trade-off: 0 = pure relevance, 1 = pure novelty against the picks
+    mmr_pool: int = 200  # MMR looks at the best N by score only (bounded cost per request)
+    original_boost: float = 0.0  # added to the normalised score of house originals
+    new_release_boost: float = 0.0  # added to titles released within ``new_window_days``
+    new_window_days: float = 30.0
+    freshness_half_life_days: float | None = None  # multiplicative decay by title age (None: off)
+
+
+def apply_rules(
+    scores: NDArray[np.floating], *, is_original: NDArray[np.bool_], release_ts: NDArray[np.int64], now: int,
+    config: PostConfig,
+) -> NDArray[np.float64]:
+    """Business boosts and freshness on min-max normalised scores (so boosts mean the same per request)."""
+    s = np.asarray(scores, np.float64)
+    if len(s) == 0:
+        return s
+    span = s.max() - s.min()
+    s = (s - s.min()) / span if span > 0 else np.zeros_like(s)
+    age_days = np.maximum(0.0, (now - release_ts) / DAY_MS)
+    s = s + config.original_boost * is_original + config.new_release_boost * (age_days <= config.new_window_days)
+    if config.freshness_half_life_days:
+        s = s * np.power(0.5, age_days / config.freshness_half_life_days)
+    return s
+
+
+def mmr(
+    scores: NDArray[np.floating], features: NDArray[np.floating], k: int, diversity: float, pool: int = 200
+) -> NDArray[np.int64]:
+    """Maximal marginal relevance: positions of the ``k`` picks in order.
+
+    Each pick maximises ``(1 - diversity) * score - diversity * max_sim(to picks so far)`` with
+    cosine similarity of ``features`` rows (genre vectors), scores min-max normalised first.
+    """
+    n = len(scores)
+    k = min(k, n)
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    if diversity <= 0 or k <= 1:
+        return order[:k]
+    cand = order[: max(k, min(pool, n))]
+    s = np.asarray(scores, np.float64)[cand]
+    span = s.max() - s.min()
+    s = (s - s.min()) / span if span > 0 else np.zeros_like(s)
+    f = np.asarray(features, np.float64)[cand]
+    norms = np.linalg.norm(f, axis=1, keepdims=True)
+    f = np.divide(f, norms, out=np.zeros_like(f), where=norms > 0)
+    max_sim = np.zeros(len(cand))
+    taken = np.zeros(len(cand), bool)
+    picks: list[int] = []
+    for _ in range(k):
+        value = (1 - diversity) * s - diversity * max_sim
+        value[taken] = -np.inf
+        best = int(np.argmax(value))
+        picks.append(best)
+        taken[best] = True
+        max_sim = np.maximum(max_sim, f @ f[best])
+    return cand[np.array(picks, np.int64)]

@@ -1,0 +1,100 @@
+"""`streamrec train`: event log in, one published model bundle out.
+
+The bundle holds everything the workers and servers load (see ``models.bundle`` for the layout):
+
+=======================  ======================================================================
+file                     what
+=======================  ======================================================================
+item_ids.json            catalogue ids, row order of every item array
+user_ids.json            user ids, row order of ``cf.npz`` user vectors
+cf.npz                   CF user and item vectors (items without CF data: content-projected)
+content.npz              content model (vocabulary, idf, SVD components, catalogue vectors)
+projection.npz           ridge map content space -> CF space (cold titles get CF vectors)
+hnsw_cf.bin(.meta.npz)   HNSW over CF item vectors, inner product (user -> items)
+hnsw_items.bin(.meta…)   HNSW over CF item vectors, cosine (item -> similar items)
+items.npz                popularity, release/first-seen time, availability, maturity, originals,
+                         genre matrix: the static item columns of the features
+catalog.json             titles and genres (for reasons and the similar-items endpoint)
+ranker.onnx              the Wide & Deep ranker, one self-contained file
+=======================  ======================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from models.bundle import BundleError, BundleWriter, fingerprint_files, open_bundle
+from models.candidates import CandidateConfig
+from models.dataset import EventLog, load_log
+from models.features.spec import FEATURE_SPEC_VERSION
+from models.postprocess import PostConfig
+from models.two_stage import TwoStageConfig, TwoStageModel, fit_two_stage
+
+
+def config_from_bundle(artifacts: Path | None) -> TwoStageConfig:
+    """The parameters the published bundle was trained with (defaults when there is none)."""
+    if artifacts is None:
+        return TwoStageConfig()
+    try:
+        params = open_bundle(artifacts, verify=False).manifest.get("params", {})
+    except BundleError:
+        return TwoStageConfig()
+    return config_from_params(params)
+
+
+def config_from_params(params: dict[str, Any]) -> TwoStageConfig:
+    fields = {f.name for f in dataclasses.fields(TwoStageConfig)}
+    values = {k: v for k, v in params.items() if k in fields}
+    if isinstance(values.get("candidates"), dict):
+        values["candidates"] = CandidateConfig(**values["candidates"])
+    if isinstance(values.get("post"), dict):
+        values["post"] = PostConfig(**values["post"])
+    return TwoStageConfig(**values)
+
+
+def write_bundle(writer: BundleWriter, log: EventLog, model: TwoStageModel) -> None:
+    retrieval = model.retrieval
+    catalog = log.catalog
+    writer.save_json("item_ids", catalog.item_ids)
+    writer.save_json("user_ids", log.user_ids)
+    retrieval.cf.save(writer.path("cf.npz"))
+    retrieval.content.save(writer.path("content.npz"))
+    retrieval.projection.save(writer.path("projection.npz"))
+    retriever = retrieval.retriever
+    assert retriever.cf_index is not None and retriever.neighbour_index is not None
+    retriever.cf_index.save(writer.path("hnsw_cf.bin"))
+    retriever.neighbour_index.save(writer.path("hnsw_items.bin"))
+    writer.save_arrays(
+        "items", popularity=retrieval.popularity, release_ts=catalog.release_ts, first_seen_ts=catalog.first_seen_ts,
+        available=catalog.available, maturity=catalog.maturity, is_original=catalog.is_original,
+        year=catalog.year, genre_matrix=catalog.genre_matrix, content_vectors=retrieval.content_vectors,
+    )
+    writer.save_json("catalog", {"titles": catalog.titles, "genres": catalog.genres,
+                                 "genre_vocab": catalog.genre_vocab})
+    writer.save_bytes("ranker.onnx", model.ranker_onnx)
+
+
+def train_bundle(
+    data: Path, artifacts: Path, config: TwoStageConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Train on ``data`` (catalog.jsonl + events.jsonl) and publish a bundle under ``artifacts``."""
+    config = config or TwoStageConfig()
+    say = progress or (lambda _m: None)
+    say("reading the event log")
+    files = [data / "catalog.jsonl", data / "events.jsonl"]
+    log = load_log(data)
+    model = fit_two_stage(log, config, progress=progress)
+    say("writing the bundle")
+    params = dataclasses.asdict(config)
+    metrics = {**model.metrics, "data": {"users": log.n_users, "items": log.catalog.n_items,
+                                         "events": log.n_events, "rejected_lines": log.rejected}}
+    with BundleWriter(artifacts, fingerprint_files(files), FEATURE_SPEC_VERSION, params=params,
+                      metrics=metrics, extra={"feature_layout": model.layout.to_dict()}) as writer:
+        write_bundle(writer, log, model)
+        path = writer.publish()
+    return path, metrics
+
