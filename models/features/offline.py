@@ -43,10 +43,11 @@ class Request:
 ExtraDenseFn = Callable[[Request], Mapping[str, NDArray[np.floating] | float]]
 
 
-def context_at(log: EventLog, row: int, country: NDArray[np.int16] | None = None) -> RequestContext:
+def context_at(log: EventLog, row: int) -> RequestContext:
     """The context of event ``row`` of the log, e.g. for a request placed at an impression."""
-    codes = log_country_codes(log) if country is None else country
-    return RequestContext(device=int(log.device[row]), country=int(codes[row]), hour=int(log.hour[row]))
+    country = int(log.country[row])  # an index into log.countries + 1, 0 unknown
+    code = spec.country_code(log.countries[country - 1]) if country > 0 else 0
+    return RequestContext(device=int(log.device[row]), country=code, hour=int(log.hour[row]))
 
 
 class Replay:
@@ -55,14 +56,22 @@ class Replay:
     def __init__(self, log: EventLog, static: ItemStatic | None = None, max_chunk: int = MAX_CHUNK) -> None:
         self.log = log
         self.static = ItemStatic.from_catalog(log.catalog) if static is None else static
+        if self.static.item_ids != log.catalog.item_ids:
+            # The replay keys items by catalog index and reads static rows by the same index.
+            raise ValueError("static item table is not the log's catalog (build it with ItemStatic.from_catalog)")
         self.store = InMemoryStore(self.static, n_users=log.n_users, n_items=self.static.n_items)
         self.cursor = 0  # log rows [0, cursor) are applied
         self.max_chunk = max_chunk
         self._country = log_country_codes(log)
 
+    def _stop(self, until_ts: int) -> int:
+        return int(np.searchsorted(self.log.ts, until_ts, "left"))
+
     def advance(self, until_ts: int | None) -> None:
         """Apply every event with ``ts < until_ts`` not applied yet (all of them for ``None``)."""
-        stop = self.log.n_events if until_ts is None else int(np.searchsorted(self.log.ts, until_ts, "left"))
+        stop = self.log.n_events if until_ts is None else self._stop(until_ts)
+        if stop < self.cursor:
+            raise ValueError(f"the replay is past {until_ts}: it cannot go back in time")
         while self.cursor < stop:
             end = min(stop, self.cursor + self.max_chunk)
             self.store.apply(EventBatch.from_log(self.log, self.cursor, end, self.static, self._country))
@@ -70,6 +79,8 @@ class Replay:
 
     def features(self, request: Request, extra_dense: ExtraDenseFn | None = None) -> FeatureBatch:
         """Rows of one request from the current state (the caller has advanced to ``request.ts``)."""
+        if self._stop(request.ts) != self.cursor:  # the state must be exactly "every event before ts"
+            raise ValueError(f"advance the replay to the request's time {request.ts} first")
         candidates = np.asarray(request.candidates, np.int64)
         return feature_batch(
             hash_str(self.log.user_ids[request.user]), self.store.read_user(request.user),

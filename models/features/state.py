@@ -516,6 +516,8 @@ def apply_user_events(state: UserStates, batch: EventBatch, static: ItemStatic) 
     # Retention: an event more than USER_RETENTION_MS after the newest event before it (this batch
     # or the state) starts the user afresh; only the events from the user's last such event count.
     first, starts, group = _groups(u)
+    if len(starts) >= 1 << (62 - _TS_BITS):  # the offsets below would overflow int64
+        raise ValueError(f"a batch of {len(starts)} users is too large: split it")
     offset = group.astype(np.int64) << _TS_BITS
     running = np.maximum.accumulate(ts + offset) - offset  # newest ts so far within the user's run
     before = np.maximum(np.where(first, NO_TS, np.r_[NO_TS, running[:-1]]), state.last_ts[u])

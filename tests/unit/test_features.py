@@ -34,6 +34,7 @@ from models.features import (
     build_rows,
     check_feature_spec,
     check_layout,
+    context_at,
     feature_layout,
     replay_state,
     spec,
@@ -356,6 +357,30 @@ def test_unknown_context_falls_back_to_the_users_last(log: EventLog, static: Ite
                                                                               int(last.hour[0]))))
     np.testing.assert_array_equal(blank.cats, given_ctx.cats)
     np.testing.assert_array_equal(blank.wide, given_ctx.wide)
+
+
+def test_context_at_a_log_row_uses_the_stable_codes(log: EventLog) -> None:
+    codes = log_country_codes(log)
+    for row in np.linspace(0, log.n_events - 1, 50).astype(int).tolist():
+        assert context_at(log, row) == RequestContext(int(log.device[row]), int(codes[row]), int(log.hour[row]))
+    assert (codes > 0).any()
+
+
+def test_a_replay_refuses_to_read_out_of_time(log: EventLog, static: ItemStatic) -> None:
+    replay = Replay(log, static)
+    t = int(log.ts[1000])
+    with pytest.raises(ValueError, match="advance the replay"):
+        replay.features(Request(0, t, np.arange(3)))  # state older than t
+    replay.advance(t)
+    replay.features(Request(0, t, np.arange(3)))
+    with pytest.raises(ValueError, match="advance the replay"):
+        replay.features(Request(0, int(log.ts[10]), np.arange(3)))  # state newer than that request
+    with pytest.raises(ValueError, match="cannot go back"):
+        replay.advance(int(log.ts[10]))
+    other = ItemStatic.build(["x"], [["Drama"]], np.zeros(1, np.int64), np.zeros(1, np.int64),
+                             np.zeros(1, np.int8), np.zeros(1, bool))
+    with pytest.raises(ValueError, match="catalog"):
+        Replay(log, other)
 
 
 @SETTINGS
