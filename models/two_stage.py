@@ -39,7 +39,7 @@ from models.cf import CFModel, fit_cf
 from models.content import ContentModel, ContentProjection, fit_content, fit_projection
 from models.dataset import EventLog
 from models.features.batch import FeatureBatch, FeatureLayout
-from models.features.offline import Replay, Request, context_at
+from models.features.offline import Request, build_rows, context_at
 from models.features.spec import FEATURE_SPEC_VERSION, feature_layout
 from models.features.state import ItemStatic
 from models.feedback import engagement
@@ -143,17 +143,10 @@ def _plan(retrieval: Retrieval, histories: Histories, log: EventLog, user: int, 
 
 def _rows(log: EventLog, plans: list[_Planned], static: ItemStatic) -> tuple[FeatureBatch, NDArray[np.int64]]:
     """Feature rows of every plan, each from the replayed state strictly before its time."""
-    replay = Replay(log, static)
-    order = sorted(range(len(plans)), key=lambda i: plans[i].ts)
-    out: list[FeatureBatch | None] = [None] * len(plans)
-    for i in order:
-        plan = plans[i]
-        replay.advance(plan.ts)
-        ctx = context_at(log, plan.context_row)
-        request = Request(plan.user, plan.ts, plan.candidates.items.astype(np.int64), ctx)
-        out[i] = replay.features(request, lambda _r, p=plan: p.extra)
-    lengths = np.array([len(b) for b in out if b is not None], np.int64)
-    return FeatureBatch.concat([b for b in out if b is not None]), np.repeat(np.arange(len(plans)), lengths)
+    requests = [Request(p.user, p.ts, p.candidates.items.astype(np.int64), context_at(log, p.context_row))
+                for p in plans]
+    extras = {id(request): plan.extra for request, plan in zip(requests, plans, strict=True)}
+    return build_rows(log, requests, static, lambda request: extras[id(request)])
 
 
 def _labels(log: EventLog, held_out: NDArray[np.bool_]) -> dict[int, tuple[NDArray[np.int32], NDArray[np.float32]]]:
