@@ -59,25 +59,16 @@ from models.candidates import (
 from models.cf import CFModel, fit_cf
 from models.content import fit_content, fit_projection
 from models.dataset import EventLog, load_log
+from models.eval.split import make_split
 from streamrec.datasets.movielens import import_movielens
 
 _DEFAULT = Path(__file__).resolve().parents[1].parent / "shared/data/ml-latest-small"
 
 
-def user_last_split(log: EventLog, frac: float = 0.2) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Row masks: each user's first 80% / last 20% of item events (the log is time-ordered)."""
-    rows = np.flatnonzero(log.item_events())
-    users = log.user[rows]
-    order = np.argsort(users, kind="stable")
-    counts = np.bincount(users, minlength=log.n_users)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = np.empty(len(rows), np.int64)
-    pos[order] = np.arange(len(rows)) - np.repeat(starts, counts)
-    is_test = pos >= (counts - np.floor(counts * frac).astype(np.int64))[users]
-    train, test = np.zeros(log.n_events, bool), np.zeros(log.n_events, bool)
-    train[rows[~is_test]] = True
-    test[rows[is_test]] = True
-    return train, test
+def user_last_split(log: EventLog) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Row masks of the evaluation protocol's user-last split: training rows, held-out item rows."""
+    split = make_split(log, "user-last")
+    return split.train_mask, split.test_mask
 
 
 def held_out_positives(train_h: Histories, test_h: Histories, known: NDArray[np.bool_]) -> list[NDArray[np.int64]]:

@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from models.candidates import user_histories
 from models.cf import ALSParams, BPRParams, CFModel, confidence_matrix, fit_cf, fold_in_user, interaction_matrix
 from models.dataset import KIND, EventLog, load_log
+from models.eval.split import make_split
 from models.feedback import feedback_weights
 from streamrec.datasets.world import WorldConfig, run_world
 from streamrec.datasets.world_users import WorldModel
@@ -27,20 +28,10 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> EventLog:
     return load_log(folder)
 
 
-def user_last_split(log: EventLog, frac: float = 0.2) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Rows of each user's first 80% / last 20% of item events (by time)."""
-    rows = np.flatnonzero(log.item_events())
-    users = log.user[rows]
-    order = np.argsort(users, kind="stable")
-    counts = np.bincount(users, minlength=log.n_users)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = np.empty(len(rows), np.int64)
-    pos[order] = np.arange(len(rows)) - np.repeat(starts, counts)
-    is_test = pos >= (counts - np.floor(counts * frac).astype(np.int64))[users]
-    train, test = np.zeros(log.n_events, bool), np.zeros(log.n_events, bool)
-    train[rows[~is_test]] = True
-    test[rows[is_test]] = True
-    return train, test
+def user_last_split(log: EventLog) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Row masks of the evaluation protocol's user-last split: training rows, held-out item rows."""
+    split = make_split(log, "user-last")
+    return split.train_mask, split.test_mask
 
 
 def retrieval_metrics(scores: NDArray[np.float32], log: EventLog, train: NDArray[np.bool_],
