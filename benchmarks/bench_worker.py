@@ -1,0 +1,291 @@
+"""Sustained throughput of the whole stream worker, beside the raw aiokafka consume rate of the same
+topic measured in the same run, and freshness (produce -> state visible in Redis) at half that rate.
+
+    streamrec stack up
+    python benchmarks/bench_worker.py [--events 200000] [--users 3000] [--items 3000] [--log DIR]
+                                      [--concurrency 4] [--max-records 2000] [--no-freshness] [--faust-floor]
+
+- ``raw``: one aiokafka consumer, ``getmany(max_records=2000)`` over the 8 partitions from the
+  beginning, nothing done with the records (the floor of any consumer in Python).
+- ``worker``: ``python -m streams.worker`` (a separate process, as deployed) on the pre-filled
+  topics: decode, features + every registered effect, dead letters, offsets, one MULTI per partition
+  batch. Timed from the first applied batch to the last record's offset stored in Redis.
+- ``freshness``: with the worker caught up, records are produced at half the measured worker rate;
+  for every 20th record, the time from ``send`` until its offset is stored in Redis (the state and
+  the offset commit in one EXEC, so that is when its effects become visible); p50 / p99.
+- ``--faust-floor``: a Faust agent on the same topic that only counts, through
+  ``stream.take_events(2000, within=0.2)`` (why :mod:`streams.app` does not consume through Faust).
+
+The state goes under its own Redis prefix and topics are fresh per run; both are deleted at the end.
+Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PARTITIONS = 8
+
+
+def _faust_floor_app() -> None:
+    """``python bench_worker.py _faust_floor worker -l warn``: counts BENCH_N records of BENCH_TOPIC."""
+    import faust
+
+    topic_name, n = os.environ["BENCH_TOPIC"], int(os.environ["BENCH_N"])
+    bootstrap = os.environ["STREAMREC_KAFKA_BOOTSTRAP"]
+    app = faust.App(f"bench-faust-{uuid.uuid4().hex[:6]}", broker=f"kafka://{bootstrap}", value_serializer="raw",
+                    topic_disable_leader=True, web_enabled=False, consumer_auto_offset_reset="earliest",
+                    broker_max_poll_records=2000, stream_buffer_maxsize=20000)
+    topic = app.topic(topic_name, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw")
+    state: dict[str, float] = {"n": 0, "t0": 0.0}
+
+    @app.agent(topic)
+    async def count(stream):  # type: ignore[no-untyped-def]
+        async for events in stream.take_events(2000, within=0.2):
+            if not state["t0"]:
+                state["t0"] = time.perf_counter()
+            state["n"] += len(events)
+            if state["n"] >= n:
+                seconds = time.perf_counter() - state["t0"]
+                print(json.dumps({"faust_events_per_s": state["n"] / seconds}), flush=True)
+                os._exit(0)
+
+    sys.argv = [sys.argv[0], *sys.argv[2:]]
+    app.main()
+
+
+def _spawn_worker(env: dict[str, str], prefix: str, concurrency: int, max_records: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.worker", "--metrics-port", "0", "--prefix", prefix,
+         "--concurrency", str(concurrency), "--max-records", str(max_records)],
+        cwd=REPO, env=env,
+    )
+
+
+def _run_faust_floor(topic: str, n: int, bootstrap: str) -> dict[str, float]:
+    import re
+
+    done = subprocess.run(
+        [sys.executable, __file__, "_faust_floor", "worker", "-l", "warn"], cwd=REPO, capture_output=True,
+        text=True, timeout=600, check=False,
+        env={**os.environ, "BENCH_TOPIC": topic, "BENCH_N": str(n), "STREAMREC_KAFKA_BOOTSTRAP": bootstrap},
+    )
+    # Faust redirects print() into its logging (stderr).
+    found = re.search(r'\{"faust_events_per_s": [0-9.e+]+\}', done.stdout + done.stderr)
+    return json.loads(found.group(0)) if found else {}
+
+
+async def _ends(settings, topic: str) -> dict[int, int]:  # type: ignore[no-untyped-def]
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    finally:
+        await consumer.stop()
+    return {tp.partition: end for tp, end in ends.items()}
+
+
+async def _raw_rate(settings, topic: str, n: int) -> float:  # type: ignore[no-untyped-def]
+    from aiokafka import TopicPartition
+
+    from streamrec.kafka_io import make_consumer
+
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen, started = 0, 0.0
+        while seen < n:
+            fetched = await consumer.getmany(timeout_ms=500, max_records=2000)
+            if fetched and not started:
+                started = time.perf_counter()
+            seen += sum(len(records) for records in fetched.values())
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def _applied(client, prefix: str, topic: str) -> dict[int, int]:  # type: ignore[no-untyped-def]
+    values = await client.mget([f"{prefix}:offset:{topic}:{p}" for p in range(PARTITIONS)])
+    return {p: int(v) for p, v in enumerate(values) if v is not None}
+
+
+async def _freshness(settings, client, prefix: str, topic: str, values: list[tuple[bytes, bytes]],  # type: ignore[no-untyped-def]
+                     rate: float, seconds: float) -> tuple[float, float, int]:
+    from streamrec.kafka_io import make_producer
+
+    producer = make_producer(settings, linger_ms=1)
+    await producer.start()
+    pending: list[tuple[float, asyncio.Future]] = []  # type: ignore[type-arg]
+    latencies: list[float] = []
+    waiting: list[tuple[float, int, int]] = []  # (sent at, partition, offset)
+
+    async def poll() -> None:
+        while pending or waiting or not done.is_set():
+            for sent, future in [p for p in pending if p[1].done()]:
+                meta = future.result()
+                waiting.append((sent, meta.partition, meta.offset))
+            pending[:] = [p for p in pending if not p[1].done()]
+            if waiting:
+                stored = await _applied(client, prefix, topic)
+                now = time.perf_counter()
+                still = []
+                for sent, partition, offset in waiting:
+                    if stored.get(partition, -1) >= offset:
+                        latencies.append(now - sent)
+                    else:
+                        still.append((sent, partition, offset))
+                waiting[:] = still
+            await asyncio.sleep(0.002)
+
+    done = asyncio.Event()
+    poller = asyncio.create_task(poll())
+    try:
+        start = time.perf_counter()
+        k = 0
+        while time.perf_counter() - start < seconds:
+            due = int((time.perf_counter() - start) * rate)
+            while k < due:
+                key, value = values[k % len(values)]
+                future = await producer.send(topic, value, key=key)
+                if k % 20 == 0:
+                    pending.append((time.perf_counter(), future))
+                k += 1
+            await asyncio.sleep(0.005)
+        await producer.flush()
+        done.set()
+        await asyncio.wait_for(poller, 60)
+    finally:
+        await producer.stop()
+    latencies.sort()
+    return latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], k
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=3000)
+    parser.add_argument("--items", type=int, default=3000)
+    parser.add_argument("--log", type=Path, help="an existing world folder (default: generate one)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--max-records", type=int, default=2000)
+    parser.add_argument("--no-freshness", action="store_true")
+    parser.add_argument("--freshness-seconds", type=float, default=10.0)
+    parser.add_argument("--freshness-share", type=float, default=0.5, help="produce at this share of the worker rate")
+    parser.add_argument("--faust-floor", action="store_true")
+    args = parser.parse_args()
+
+    import redis.asyncio as aioredis
+
+    from streamrec.datasets.world import generate_world
+    from streamrec.logs import configure_logging
+    from streamrec.replay import replay_log
+    from streamrec.settings import get_settings
+    from streams.worker import delete_state, ensure_topics_retrying
+
+    configure_logging("WARNING")
+    settings = get_settings()
+    tmp = tempfile.TemporaryDirectory(prefix="bench-worker-")
+    world = args.log
+    if world is None:
+        world = Path(tmp.name) / "world"
+        generate_world(world, users=args.users, items=args.items, events=args.events, seed=1)
+    tag = uuid.uuid4().hex[:8]
+    scoped = settings.model_copy(update={
+        "topic_interactions": f"bench-int-{tag}", "topic_catalog": f"bench-cat-{tag}",
+        "topic_item_vectors": f"bench-vec-{tag}", "topic_dead_letters": f"bench-dlq-{tag}",
+        "interactions_partitions": PARTITIONS,
+    })
+    prefix = f"bench{tag}"
+    topic = scoped.topic_interactions
+    await ensure_topics_retrying(scoped)
+    await replay_log(world, scoped)
+    ends = await _ends(scoped, topic)
+    total = sum(ends.values())
+    raw = await _raw_rate(scoped, topic, total)
+    result: dict[str, object] = {"events": total, "raw_events_per_s": round(raw)}
+
+    env = {**os.environ, "STREAMREC_TOPIC_INTERACTIONS": topic, "STREAMREC_TOPIC_CATALOG": scoped.topic_catalog,
+           "STREAMREC_TOPIC_ITEM_VECTORS": scoped.topic_item_vectors,
+           "STREAMREC_TOPIC_DEAD_LETTERS": scoped.topic_dead_letters, "STREAMREC_LOG_LEVEL": "WARNING"}
+    client = aioredis.Redis.from_url(settings.redis_url)
+    proc = _spawn_worker(env, prefix, args.concurrency, args.max_records)
+    try:
+        first_at, first_count = 0.0, 0
+        while True:
+            applied = sum(v + 1 for v in (await _applied(client, prefix, topic)).values())
+            if applied and not first_at:
+                first_at, first_count = time.perf_counter(), applied
+            if applied >= total:
+                break
+            if proc.poll() is not None:
+                raise SystemExit(f"the worker exited with {proc.returncode}")
+            await asyncio.sleep(0.01)
+        worker_rate = (total - first_count) / (time.perf_counter() - first_at)
+        result["worker_events_per_s"] = round(worker_rate)
+        result["worker_vs_raw"] = round(worker_rate / raw, 3)
+        if not args.no_freshness:
+            lines = (world / "events.jsonl").read_bytes().splitlines()[:50_000]
+            import orjson
+
+            values = [(orjson.loads(line)["user_id"].encode(), line) for line in lines]
+            rate = worker_rate * args.freshness_share
+            p50, p99, sent = await _freshness(scoped, client, prefix, topic, values, rate, args.freshness_seconds)
+            result.update(freshness_rate=round(rate), freshness_sent=sent,
+                          freshness_p50_ms=round(p50 * 1000, 1), freshness_p99_ms=round(p99 * 1000, 1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        await delete_state(client, prefix)
+        await client.aclose()
+
+    if args.faust_floor:
+        floor = _run_faust_floor(topic, total, settings.kafka_bootstrap.split(",")[0])
+        result.update({k: round(v) for k, v in floor.items()})
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic, scoped.topic_catalog, scoped.topic_item_vectors, scoped.topic_dead_letters])
+    finally:
+        await admin.close()
+    tmp.cleanup()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"stream worker, {total:,} events, {os.cpu_count()} cores")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    Console(stderr=True).print(table)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_faust_floor":
+        _faust_floor_app()
+    else:
+        asyncio.run(main())

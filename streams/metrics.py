@@ -1,0 +1,54 @@
+"""Prometheus metrics of the stream worker (one set per process, on the default registry).
+
+Served over HTTP by :func:`serve` (``streamrec worker --metrics-port``, default 9108; 0 disables).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+DEFAULT_METRICS_PORT: Final = 9108
+
+_LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+EVENTS: Final = Counter(
+    "streamrec_worker_events_total",
+    "Records handled by the worker, by topic and outcome (processed, rejected = dead-lettered, "
+    "skipped = already applied before a restart).",
+    ["topic", "outcome"],
+)
+BATCH_SECONDS: Final = Histogram(
+    "streamrec_worker_batch_seconds", "Time to handle one batch of one partition, decode to EXEC.", ["topic"],
+    buckets=_LATENCY_BUCKETS,
+)
+REDIS_APPLY_SECONDS: Final = Histogram(
+    "streamrec_worker_redis_apply_seconds", "Time of the Redis part of a batch (reads + MULTI/EXEC).",
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE: Final = Histogram(
+    "streamrec_worker_batch_records", "Records per partition batch.", ["topic"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+)
+CONSUMER_LAG: Final = Gauge(
+    "streamrec_worker_consumer_lag", "Records between the partition's high watermark and the last handled one.",
+    ["topic", "partition"],
+)
+FENCED: Final = Counter(
+    "streamrec_worker_fenced_total",
+    "Batches whose EXEC was refused because another worker advanced the partition's offset (WATCH).",
+    ["topic"],
+)
+DEAD_LETTERS: Final = Counter("streamrec_worker_dead_letters_total", "Dead letters produced.", ["topic"])
+FAILURES: Final = Counter(
+    "streamrec_worker_batch_failures_total", "Batches that failed (Redis or Kafka errors) and are retried.", ["topic"]
+)
+
+
+def serve(port: int) -> bool:
+    """Expose the metrics on ``port`` (0: disabled). Returns whether a server was started."""
+    if port <= 0:
+        return False
+    start_http_server(port)
+    return True
