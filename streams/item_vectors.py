@@ -24,7 +24,7 @@ publishers never race on one item.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -136,3 +136,22 @@ async def publish_bundle_vectors(bundle: Bundle, producer: Any, *, topic: str, t
         sent += 1
     await sender.flush()
     return sent
+
+
+# --- worker registry (streams.worker discovers these) ---------------------------------------------
+
+
+def make_catalog_hook(ctx: Any) -> Callable[[Any, Sequence[Any], Any], Awaitable[None]] | None:
+    """New titles' vectors to ``item-vectors`` (needs the bundle's content model and projection)."""
+    if ctx.bundle is None or ctx.producer is None:
+        return None
+    publisher = ItemVectorPublisher.from_bundle(ctx.bundle, ctx.producer, topic=ctx.settings.topic_item_vectors)
+
+    async def hook(pipe: Any, events: Sequence[Any], info: Any) -> None:
+        # Sent and acknowledged before the catalog batch's EXEC: at least once, and a repeat is
+        # harmless on a compacted topic keyed by item id.
+        for event in events:
+            await publisher.handle(event)
+        await publisher.flush()
+
+    return hook

@@ -190,3 +190,17 @@ async def read_session(redis: aioredis.Redis, user_id: str, *, prefix: str = "sr
         out["ttl_s"] = int(ttl)
     return out
 
+
+
+# --- worker registry (streams.worker discovers these) ---------------------------------------------
+
+
+def make_effect(ctx: Any) -> SessionEffect:
+    catalog = ctx.catalog
+
+    def item_genres(item_id: str) -> list[str]:
+        # The worker's live catalogue: titles released while it runs are known once their upsert is read.
+        row = catalog.index.get(item_id) if catalog is not None else None
+        return list(catalog.genres[row]) if row is not None else []
+
+    return SessionEffect(item_genres=item_genres if catalog is not None else None, prefix=ctx.prefix)

@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -310,3 +310,19 @@ async def read_new_releases(
 def decayed_naive(events: Iterable[tuple[float, int]], now_ms: int, half_life_ms: int) -> float:
     """Reference: ``sum w * 2**(-(now - ts)/H)`` over ``(w, ts)`` pairs (for tests and docs)."""
     return math.fsum(w * 2.0 ** (-(now_ms - ts) / half_life_ms) for w, ts in events)
+
+
+# --- worker registry (streams.worker discovers these) ---------------------------------------------
+
+
+def make_effect(ctx: Any) -> TrendingEffect:
+    return TrendingEffect(prefix=ctx.prefix)
+
+
+def make_catalog_hook(ctx: Any) -> Callable[[Any, Sequence[Any], Any], None]:
+    """New releases: ``item_upsert``/``item_remove`` queue their ZADD/ZREM in the catalog batch's MULTI."""
+
+    def hook(pipe: Any, events: Sequence[Any], info: Any) -> None:
+        catalog_writes(pipe, events, prefix=ctx.prefix)
+
+    return hook

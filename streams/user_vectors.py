@@ -156,3 +156,27 @@ class UserVectorEffect:
         for j, row in enumerate(rows):
             value = pack_user_vector(new[j], int(versions[j] + counts[j]), self.space)
             pipe.set(user_key(self.prefix, users[row]), value, ex=self.ttl_s)
+
+
+# --- worker registry (streams.worker discovers these) ---------------------------------------------
+
+
+def make_effect(ctx: Any) -> UserVectorEffect | None:
+    """Online user vectors need the bundle's CF item vectors; without a bundle the effect is off."""
+    if ctx.bundle is None:
+        return None
+    from models.cf import CFModel
+
+    cf = CFModel.load(ctx.bundle.file("cf.npz"))
+    item_ids = ctx.bundle.json("item_ids")
+    user_ids = ctx.bundle.json("user_ids")
+    user_row = {user_id: row for row, user_id in enumerate(user_ids)}
+
+    def initial(user_id: str) -> NDArray[np.float32] | None:
+        # A user known at training time starts from their trained vector, a new one from zeros.
+        row = user_row.get(user_id)
+        return cf.user_vectors[row] if row is not None and cf.trained_users[row] else None
+
+    model = OnlineUserModel(cf.item_vectors)
+    return UserVectorEffect(model, {item_id: i for i, item_id in enumerate(item_ids)}, prefix=ctx.prefix,
+                            initial=initial)

@@ -82,6 +82,8 @@ class WorkerContext:
     static: ItemStatic
     bundle: Any | None = None
     prefix: str = PREFIX
+    catalog: Any = None  # the live CatalogTable (grows as titles arrive; read it, never replace it)
+    producer: Any = None  # the worker's started idempotent producer (for topics other than Redis)
 
 
 def _discover(attr: str, ctx: WorkerContext, modules: Sequence[str]) -> list[Any]:
@@ -350,7 +352,8 @@ class Worker:
         self.follower.assign(tps)
         await self.follower.seek_to_beginning(*tps)
         await self._bootstrap_catalog(tps)
-        ctx = WorkerContext(settings=s, redis=self.redis, static=self.static, bundle=self.bundle, prefix=o.prefix)
+        ctx = WorkerContext(settings=s, redis=self.redis, static=self.static, bundle=self.bundle, prefix=o.prefix,
+                            catalog=self.catalog, producer=self.producer)
         if self._effects_given is not None:
             self.effects = list(self._effects_given)
         elif o.effects:
