@@ -44,7 +44,7 @@ import importlib
 import inspect
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -499,10 +499,23 @@ class Worker:
         metrics.BATCH_SIZE.labels(topic).observe(len(records))
         return records[-1].offset
 
-    async def _watch(self, key: str) -> tuple[Any, int]:
+    @contextlib.asynccontextmanager
+    async def _offset_transaction(self, key: str) -> AsyncIterator[tuple[Any, int]]:
+        """A pipeline WATCHing the partition's offset key, and the offset stored there.
+
+        A concurrent commit of that key (a zombie owner after a rebalance) makes our EXEC fail:
+        that surfaces as ``_Fenced`` and the batch is redone from the newly stored offset.
+        """
+        from redis.exceptions import WatchError
+
         pipe = self.redis.pipeline(transaction=True)
-        await pipe.watch(key)
-        return pipe, parse_stored(await pipe.get(key))
+        try:
+            await pipe.watch(key)
+            yield pipe, parse_stored(await pipe.get(key))
+        except WatchError as exc:
+            raise _Fenced() from exc
+        finally:
+            await pipe.reset()
 
     async def _dead_letters(self, topic: str, letters: list[Any]) -> None:
         if letters:
@@ -526,8 +539,7 @@ class Worker:
 
     async def _apply_interactions(self, tp: Any, records: list[Any]) -> None:
         key = offset_key(self.options.prefix, tp.topic, tp.partition)
-        pipe, stored = await self._watch(key)
-        try:
+        async with self._offset_transaction(key) as (pipe, stored):
             fresh = fresh_records(records, stored)
             skipped = len(records) - len(fresh)
             if skipped:
@@ -562,14 +574,6 @@ class Worker:
             metrics.REDIS_APPLY_SECONDS.observe(time.perf_counter() - redis_started)
             metrics.EVENTS.labels(tp.topic, "processed").inc(len(events))
             self.processed += len(events)
-        except Exception as exc:
-            from redis.exceptions import WatchError
-
-            if isinstance(exc, WatchError):
-                raise _Fenced() from exc
-            raise
-        finally:
-            await pipe.reset()
 
     async def _effect_reads(self, events: list[InteractionEvent], info: BatchInfo) -> list[list[Any]]:
         if not self.effects:
@@ -587,8 +591,7 @@ class Worker:
 
     async def _apply_catalog(self, tp: Any, records: list[Any]) -> None:
         key = offset_key(self.options.prefix, tp.topic, tp.partition)
-        pipe, stored = await self._watch(key)
-        try:
+        async with self._offset_transaction(key) as (pipe, stored):
             fresh = fresh_records(records, stored)
             if len(fresh) < len(records):
                 metrics.EVENTS.labels(tp.topic, "skipped").inc(len(records) - len(fresh))
@@ -605,14 +608,6 @@ class Worker:
             pipe.set(key, info.last_offset)
             await pipe.execute()
             metrics.EVENTS.labels(tp.topic, "processed").inc(len(decoded.events))
-        except Exception as exc:
-            from redis.exceptions import WatchError
-
-            if isinstance(exc, WatchError):
-                raise _Fenced() from exc
-            raise
-        finally:
-            await pipe.reset()
 
     # --- rebalancing -------------------------------------------------------------------------------
 
