@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -196,6 +195,7 @@ async def main() -> None:
     from streamrec.logs import configure_logging
     from streamrec.replay import replay_log
     from streamrec.settings import get_settings
+    from streamrec.stack.process import terminate
     from streams.worker import delete_state, ensure_topics_retrying
 
     configure_logging("WARNING")
@@ -249,12 +249,7 @@ async def main() -> None:
             result.update(freshness_rate=round(rate), freshness_sent=sent,
                           freshness_p50_ms=round(p50 * 1000, 1), freshness_p99_ms=round(p99 * 1000, 1))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout_s=30)
         await delete_state(client, prefix)
         await client.aclose()
 

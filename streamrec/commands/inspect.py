@@ -7,7 +7,8 @@ consumer group). Results go to stdout (``--json``: one JSON document); errors go
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -42,6 +43,28 @@ def _redis(settings: Settings) -> aioredis.Redis:
     import redis.asyncio as aioredis
 
     return aioredis.Redis.from_url(settings.redis_url)
+
+
+T = TypeVar("T")
+
+
+def _query_redis(query: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    """Run ``query`` on a client of the configured Redis; an unreachable Redis is a clear error."""
+    import asyncio
+
+    from streamrec.settings import get_settings
+
+    async def run() -> T:
+        redis = _redis(get_settings())
+        try:
+            return await query(redis)
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(run())
+    except (OSError, ConnectionError) as exc:
+        raise _fail(f"cannot reach Redis: {exc}") from None
 
 
 def _emit_json(payload: Any) -> None:
@@ -126,21 +149,7 @@ def user(
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
 ) -> None:
     """A user's online state: ranking features (sr:u), session (sr:s), user vector (sr:uv)."""
-    import asyncio
-
-    from streamrec.settings import get_settings
-
-    async def run() -> dict[str, Any]:
-        redis = _redis(get_settings())
-        try:
-            return await user_state(redis, user_id)
-        finally:
-            await redis.aclose()
-
-    try:
-        state = asyncio.run(run())
-    except (OSError, ConnectionError) as exc:
-        raise _fail(f"cannot reach Redis: {exc}") from None
+    state = _query_redis(lambda redis: user_state(redis, user_id))
     if as_json:
         _emit_json(state)
         return
@@ -169,9 +178,7 @@ def trending(
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
 ) -> None:
     """Top trending titles of a window, globally or in one scope (one of --country/--device/--hour)."""
-    import asyncio
 
-    from streamrec.settings import get_settings
     from streams.trending import WINDOWS, read_trending, scope_from_dict
 
     if window not in WINDOWS:
@@ -182,18 +189,7 @@ def trending(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     now_ms = int(time.time() * 1000) if at is None else at
-
-    async def run() -> list[tuple[str, float]]:
-        redis = _redis(get_settings())
-        try:
-            return await read_trending(redis, window, scope, now_ms, k)
-        finally:
-            await redis.aclose()
-
-    try:
-        rows = asyncio.run(run())
-    except (OSError, ConnectionError) as exc:
-        raise _fail(f"cannot reach Redis: {exc}") from None
+    rows = _query_redis(lambda redis: read_trending(redis, window, scope, now_ms, k))
     if as_json:
         _emit_json({"window": window, "scope": scope_name, "now_ms": now_ms,
                     "items": [{"item_id": item, "score": score} for item, score in rows]})

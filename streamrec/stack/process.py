@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from streamrec.logs import get_logger
 from streamrec.stack.errors import StackError
@@ -219,6 +220,18 @@ def stop(record: ProcessRecord, *, timeout_s: float = 30.0, kill_timeout_s: floa
     if _wait_gone(record, kill_timeout_s):
         return StopOutcome.KILLED
     raise StackError(f"{record.name} (pid {record.pid}) is still running after SIGKILL")
+
+
+def terminate(proc: subprocess.Popen[Any], timeout_s: float = 20.0) -> None:
+    """Stop a child this process started and still holds (a worker under test): SIGTERM, wait, SIGKILL."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def stop_pid_file(path: Path, *, timeout_s: float = 30.0) -> StopOutcome:

@@ -37,6 +37,7 @@ from streamrec.feature_store.memory import MemoryFeatureStore
 from streamrec.kafka_io import make_producer
 from streamrec.replay import replay_log
 from streamrec.settings import Settings
+from streamrec.stack.process import terminate
 from streams.effects import offset_key
 from streams.worker import ensure_topics_retrying
 
@@ -156,13 +157,7 @@ async def _wait_split(a: Path, b: Path, settings: Settings, seconds: float = 60)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc, timeout_s=20)
 
 
 async def _assert_state_equals_ground_truth(client: aioredis.Redis, world: World) -> None:

@@ -4,7 +4,6 @@ every partition from the beginning (ignoring the group's committed offsets) rest
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from streamrec.datasets.world import generate_world
 from streamrec.feature_store import RedisFeatureStore
 from streamrec.replay import replay_log
 from streamrec.settings import Settings
+from streamrec.stack.process import terminate
 from streams.effects import offset_key
 from streams.worker import ensure_topics_retrying
 
@@ -50,12 +50,7 @@ async def _run_until_applied(env: dict[str, str], client: aioredis.Redis, settin
             assert time.monotonic() < deadline, "worker too slow"
             await asyncio.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout_s=20)
     assert proc.returncode == 0, log_path.read_text()[-3000:]
 
 
