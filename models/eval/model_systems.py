@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.candidates import candidates_for_users, user_histories
+from models.candidates import candidates_for_users
 from models.cf import CFModel, fit_cf
 from models.dataset import EventLog
 from models.eval.protocol import EvalContext
@@ -50,7 +50,7 @@ class TwoStageSystem(TwoStageRecommender):
         last = np.full(log.n_users, int(log.ts.max()), np.int64)
         last[log.user] = log.ts  # time order: each user's last event wins
         retrieval = self.model.retrieval
-        return candidates_for_users(retrieval.retriever, user_histories(log), users, last[users] + 1,
+        return candidates_for_users(retrieval.retriever, self.histories, users, last[users] + 1,
                                     user_vectors=retrieval.cf.user_vectors)
 
 
