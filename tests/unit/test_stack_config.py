@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -279,14 +280,20 @@ def test_stop_terminates_our_process(sleeper: ProcessRecord, tmp_path: Path) -> 
 
 
 def test_stop_falls_back_to_sigkill(tmp_path: Path) -> None:
+    ready = tmp_path / "trapped"
     record = process.spawn_detached(
-        ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+        ["sh", "-c", f"trap '' TERM; touch {ready}; while :; do sleep 0.1; done"],
         name="stubborn",
         marker="trap",
         port=0,
         log_file=tmp_path / "stubborn.log",
         cwd=tmp_path,
     )
+    # SIGTERM sent before the shell has installed its trap would simply end it: wait for the trap first.
+    deadline = time.monotonic() + 10
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ready.exists(), "the stubborn shell never started"
     assert process.stop(record, timeout_s=0.5) is StopOutcome.KILLED
     assert not process.owns(record)
 
