@@ -1,7 +1,8 @@
 """Integration fixtures: one real Kafka broker and redis-server for the whole test session.
 
-The test stack listens on its own ports (Kafka 19092, controller 19093, Redis 16379) with its own
-state dir (``.streamrec/test-stack``, wiped at the start), so it never clashes with a developer's
+The test stack listens on its own ports (Kafka 19092, controller 19093, Redis 16379, all shifted by
+``STREAMREC_TEST_PORT_OFFSET``) with its own state dir (``.streamrec/test-stack``, wiped at the
+start), so it never clashes with a developer's
 ``streamrec stack up`` on the default ports. It is stopped at the end of the session, also when
 tests fail; a stack left behind by an interrupted session is stopped (by its pid files) first.
 
@@ -35,10 +36,13 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
-TEST_STATE_DIR = REPO_ROOT / ".streamrec" / "test-stack"
-KAFKA_PORT = 19092
-KAFKA_CONTROLLER_PORT = 19093
-REDIS_PORT = 16379
+# STREAMREC_TEST_PORT_OFFSET shifts every port (and the state dir) so that two test sessions on
+# one machine (two developers' checkouts, parallel CI jobs) do not share one stack.
+_OFFSET = int(os.environ.get("STREAMREC_TEST_PORT_OFFSET", "0"))
+TEST_STATE_DIR = REPO_ROOT / ".streamrec" / ("test-stack" if _OFFSET == 0 else f"test-stack-{_OFFSET}")
+KAFKA_PORT = 19092 + _OFFSET
+KAFKA_CONTROLLER_PORT = 19093 + _OFFSET
+REDIS_PORT = 16379 + _OFFSET
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -131,7 +135,8 @@ def stack_factory() -> Iterator[Callable[[str, int, int, int], Settings]]:
 
     def start(name: str, kafka_port: int, controller_port: int, redis_port: int) -> Settings:
         settings = stack_settings(
-            REPO_ROOT / ".streamrec" / f"test-stack-{name}", kafka_port, controller_port, redis_port
+            REPO_ROOT / ".streamrec" / f"test-stack-{name}-{_OFFSET}",
+            kafka_port + _OFFSET, controller_port + _OFFSET, redis_port + _OFFSET,
         )
         started.append(settings)
         start_fresh_stack(settings)
