@@ -69,6 +69,25 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(False, description="Structured logs as JSON lines (true in containers).")
 
+    # --- Serving (HTTP) --------------------------------------------------------------------
+    server_host: str = Field("127.0.0.1", description="Address `streamrec serve` binds (0.0.0.0 in containers).")
+    server_port: int = Field(8000, ge=1, le=65535, description="Port `streamrec serve` listens on.")
+    api_key: str = Field(
+        "", description="Key required in the X-API-Key header of POST /v1/events; empty: writes need no key."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted; bigger ones get 413."
+    )
+    max_events_per_request: int = Field(
+        1000, ge=1, description="Most events one POST /v1/events may carry (a JSON array)."
+    )
+    events_publish_timeout_s: float = Field(
+        5.0, gt=0, description="How long POST /v1/events waits for Kafka's acknowledgement before answering 503."
+    )
+    request_timeout_s: float = Field(
+        1.0, gt=0, description="Budget of one recommendation/similar call; past it the answer is degraded."
+    )
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
