@@ -1,0 +1,273 @@
+"""The HTTP app (aiohttp on uvloop, orjson bodies): routes, validation, request ids, limits, metrics, lifecycle.
+
+aiohttp was chosen over Starlette/uvicorn by measuring both on this request path with ``benchmarks/bench_serving.py
+--compare-frameworks`` (figures in the module docstring of that file and in the README).
+
+Every resource (the recommendation service with its Redis pool, ONNX session and index; the Kafka producer) is opened
+in the app's startup context, never at import, so ``create_app`` is cheap and tests can inject stubs. The guard
+middleware turns anything a handler raises into a JSON answer: a 400 naming the field, a degraded 200 for the read
+endpoints when the service fails or runs out of time, so a valid request never sees a 5xx (the only 503s are
+/readyz before readiness and POST /v1/events when Kafka does not acknowledge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from schemas.events import is_catalog
+from serving.http_events import BodyError, EventPublisher, KafkaEventPublisher, PublisherUnavailable, decode_events
+from serving.http_metrics import (
+    EVENTS_ACCEPTED,
+    EVENTS_REFUSED,
+    FALLBACK_ANSWERS,
+    METRICS_CONTENT_TYPE,
+    REQUEST_SECONDS,
+    render_metrics,
+)
+from serving.http_validation import ParamError, check_id, parse_k, parse_recommend_params, request_id_from
+from serving.openapi import openapi_document
+from streamrec.logs import get_logger
+from streamrec.settings import Settings
+
+log = get_logger(__name__)
+
+
+class Service(Protocol):
+    """What the HTTP layer needs of :class:`serving.service.RecommendationService` (the contract with the core)."""
+
+    @property
+    def model_version(self) -> str: ...
+
+    async def recommend(self, req: Any) -> dict[str, Any]: ...
+
+    async def similar(self, item_id: str, k: int) -> dict[str, Any] | None: ...
+
+    async def readiness(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+class Publisher(EventPublisher, Protocol):
+    def start_background(self) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+
+ServiceFactory = Callable[[Settings, Path | None], Awaitable[Service]]
+PublisherFactory = Callable[[Settings], Publisher]
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICE = web.AppKey("service", Service)  # type: ignore[type-abstract]
+PUBLISHER = web.AppKey("publisher", Publisher)  # type: ignore[type-abstract]
+
+_JSON = "application/json"
+_ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY  # the service may hand back numpy scalars; orjson writes them natively
+
+
+async def _default_service(settings: Settings, artifacts: Path | None) -> Service:
+    from serving.service import RecommendationService
+
+    return await RecommendationService.start(settings, artifacts)
+
+
+def _json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body, option=_ORJSON_OPTS), status=status, content_type=_JSON)
+
+
+def _error(status: int, field: str, message: str, request_id: str, **extra: Any) -> web.Response:
+    return _json_response({"error": {"field": field, "message": message}, **extra, "request_id": request_id}, status)
+
+
+# --- middleware ---------------------------------------------------------------------------------
+
+
+def _endpoint(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> web.StreamResponse:
+    started = time.perf_counter()
+    request_id = request_id_from(request.headers.get("X-Request-ID"))
+    request["request_id"] = request_id
+    endpoint = _endpoint(request)
+    try:
+        response = await handler(request)
+    except ParamError as exc:
+        response = _error(400, exc.field, exc.message, request_id)
+    except web.HTTPRequestEntityTooLarge:
+        response = _error(413, "body", f"the body is larger than {request.app[SETTINGS].max_body_bytes} bytes",
+                          request_id)
+    except web.HTTPException as exc:  # aiohttp's own 404 / 405: same JSON shape as ours
+        field = {404: "path", 405: "method"}.get(exc.status, "request")
+        response = _error(exc.status, field, exc.reason, request_id)
+    except Exception:
+        # Handlers answer the service's failures themselves; reaching here is a bug of ours. Say so in the log and
+        # answer without a 5xx body the client cannot parse.
+        log.exception("unhandled error", endpoint=endpoint, request_id=request_id)
+        FALLBACK_ANSWERS.labels(endpoint, "unhandled").inc()
+        response = _error(503, "server", "internal error; retry", request_id)
+    response.headers["X-Request-ID"] = request_id
+    REQUEST_SECONDS.labels(endpoint, str(response.status)).observe(time.perf_counter() - started)
+    return response
+
+
+# --- read endpoints ------------------------------------------------------------------------------
+
+
+async def _call_service(request: web.Request, endpoint: str, call: Awaitable[Any]) -> tuple[Any, str | None]:
+    """Await a service call within the request budget; returns (result, None) or (None, why it failed)."""
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].request_timeout_s):
+            return await call, None
+    except TimeoutError:
+        reason = "timeout"
+    except Exception:
+        log.exception("service call failed", endpoint=endpoint, request_id=request["request_id"])
+        reason = "error"
+    FALLBACK_ANSWERS.labels(endpoint, reason).inc()
+    return None, reason
+
+
+async def recommend(request: web.Request) -> web.Response:
+    from serving.service import RecommendRequest
+
+    started = time.perf_counter()
+    user_id = check_id(request.match_info["user_id"], "user_id")
+    params = parse_recommend_params(request.query)
+    service = request.app[SERVICE]
+    req = RecommendRequest(user_id=user_id, request_id=request["request_id"], k=params.k, device=params.device,
+                           country=params.country, hour=params.hour, session_id=params.session_id)
+    body, failed = await _call_service(request, "recommend", service.recommend(req))
+    if failed is not None:
+        # A degraded answer rather than a 5xx: the client shows its own default row.
+        body = {"user_id": user_id, "request_id": req.request_id, "model_version": service.model_version,
+                "items": [], "degraded": True,
+                "timings_ms": {"total": round((time.perf_counter() - started) * 1000, 3)}}
+    return _json_response(body)
+
+
+async def similar(request: web.Request) -> web.Response:
+    item_id = check_id(request.match_info["item_id"], "item_id")
+    k = parse_k(request.query)
+    service = request.app[SERVICE]
+    body, failed = await _call_service(request, "similar", service.similar(item_id, k))
+    if failed is not None:
+        body = {"item_id": item_id, "model_version": service.model_version, "items": [], "degraded": True}
+    elif body is None:
+        return _error(404, "item_id", f"unknown item {item_id!r}", request["request_id"])
+    return _json_response({**body, "request_id": request["request_id"]})
+
+
+# --- writes --------------------------------------------------------------------------------------
+
+
+async def post_events(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    request_id = request["request_id"]
+    if settings.api_key and not hmac.compare_digest(
+        request.headers.get("X-API-Key", "").encode(), settings.api_key.encode()
+    ):
+        return _error(401, "X-API-Key", "missing or wrong API key", request_id)
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=settings.max_body_bytes, actual_size=request.content_length)
+    raw = await request.read()  # bounded by client_max_size (= max_body_bytes) for chunked bodies too
+    try:
+        batch = decode_events(raw, settings.max_events_per_request)
+    except BodyError as exc:
+        return _error(400, "body", exc.message, request_id, refused=[r.as_dict() for r in exc.refused])
+    refused = [r.as_dict() for r in batch.refused]
+    for refusal in batch.refused:
+        EVENTS_REFUSED.labels(refusal.field).inc()
+    if not batch.events:
+        return _error(400, "body", "no event in the body is valid", request_id, refused=refused)
+    try:
+        await request.app[PUBLISHER].publish(batch.events)
+    except PublisherUnavailable as exc:
+        log.warning("events not published", error=str(exc), events=len(batch.events), request_id=request_id)
+        return _error(503, "kafka", str(exc), request_id)
+    for event in batch.events:
+        EVENTS_ACCEPTED.labels(settings.topic_catalog if is_catalog(event) else settings.topic_interactions).inc()
+    return _json_response({"accepted": len(batch.events), "refused": refused, "request_id": request_id}, 202)
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        body = await request.app[SERVICE].readiness()
+    except Exception as exc:
+        log.warning("readiness check failed", error=str(exc))
+        body = {"ready": False, "error": str(exc)}
+    body = {**body, "events_producer": request.app[PUBLISHER].connected}
+    return _json_response(body, 200 if body.get("ready") else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=render_metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_OPENAPI_BYTES], content_type=_JSON)
+
+
+_OPENAPI_BYTES = web.AppKey("openapi_bytes", bytes)
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings,
+    artifacts: Path | None = None,
+    *,
+    service_factory: ServiceFactory | None = None,
+    publisher_factory: PublisherFactory | None = None,
+) -> web.Application:
+    """The app; nothing is opened until it starts (then the service, then the Kafka producer in the background)."""
+    app = web.Application(middlewares=[_guard], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[_OPENAPI_BYTES] = orjson.dumps(openapi_document())
+    make_service = service_factory or _default_service
+    make_publisher: PublisherFactory = publisher_factory or KafkaEventPublisher
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        service = await make_service(settings, artifacts)
+        publisher = make_publisher(settings)
+        publisher.start_background()
+        app[SERVICE] = service
+        app[PUBLISHER] = publisher
+        log.info("serving", model_version=service.model_version, startup_s=round(time.perf_counter() - started, 3))
+        try:
+            yield
+        finally:
+            await publisher.close()
+            await service.close()
+            log.info("stopped serving")
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/v1/recommendations/{user_id}", recommend)
+    app.router.add_get("/v1/items/{item_id}/similar", similar)
+    app.router.add_post("/v1/events", post_events)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app

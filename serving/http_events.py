@@ -1,0 +1,149 @@
+"""POST /v1/events: split a body into valid events and refusals by index, then publish the valid ones to Kafka.
+
+The body is one event object or a JSON array of them. msgspec cuts an array into its raw elements without building
+Python objects, and each element goes through the contract decoder of ``schemas/`` on its own, so every refusal names
+its index and the JSON path of the offending field (``$.context.local_hour``), exactly as a worker would dead-letter it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from schemas.decoder import EventError, event_decoder
+from schemas.events import Event, encode, is_catalog, partition_key
+from streamrec.logs import get_logger
+from streamrec.settings import Settings
+
+log = get_logger(__name__)
+
+_RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+_RAW_ONE = msgspec.json.Decoder(msgspec.Raw)  # checks that the body is one JSON document, builds nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    index: int
+    field: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "reason": self.reason}
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    events: list[Event] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    is_batch: bool = False
+
+
+class BodyError(ValueError):
+    """The body as a whole is unusable (not JSON, empty, too many events): a 400 naming ``body``."""
+
+    def __init__(self, message: str, refused: list[Refusal] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.refused = refused or []
+
+
+def decode_events(body: bytes, max_events: int) -> DecodedBatch:
+    """Validate a POST body. Raises :class:`BodyError` when it is not JSON, is an empty array or holds more than
+    ``max_events`` events; otherwise returns the valid events (in order) and the refused ones by index."""
+    start = body.lstrip()[:1]
+    if start == b"[":
+        try:
+            raws = _RAW_ARRAY.decode(body)
+        except msgspec.DecodeError as exc:
+            raise BodyError("body is not JSON", [Refusal(0, "$", str(exc))]) from None
+        if not raws:
+            raise BodyError("the array holds no event")
+        if len(raws) > max_events:
+            raise BodyError(f"at most {max_events} events per request, got {len(raws)}")
+        batch = DecodedBatch(is_batch=True)
+    else:
+        try:
+            raws = [_RAW_ONE.decode(body)]
+        except msgspec.DecodeError as exc:
+            raise BodyError("body is not JSON", [Refusal(0, "$", str(exc))]) from None
+        batch = DecodedBatch(is_batch=False)
+    for index, raw in enumerate(raws):
+        try:
+            batch.events.append(event_decoder.decode(raw))
+        except EventError as exc:
+            batch.refused.append(Refusal(index, exc.field, exc.reason))
+    return batch
+
+
+class EventPublisher(Protocol):
+    async def publish(self, events: list[Event]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class PublisherUnavailable(RuntimeError):
+    """Kafka cannot take the events now (not connected yet, or no acknowledgement in time): answer 503."""
+
+
+class KafkaEventPublisher:
+    """Publishes through one idempotent aiokafka producer (acks=all), started in the background so that a server
+    whose Kafka is briefly away still serves reads; keys and topics follow ``schemas.topics``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: Any = None
+        self._starting: asyncio.Task[None] | None = None
+
+    def start_background(self) -> None:
+        self._starting = asyncio.get_running_loop().create_task(self._connect(), name="events-producer-start")
+
+    async def _connect(self) -> None:
+        from streamrec.kafka_io import make_producer
+
+        delay = 0.5
+        while True:
+            producer = make_producer(self._settings, linger_ms=1)
+            try:
+                await producer.start()
+            except Exception as exc:  # Kafka not reachable yet: keep serving reads, retry with back-off
+                log.warning("events producer not connected; retrying", error=str(exc), retry_s=delay)
+                await producer.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self._producer = producer
+            log.info("events producer connected", bootstrap=self._settings.kafka_bootstrap)
+            return
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    async def publish(self, events: list[Event]) -> None:
+        if self._producer is None:
+            raise PublisherUnavailable("not connected to Kafka yet")
+        from streamrec.kafka_io import KeyedBatchSender
+
+        # One sender per request: records are packed into per-partition batches, one future per batch rather than
+        # per record; the producer's accumulator keeps per-partition order across concurrent requests.
+        sender = KeyedBatchSender(self._producer)
+        topics = (self._settings.topic_interactions, self._settings.topic_catalog)
+        try:
+            async with asyncio.timeout(self._settings.events_publish_timeout_s):
+                for event in events:
+                    await sender.add(topics[is_catalog(event)], partition_key(event).encode(), encode(event))
+                await sender.flush()
+        except (TimeoutError, LookupError, OSError) as exc:
+            raise PublisherUnavailable(f"Kafka did not acknowledge the events: {exc or 'timeout'}") from exc
+        except Exception as exc:  # aiokafka's KafkaError family: the broker refused or went away
+            raise PublisherUnavailable(f"Kafka refused the events: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+        if self._producer is not None:
+            await self._producer.stop()  # flushes what is still in the accumulator
+            self._producer = None

@@ -1,0 +1,91 @@
+"""Running the app: one process on uvloop, or N stateless replicas sharing the port through SO_REUSEPORT.
+
+Each replica loads its own bundle, Redis pool and HNSW replica (nothing is shared between processes, so a replica
+can die or restart without the others noticing); the kernel spreads new connections across the listening sockets.
+SIGTERM or SIGINT stops accepting, lets in-flight requests finish (``shutdown_timeout``), then closes the service and
+flushes the Kafka producer in the app's cleanup context.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+from streamrec.logs import configure_logging, get_logger
+from streamrec.settings import Settings
+
+log = get_logger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def serve_one(settings: Settings, artifacts: Path | None, host: str, port: int, reuse_port: bool) -> None:
+    """Serve in this process until SIGTERM/SIGINT."""
+    import uvloop
+    from aiohttp import web
+
+    from serving.app import create_app
+
+    configure_logging(settings.log_level, settings.log_json)
+    app = create_app(settings, artifacts)
+    log.info("starting server", host=host, port=port, pid=os.getpid(), reuse_port=reuse_port)
+    web.run_app(
+        app, host=host, port=port, reuse_port=reuse_port or None, access_log=None, print=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S, handle_signals=True, loop=uvloop.new_event_loop(),
+    )
+
+
+def _replica(settings: Settings, artifacts: Path | None, host: str, port: int) -> None:
+    serve_one(settings, artifacts, host, port, reuse_port=True)
+
+
+def serve(settings: Settings, artifacts: Path | None, host: str, port: int, workers: int = 1) -> int:
+    """Serve with ``workers`` processes; returns the exit status (0 after a clean SIGTERM)."""
+    if workers <= 1:
+        serve_one(settings, artifacts, host, port, reuse_port=False)
+        return 0
+    # prometheus_client's multiprocess mode: /metrics on any replica reports every replica's series.
+    own_metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_metrics_dir = tempfile.TemporaryDirectory(prefix="streamrec-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir.name
+    # spawn, not fork: each replica builds its own event loop, sockets and ONNX session from scratch.
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_replica, args=(settings, artifacts, host, port), name=f"streamrec-serve-{n}")
+                for n in range(workers)]
+    for child in children:
+        child.start()
+    stopping = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("replicas started", workers=workers, pids=[c.pid for c in children], host=host, port=port)
+    status = 0
+    try:
+        # When one replica dies on its own the set is broken: stop the rest and report the failure.
+        multiprocessing.connection.wait([c.sentinel for c in children])
+        if not stopping:
+            status = 1
+            log.error("a replica exited; stopping the others",
+                      exitcodes={c.pid: c.exitcode for c in children if not c.is_alive()})
+            stop(signal.SIGTERM, None)
+        for child in children:
+            child.join(SHUTDOWN_TIMEOUT_S + 5)
+            if child.is_alive():
+                child.kill()
+                child.join()
+    finally:
+        if own_metrics_dir is not None:
+            own_metrics_dir.cleanup()
+    return status

@@ -1,0 +1,94 @@
+"""Query and path parameters of the read endpoints: parsed, range-checked, or a :class:`ParamError` naming the field.
+
+Pure functions over a ``Mapping[str, str]`` so that any HTTP framework (and the unit tests) can use them. The limits
+are the ones the event contracts use (``schemas/events.py``), so a request and the events it leads to agree.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from schemas.events import DEVICES
+
+K_MIN: Final = 1
+K_MAX: Final = 200
+K_DEFAULT: Final = 20
+ID_MAX: Final = 128  # schemas.events.Id
+_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
+# A caller's X-Request-ID is echoed only when it is short and printable-safe (it lands in logs and headers).
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ParamError(Exception):
+    """A request parameter or body part is invalid; ``field`` names it as the client sent it."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendParams:
+    k: int
+    device: str | None
+    country: str | None
+    hour: int | None
+    session_id: str | None
+
+
+def check_id(value: str, field: str) -> str:
+    if not value or len(value) > ID_MAX:
+        raise ParamError(field, f"must be 1 to {ID_MAX} characters")
+    return value
+
+
+def _int(query: Mapping[str, str], field: str, low: int, high: int, default: int | None) -> int | None:
+    raw = query.get(field)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ParamError(field, f"must be an integer from {low} to {high}, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise ParamError(field, f"must be from {low} to {high}, got {value}")
+    return value
+
+
+def parse_k(query: Mapping[str, str]) -> int:
+    k = _int(query, "k", K_MIN, K_MAX, K_DEFAULT)
+    assert k is not None
+    return k
+
+
+def parse_recommend_params(query: Mapping[str, str]) -> RecommendParams:
+    """``k`` 1..200 (default 20), ``device`` one of the schema's devices, ``country`` ISO 3166 alpha-2 (any case,
+    answered upper-case), ``hour`` 0..23, ``session_id`` 1..128 characters. Empty values count as absent."""
+    device = query.get("device") or None
+    if device is not None and device not in DEVICES:
+        raise ParamError("device", f"must be one of {', '.join(DEVICES)}, got {device[:40]!r}")
+    country = query.get("country") or None
+    if country is not None:
+        if not _COUNTRY.match(country):
+            raise ParamError("country", f"must be an ISO 3166-1 alpha-2 code such as US, got {country[:40]!r}")
+        country = country.upper()
+    session_id = query.get("session_id") or None
+    if session_id is not None:
+        check_id(session_id, "session_id")
+    return RecommendParams(
+        k=parse_k(query), device=device, country=country, hour=_int(query, "hour", 0, 23, None), session_id=session_id
+    )
+
+
+def request_id_from(header: str | None) -> str:
+    """The caller's ``X-Request-ID`` when it is a safe token, else a new one (32 hex digits)."""
+    if header and _REQUEST_ID.match(header):
+        return header
+    return uuid.uuid4().hex

@@ -1,0 +1,285 @@
+"""The OpenAPI 3.1 document served at ``/openapi.json``.
+
+Hand-written for the HTTP shapes (they are small and we want every status code the server really sends listed) and
+generated for the event bodies: the event schemas come from the msgspec structs in ``schemas/events.py``, the same
+contract the decoder enforces, so the document cannot drift from what POST /v1/events accepts. The integration test
+validates every response it gets against the schema of its path and status.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from schemas.events import DEVICES, Event
+from serving.http_validation import ID_MAX, K_DEFAULT, K_MAX, K_MIN
+
+_REF = "#/components/schemas/{name}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_NUMBER = {"type": "number"}
+_STRING = {"type": "string"}
+_ID = {"type": "string", "minLength": 1, "maxLength": ID_MAX}
+
+_SHAPES: dict[str, dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "request_id"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {
+                    "field": {"type": "string", "description": "The parameter, header or body part at fault."},
+                    "message": _STRING,
+                },
+                "additionalProperties": False,
+            },
+            "request_id": _STRING,
+        },
+        "additionalProperties": False,
+    },
+    "Refusal": {
+        "type": "object",
+        "required": ["index", "field", "reason"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0, "description": "Position in the posted array (0: one event)."},
+            "field": {"type": "string", "description": "JSON path of the bad field: `$.context.local_hour`."},
+            "reason": _STRING,
+        },
+        "additionalProperties": False,
+    },
+    "EventsAccepted": {
+        "type": "object",
+        "required": ["accepted", "refused", "request_id"],
+        "properties": {
+            "accepted": {"type": "integer", "minimum": 1, "description": "Events published to Kafka."},
+            "refused": {"type": "array", "items": _ref("Refusal")},
+            "request_id": _STRING,
+        },
+        "additionalProperties": False,
+    },
+    "EventsRejected": {
+        "type": "object",
+        "required": ["error", "refused", "request_id"],
+        "properties": {
+            "error": _ref("ErrorDetail"),
+            "refused": {"type": "array", "items": _ref("Refusal")},
+            "request_id": _STRING,
+        },
+        "additionalProperties": False,
+    },
+    "ErrorDetail": {
+        "type": "object",
+        "required": ["field", "message"],
+        "properties": {"field": _STRING, "message": _STRING},
+        "additionalProperties": False,
+    },
+    "RecommendedItem": {
+        "type": "object",
+        "required": ["item_id", "score", "sources", "reason"],
+        "properties": {
+            "item_id": _STRING,
+            "score": _NUMBER,
+            "sources": {"type": "array", "items": _STRING, "description": "Candidate sources that proposed it."},
+            "reason": {"type": ["string", "null"]},
+        },
+    },
+    "Recommendations": {
+        "type": "object",
+        "required": ["user_id", "request_id", "model_version", "items", "degraded", "timings_ms"],
+        "properties": {
+            "user_id": _STRING,
+            "request_id": _STRING,
+            "model_version": {"type": ["string", "null"]},
+            "items": {"type": "array", "items": _ref("RecommendedItem")},
+            "degraded": {"type": "boolean", "description": "True when a part (Redis, a source, ranker) was missing."},
+            "timings_ms": {"type": "object", "additionalProperties": _NUMBER},
+        },
+    },
+    "SimilarItem": {
+        "type": "object",
+        "required": ["item_id", "score"],
+        "properties": {
+            "item_id": _STRING,
+            "score": _NUMBER,
+            "title": {"type": ["string", "null"]},
+            "reason": {"type": ["string", "null"]},
+        },
+    },
+    "Similar": {
+        "type": "object",
+        "required": ["item_id", "request_id", "model_version", "items", "degraded"],
+        "properties": {
+            "item_id": _STRING,
+            "request_id": _STRING,
+            "model_version": {"type": ["string", "null"]},
+            "items": {"type": "array", "items": _ref("SimilarItem")},
+            "degraded": {"type": "boolean"},
+        },
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["ready"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "bundle": {"type": ["string", "null"], "description": "Version of the loaded model bundle."},
+            "redis": {"type": "boolean"},
+            "index": {
+                "type": "object",
+                "properties": {
+                    "size": {"type": "integer"},
+                    "lag": {"type": "integer", "description": "item-vectors records not yet applied."},
+                    "caught_up": {"type": "boolean"},
+                },
+            },
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"const": "ok"}},
+        "additionalProperties": False,
+    },
+}
+
+_ERROR_400 = _json(_ref("Error"), "A parameter is invalid; `error.field` names it.")
+_REQUEST_ID_HEADER = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "Echoed back (header and body) when it is 1 to 128 of [A-Za-z0-9._:-]; otherwise one is made.",
+    "schema": {"type": "string"},
+}
+
+
+def _k(maximum: int = K_MAX) -> dict[str, Any]:
+    return {
+        "name": "k",
+        "in": "query",
+        "required": False,
+        "description": "How many items to return.",
+        "schema": {"type": "integer", "minimum": K_MIN, "maximum": maximum, "default": K_DEFAULT},
+    }
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/recommendations/{user_id}": {
+            "get": {
+                "operationId": "recommend",
+                "summary": "Top-k titles for a user (two-stage: candidates, Wide & Deep ranking, post-processing).",
+                "parameters": [
+                    {"name": "user_id", "in": "path", "required": True, "schema": _ID},
+                    _k(),
+                    _query("device", {"type": "string", "enum": list(DEVICES)}, "Device of the request."),
+                    _query("country", {"type": "string", "pattern": "^[A-Za-z]{2}$"},
+                           "ISO 3166-1 alpha-2 country (any case)."),
+                    _query("hour", {"type": "integer", "minimum": 0, "maximum": 23}, "Local hour of the user."),
+                    _query("session_id", _ID, "Current session, for session features."),
+                    _REQUEST_ID_HEADER,
+                ],
+                "responses": {
+                    "200": _json(_ref("Recommendations"),
+                                 "Always for a valid request; `degraded` says when a part was missing. "
+                                 "An unknown user gets a cold-start list."),
+                    "400": _ERROR_400,
+                },
+            }
+        },
+        "/v1/items/{item_id}/similar": {
+            "get": {
+                "operationId": "similar",
+                "summary": "Titles similar to one title (ANN over item vectors, content vectors as the fallback).",
+                "parameters": [{"name": "item_id", "in": "path", "required": True, "schema": _ID}, _k(),
+                               _REQUEST_ID_HEADER],
+                "responses": {
+                    "200": _json(_ref("Similar"), "Similar titles."),
+                    "400": _ERROR_400,
+                    "404": _json(_ref("Error"), "The title is not in the catalogue."),
+                },
+            }
+        },
+        "/v1/events": {
+            "post": {
+                "operationId": "publishEvents",
+                "summary": "Validate events, publish the valid ones to Kafka (interactions by user, catalog by item).",
+                "parameters": [
+                    {"name": "X-API-Key", "in": "header", "required": False, "schema": _STRING,
+                     "description": "Required when the server has an API key configured (STREAMREC_API_KEY)."},
+                    _REQUEST_ID_HEADER,
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"oneOf": [
+                        _ref("Event"), {"type": "array", "minItems": 1, "items": _ref("Event")},
+                    ]}}},
+                },
+                "responses": {
+                    "202": _json(_ref("EventsAccepted"),
+                                 "At least one event was published; the refused ones are listed by index."),
+                    "400": _json(_ref("EventsRejected"), "Not JSON, an empty or too large array, or no valid event."),
+                    "401": _json(_ref("Error"), "Missing or wrong X-API-Key."),
+                    "413": _json(_ref("Error"), "The body is larger than STREAMREC_MAX_BODY_BYTES."),
+                    "503": _json(_ref("Error"), "Kafka did not acknowledge the events in time; nothing is promised."),
+                },
+            }
+        },
+        "/healthz": {"get": {"operationId": "health", "summary": "The process is up.",
+                             "responses": {"200": _json(_ref("Health"), "Up.")}}},
+        "/readyz": {
+            "get": {
+                "operationId": "ready",
+                "summary": "Bundle loaded, Redis reachable, index caught up with item-vectors.",
+                "responses": {"200": _json(_ref("Readiness"), "Ready."),
+                              "503": _json(_ref("Readiness"), "Not ready yet; the body says which part.")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus exposition of this process.",
+                "responses": {"200": {"description": "Prometheus text format.",
+                                      "content": {"text/plain": {"schema": _STRING}}}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document.")},
+            }
+        },
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The document (built once; treat it as read-only)."""
+    (event_schema,), event_components = msgspec.json.schema_components((Event,), ref_template=_REF)
+    components = {**event_components, "Event": event_schema, **_SHAPES}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "streamrec",
+            "version": "1",
+            "description": "Real-time recommendations. Every error body is `{error: {field, message}, request_id}`; "
+                           "unknown routes answer 404 and wrong methods 405 with the same shape.",
+        },
+        "paths": _paths(),
+        "components": {"schemas": components},
+    }
