@@ -15,6 +15,9 @@ hnsw_items.bin(.meta…)   HNSW over CF item vectors, cosine (item -> similar it
 items.npz                popularity, release/first-seen time, availability, maturity, originals,
                          genre matrix: the static item columns of the features
 catalog.json             titles and genres (for reasons and the similar-items endpoint)
+histories.npz            every user's item events at training time, CSR (ptr, items, weights, ts) in
+                         ``user_ids`` order, plus ``maturity_limit`` per user (-1 none): the server's
+                         exclusions, content profile and because-you-watched seeds for known users
 ranker.onnx              the Wide & Deep ranker, one self-contained file
 =======================  ======================================================================
 """
@@ -26,8 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from models.bundle import BundleError, BundleWriter, fingerprint_files, open_bundle
-from models.candidates import CandidateConfig
+from models.candidates import CandidateConfig, user_histories
 from models.dataset import EventLog, load_log
 from models.features.spec import FEATURE_SPEC_VERSION
 from models.postprocess import PostConfig
@@ -75,6 +80,11 @@ def write_bundle(writer: BundleWriter, log: EventLog, model: TwoStageModel) -> N
     writer.save_json("catalog", {"titles": catalog.titles, "genres": catalog.genres,
                                  "genre_vocab": catalog.genre_vocab})
     writer.save_bytes("ranker.onnx", model.ranker_onnx)
+    histories = user_histories(log)
+    limits = log.user_maturity_limit if len(log.user_maturity_limit) == log.n_users else \
+        np.full(log.n_users, -1, np.int8)
+    writer.save_arrays("histories", ptr=histories.ptr, items=histories.items, weights=histories.weights,
+                       ts=histories.ts, maturity_limit=limits.astype(np.int8))
 
 
 def train_bundle(

@@ -1,0 +1,113 @@
+"""Stage 1's Redis read: everything candidate generation needs, in ONE pipelined round trip.
+
+The keys and value formats belong to the stream workers; this module only batches their reads and
+decodes with their helpers (``streams.user_vectors``, ``streams.session``, ``streams.trending``,
+``streamrec.feature_store.redis_store``), so a layout change stays in one place:
+
+- ``GET`` the online user vector (space-checked against the serving bundle),
+- ``GET`` the session (its recent items: exclusions and because-you-watched seeds),
+- ``GET`` the feature-store user value (its last 20 engaged items, for the same),
+- ``ZREVRANGE .. WITHSCORES`` of the trending window's current and previous generation for the
+  global scope and each known context dimension (country, device, hour),
+- ``ZREVRANGEBYSCORE`` of the new releases.
+
+Trending here combines the two generations' *top lists* only (an item outside one list counts 0
+there), where ``streams.trending.read_trending`` runs the exact threshold algorithm over several
+round trips: for a candidate source an approximate order of the top titles is enough, and the
+request saves one or more round trips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from streamrec.feature_store.redis_store import decode_user_blob
+from streams.session import decode_session, session_key
+from streams.trending import NEW_RELEASES, WINDOWS, generation, read_factor, scope_name, trend_key
+from streams.user_vectors import unpack_user_vector
+from streams.user_vectors import user_key as vector_key
+
+
+@dataclass(frozen=True, slots=True)
+class RequestScopes:
+    """The trending scopes of a request's context (global first)."""
+
+    country: str | None = None
+    device: str | None = None
+    hour: int | None = None
+
+    def names(self) -> list[tuple[str, str]]:
+        """``[(label, scope key part)]``: ``("all", "all")``, ``("country", "country:US")``, ..."""
+        out = [("all", scope_name(None))]
+        if self.country:
+            out.append(("country", scope_name("country", self.country)))
+        if self.device:
+            out.append(("device", scope_name("device", self.device)))
+        if self.hour is not None:
+            out.append(("hour", scope_name("hour", self.hour)))
+        return out
+
+
+@dataclass(slots=True)
+class OnlineState:
+    """What stage 1 read for one request (empty values when a key is absent)."""
+
+    user_vector: NDArray[np.float32] | None = None
+    recent: list[tuple[str, int]] = field(default_factory=list)  # (item id, ts), session + feature state
+    session_recent: list[tuple[str, int]] = field(default_factory=list)
+    trending: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # scope label -> best first
+    new_releases: list[tuple[str, int]] = field(default_factory=list)  # (item id, release ts), newest first
+
+
+def _text(member: bytes | str) -> str:
+    return member.decode() if isinstance(member, bytes) else member
+
+
+async def read_online_state(
+    redis: Any, user_id: str, scopes: RequestScopes, now_ms: int, *, trending_k: int, new_k: int,
+    window: str = "24h", space: int | None = None, dim: int | None = None, prefix: str = "sr",
+    feature_user_key: str | None = None,
+) -> OnlineState:
+    """One pipeline with every stage-1 read (see the module docstring)."""
+    half_life = WINDOWS[window]
+    current = generation(now_ms, half_life)
+    gens = (current, current - 1)
+    pipe = redis.pipeline(transaction=False)
+    pipe.get(vector_key(prefix, user_id))
+    pipe.get(session_key(user_id, prefix))
+    pipe.get(feature_user_key or f"{prefix}:u:{user_id}")
+    labels = scopes.names()
+    for _, scope in labels:
+        for gen in gens:
+            pipe.zrevrange(trend_key(window, scope, gen, prefix), 0, max(trending_k, 1) - 1, withscores=True)
+    pipe.zrevrangebyscore(f"{prefix}:{NEW_RELEASES}", now_ms, "-inf", start=0, num=max(new_k, 1), withscores=True)
+    replies = await pipe.execute()
+    vector, _ = unpack_user_vector(replies[0], space=space, dim=dim)
+    out = OnlineState(user_vector=vector)
+    session = decode_session(replies[1])
+    if session is not None:
+        out.session_recent = [(str(i), int(t)) for i, t in session.rec]
+    recent = list(out.session_recent)
+    if replies[2] is not None:
+        # Another layout version raises: the worker's rebuild rewrites it; go on without it.
+        with contextlib.suppress(ValueError):
+            recent += [(str(i), int(t)) for i, t in decode_user_blob(replies[2]).rec]
+    out.recent = recent
+    factors = [read_factor(g, now_ms, half_life) for g in gens]
+    pos = 3
+    for label, _ in labels:
+        combined: dict[str, float] = {}
+        for factor in factors:
+            for member, score in replies[pos]:
+                key = _text(member)
+                combined[key] = combined.get(key, 0.0) + factor * float(score)
+            pos += 1
+        ranked = sorted(combined.items(), key=lambda kv: (-kv[1], kv[0]))
+        out.trending[label] = [(i, s) for i, s in ranked[:trending_k] if s > 0]
+    out.new_releases = [(_text(m), int(s)) for m, s in replies[pos]]
+    return out
