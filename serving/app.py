@@ -68,6 +68,7 @@ PublisherFactory = Callable[[Settings], Publisher]
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", Service)  # type: ignore[type-abstract]
 PUBLISHER = web.AppKey("publisher", Publisher)  # type: ignore[type-abstract]
+REQUEST_ID = web.RequestKey("request_id", str)
 
 _JSON = "application/json"
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY  # the service may hand back numpy scalars; orjson writes them natively
@@ -100,7 +101,7 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitabl
                  ) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = request_id_from(request.headers.get("X-Request-ID"))
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     endpoint = _endpoint(request)
     try:
         response = await handler(request)
@@ -134,7 +135,7 @@ async def _call_service(request: web.Request, endpoint: str, call: Awaitable[Any
     except TimeoutError:
         reason = "timeout"
     except Exception:
-        log.exception("service call failed", endpoint=endpoint, request_id=request["request_id"])
+        log.exception("service call failed", endpoint=endpoint, request_id=request[REQUEST_ID])
         reason = "error"
     FALLBACK_ANSWERS.labels(endpoint, reason).inc()
     return None, reason
@@ -147,7 +148,7 @@ async def recommend(request: web.Request) -> web.Response:
     user_id = check_id(request.match_info["user_id"], "user_id")
     params = parse_recommend_params(request.query)
     service = request.app[SERVICE]
-    req = RecommendRequest(user_id=user_id, request_id=request["request_id"], k=params.k, device=params.device,
+    req = RecommendRequest(user_id=user_id, request_id=request[REQUEST_ID], k=params.k, device=params.device,
                            country=params.country, hour=params.hour, session_id=params.session_id)
     body, failed = await _call_service(request, "recommend", service.recommend(req))
     if failed is not None:
@@ -166,8 +167,8 @@ async def similar(request: web.Request) -> web.Response:
     if failed is not None:
         body = {"item_id": item_id, "model_version": service.model_version, "items": [], "degraded": True}
     elif body is None:
-        return _error(404, "item_id", f"unknown item {item_id!r}", request["request_id"])
-    return _json_response({**body, "request_id": request["request_id"]})
+        return _error(404, "item_id", f"unknown item {item_id!r}", request[REQUEST_ID])
+    return _json_response({**body, "request_id": request[REQUEST_ID]})
 
 
 # --- writes --------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ async def similar(request: web.Request) -> web.Response:
 
 async def post_events(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    request_id = request["request_id"]
+    request_id = request[REQUEST_ID]
     if settings.api_key and not hmac.compare_digest(
         request.headers.get("X-API-Key", "").encode(), settings.api_key.encode()
     ):

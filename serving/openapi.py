@@ -283,3 +283,17 @@ def openapi_document() -> dict[str, Any]:
         "paths": _paths(),
         "components": {"schemas": components},
     }
+
+
+def response_schema(path: str, method: str, status: int) -> dict[str, Any] | None:
+    """A self-contained JSON Schema (2020-12) for the JSON body of one documented response, or None when the
+    document lists no JSON body for it. The components ride along so that ``$ref``s resolve inside the schema."""
+    document = openapi_document()
+    response = document["paths"].get(path, {}).get(method.lower(), {}).get("responses", {}).get(str(status))
+    if response is None:
+        raise KeyError(f"{method.upper()} {path} does not document status {status}")
+    media = response.get("content", {}).get("application/json")
+    if media is None:
+        return None
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **media["schema"],
+            "components": document["components"]}

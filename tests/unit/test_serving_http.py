@@ -1,0 +1,326 @@
+"""The HTTP layer against a stub service and a stub publisher: validation, error shapes, limits, the API key,
+fallbacks instead of 5xx, and every response checked against the OpenAPI document the server publishes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from schemas.events import Event, ItemUpsert, Play
+from serving.app import create_app
+from serving.http_events import PublisherUnavailable, decode_events
+from serving.openapi import openapi_document, response_schema
+from streamrec.settings import Settings
+
+pytest.importorskip("serving.service", reason="the serving core (serving/service.py) is not there yet")
+
+PLAY = {"type": "play", "event_id": "e1", "ts": 1_700_000_000_000, "schema_version": 1, "user_id": "u1",
+        "item_id": "i1"}
+ITEM = {"type": "item_upsert", "event_id": "c1", "ts": 1_700_000_000_000, "schema_version": 1, "item_id": "i9",
+        "title": "Nine", "genres": ["Drama"], "release_ts": 0}
+
+
+class StubService:
+    """Implements the serving core's contract; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.fail: BaseException | None = None
+        self.delay_s = 0.0
+        self.ready = True
+        self.closed = False
+
+    @property
+    def model_version(self) -> str:
+        return "v-test"
+
+    async def recommend(self, req: Any) -> dict[str, Any]:
+        self.requests.append(req)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail is not None:
+            raise self.fail
+        items = [{"item_id": f"i{n}", "score": 1.0 / (n + 1), "sources": ["ann"], "reason": "because"}
+                 for n in range(req.k)]
+        return {"user_id": req.user_id, "request_id": req.request_id, "model_version": "v-test", "items": items,
+                "degraded": False, "timings_ms": {"candidates": 1.0, "total": 2.0}}
+
+    async def similar(self, item_id: str, k: int) -> dict[str, Any] | None:
+        if item_id == "missing":
+            return None
+        return {"item_id": item_id, "model_version": "v-test", "degraded": False,
+                "items": [{"item_id": f"s{n}", "score": 0.5, "title": "T", "reason": "similar"} for n in range(k)]}
+
+    async def readiness(self) -> dict[str, Any]:
+        return {"ready": self.ready, "bundle": "v-test", "redis": True,
+                "index": {"size": 10, "lag": 0 if self.ready else 5, "caught_up": self.ready}}
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class StubPublisher:
+    def __init__(self) -> None:
+        self.published: list[Event] = []
+        self.down = False
+
+    def start_background(self) -> None:
+        pass
+
+    @property
+    def connected(self) -> bool:
+        return not self.down
+
+    async def publish(self, events: list[Event]) -> None:
+        if self.down:
+            raise PublisherUnavailable("not connected to Kafka yet")
+        self.published.extend(events)
+
+    async def close(self) -> None:
+        pass
+
+
+class Harness:
+    def __init__(self, client: TestClient, service: StubService, publisher: StubPublisher) -> None:
+        self.client, self.service, self.publisher = client, service, publisher
+
+    async def call(self, method: str, url: str, template: str, *, expect: int, **kwargs: Any) -> Any:
+        """One request; asserts the status and that the body matches the OpenAPI schema of (template, status)."""
+        response = await self.client.request(method, url, **kwargs)
+        raw = await response.read()
+        assert response.status == expect, raw
+        assert response.headers["X-Request-ID"]
+        schema = response_schema(template, method, expect)
+        if schema is None:
+            return raw
+        assert response.content_type == "application/json"
+        body = orjson.loads(raw)
+        jsonschema.Draft202012Validator(schema).validate(body)
+        return body
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(_env_file=None, **overrides)
+
+
+@pytest.fixture
+async def make_harness() -> AsyncIterator[Any]:
+    clients: list[TestClient] = []
+
+    async def make(**overrides: Any) -> Harness:
+        service, publisher = StubService(), StubPublisher()
+
+        async def service_factory(settings: Settings, artifacts: Path | None) -> StubService:
+            return service
+
+        app = create_app(_settings(**overrides), service_factory=service_factory,
+                         publisher_factory=lambda settings: publisher)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return Harness(client, service, publisher)
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def h(make_harness: Any) -> Harness:
+    return await make_harness()
+
+
+REC = "/v1/recommendations/{user_id}"
+SIM = "/v1/items/{item_id}/similar"
+EVENTS = "/v1/events"
+
+
+# --- the document itself -----------------------------------------------------------------------
+
+
+def test_openapi_document_is_valid_openapi_3_1() -> None:
+    validator = pytest.importorskip("openapi_spec_validator")
+    document = openapi_document()
+    assert document["openapi"].startswith("3.1")
+    validator.validate(document)
+    assert {"/v1/recommendations/{user_id}", "/v1/items/{item_id}/similar", "/v1/events", "/healthz", "/readyz",
+            "/metrics", "/openapi.json"} <= set(document["paths"])
+
+
+async def test_served_document_is_the_document(h: Harness) -> None:
+    body = await h.call("GET", "/openapi.json", "/openapi.json", expect=200)
+    assert body == orjson.loads(orjson.dumps(openapi_document()))
+
+
+# --- recommendations ---------------------------------------------------------------------------
+
+
+async def test_recommendations_pass_parsed_parameters_to_the_service(h: Harness) -> None:
+    body = await h.call("GET", "/v1/recommendations/u42?k=7&device=tv&country=gb&hour=21&session_id=s1", REC,
+                        expect=200, headers={"X-Request-ID": "req-1"})
+    (req,) = h.service.requests
+    assert (req.user_id, req.k, req.device, req.country, req.hour, req.session_id) == ("u42", 7, "tv", "GB", 21, "s1")
+    assert req.request_id == "req-1" == body["request_id"]
+    assert len(body["items"]) == 7 and body["degraded"] is False
+
+
+async def test_defaults_and_generated_request_ids(h: Harness) -> None:
+    first = await h.call("GET", "/v1/recommendations/u1", REC, expect=200, headers={"X-Request-ID": "bad id!"})
+    second = await h.call("GET", "/v1/recommendations/u1", REC, expect=200)
+    assert h.service.requests[0].k == 20 and h.service.requests[0].device is None
+    assert first["request_id"] != "bad id!" and first["request_id"] != second["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("k=0", "k"), ("k=201", "k"), ("k=ten", "k"), ("k=1.5", "k"), ("hour=24", "hour"), ("hour=-1", "hour"),
+     ("device=fridge", "device"), ("country=USA", "country"), ("country=1A", "country"),
+     ("session_id=" + "s" * 129, "session_id")],
+)
+async def test_invalid_parameters_get_400_naming_the_field(h: Harness, query: str, field: str) -> None:
+    body = await h.call("GET", f"/v1/recommendations/u1?{query}", REC, expect=400)
+    assert body["error"]["field"] == field and body["error"]["message"]
+    assert h.service.requests == []
+
+
+async def test_overlong_user_id_is_refused(h: Harness) -> None:
+    body = await h.call("GET", "/v1/recommendations/" + "u" * 129, REC, expect=400)
+    assert body["error"]["field"] == "user_id"
+
+
+async def test_service_error_becomes_a_degraded_answer_not_a_5xx(h: Harness) -> None:
+    h.service.fail = RuntimeError("redis exploded")
+    body = await h.call("GET", "/v1/recommendations/u1?k=3", REC, expect=200)
+    assert body["degraded"] is True and body["items"] == [] and body["user_id"] == "u1"
+
+
+async def test_service_past_its_budget_becomes_a_degraded_answer(make_harness: Any) -> None:
+    h = await make_harness(request_timeout_s=0.05)
+    h.service.delay_s = 5.0
+    body = await h.call("GET", "/v1/recommendations/u1", REC, expect=200)
+    assert body["degraded"] is True and body["model_version"] == "v-test"
+
+
+# --- similar -----------------------------------------------------------------------------------
+
+
+async def test_similar_items(h: Harness) -> None:
+    body = await h.call("GET", "/v1/items/i1/similar?k=4", SIM, expect=200, headers={"X-Request-ID": "r9"})
+    assert body["item_id"] == "i1" and len(body["items"]) == 4 and body["request_id"] == "r9"
+
+
+async def test_similar_unknown_item_is_404_and_bad_k_is_400(h: Harness) -> None:
+    body = await h.call("GET", "/v1/items/missing/similar", SIM, expect=404)
+    assert body["error"]["field"] == "item_id"
+    body = await h.call("GET", "/v1/items/i1/similar?k=500", SIM, expect=400)
+    assert body["error"]["field"] == "k"
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+async def test_one_event_is_published(h: Harness) -> None:
+    body = await h.call("POST", EVENTS, EVENTS, expect=202, data=orjson.dumps(PLAY))
+    assert body["accepted"] == 1 and body["refused"] == []
+    assert h.publisher.published == [Play(**{k: v for k, v in PLAY.items() if k != "type"})]
+
+
+async def test_partly_valid_batch_publishes_the_valid_and_lists_the_refused(h: Harness) -> None:
+    bad_hour = {**PLAY, "event_id": "e2", "context": {"local_hour": 24}}
+    batch = [PLAY, bad_hour, ITEM, {"type": "nope"}, 7]
+    body = await h.call("POST", EVENTS, EVENTS, expect=202, data=orjson.dumps(batch))
+    assert body["accepted"] == 2
+    assert [(r["index"], r["field"]) for r in body["refused"]] == [(1, "$.context.local_hour"), (3, "$.type"), (4, "$")]
+    assert [type(e) for e in h.publisher.published] == [Play, ItemUpsert]
+
+
+async def test_batch_without_a_valid_event_is_400_by_index(h: Harness) -> None:
+    batch = [{**PLAY, "ts": "yesterday"}, {**PLAY, "user_id": ""}]
+    body = await h.call("POST", EVENTS, EVENTS, expect=400, data=orjson.dumps(batch))
+    assert [(r["index"], r["field"]) for r in body["refused"]] == [(0, "$.ts"), (1, "$.user_id")]
+    assert h.publisher.published == []
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"", b"[1, 2", b"[]", b"null"])
+async def test_unusable_bodies_are_400(h: Harness, data: bytes) -> None:
+    body = await h.call("POST", EVENTS, EVENTS, expect=400, data=data)
+    assert body["error"]["field"] == "body"
+    assert h.publisher.published == []
+
+
+async def test_too_many_events_and_too_large_bodies(make_harness: Any) -> None:
+    h = await make_harness(max_events_per_request=2, max_body_bytes=2048)
+    body = await h.call("POST", EVENTS, EVENTS, expect=400, data=orjson.dumps([PLAY] * 3))
+    assert "at most 2" in body["error"]["message"]
+    big = orjson.dumps({**ITEM, "title": "x" * 3000})
+    body = await h.call("POST", EVENTS, EVENTS, expect=413, data=big)
+    assert body["error"]["field"] == "body"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit must hold while reading
+        for _ in range(4):
+            yield b" " * 1000
+
+    await h.call("POST", EVENTS, EVENTS, expect=413, data=chunks())
+    assert h.publisher.published == []
+
+
+async def test_api_key_is_required_when_configured(make_harness: Any) -> None:
+    h = await make_harness(api_key="s3cret")
+    for headers in ({}, {"X-API-Key": "wrong"}):
+        body = await h.call("POST", EVENTS, EVENTS, expect=401, data=orjson.dumps(PLAY), headers=headers)
+        assert body["error"]["field"] == "X-API-Key"
+    assert h.publisher.published == []
+    await h.call("POST", EVENTS, EVENTS, expect=202, data=orjson.dumps(PLAY), headers={"X-API-Key": "s3cret"})
+    assert len(h.publisher.published) == 1
+    await h.call("GET", "/v1/recommendations/u1", REC, expect=200)  # reads need no key
+
+
+async def test_kafka_unavailable_is_503_for_writes_only(h: Harness) -> None:
+    h.publisher.down = True
+    body = await h.call("POST", EVENTS, EVENTS, expect=503, data=orjson.dumps(PLAY))
+    assert body["error"]["field"] == "kafka"
+
+
+def test_decode_events_keeps_order_and_indexes() -> None:
+    batch = decode_events(orjson.dumps([{"x": 1}, PLAY, ITEM]), max_events=10)
+    assert batch.is_batch and [type(e) for e in batch.events] == [Play, ItemUpsert]
+    assert [r.index for r in batch.refused] == [0]
+
+
+# --- operations --------------------------------------------------------------------------------
+
+
+async def test_health_and_readiness(h: Harness) -> None:
+    assert (await h.call("GET", "/healthz", "/healthz", expect=200)) == {"status": "ok"}
+    body = await h.call("GET", "/readyz", "/readyz", expect=200)
+    assert body["ready"] is True
+    h.service.ready = False
+    body = await h.call("GET", "/readyz", "/readyz", expect=503)
+    assert body["index"]["caught_up"] is False
+
+
+async def test_unknown_routes_and_methods_answer_json(h: Harness) -> None:
+    response = await h.client.get("/v2/nothing")
+    assert response.status == 404
+    assert (await response.json())["error"]["field"] == "path"
+    response = await h.client.delete("/v1/events")
+    assert response.status == 405
+    assert (await response.json())["error"]["field"] == "method"
+
+
+async def test_metrics_has_the_request_histogram_per_endpoint(h: Harness) -> None:
+    await h.call("GET", "/v1/recommendations/u1?k=0", REC, expect=400)
+    text = (await h.call("GET", "/metrics", "/metrics", expect=200)).decode()
+    assert 'streamrec_http_request_seconds_count{endpoint="/v1/recommendations/{user_id}",status="400"}' in text
+
+
+async def test_the_service_is_closed_on_shutdown(h: Harness) -> None:
+    await h.client.close()
+    assert h.service.closed
