@@ -3,12 +3,16 @@
 Value: one JSON object (orjson), about 450 bytes at d = 64::
 
     {"item_id": "m42", "vector": "<base64 of little-endian float32[d]>", "dim": 64,
-     "bundle": "<bundle version>", "source": "cf" | "content", "ts": 1767225600000, "format": 1}
+     "bundle": "<bundle version>", "source": "cf" | "content" | "online", "ts": 1767225600000, "format": 1}
 
 - ``bundle``: the bundle whose CF space the vector lives in. A server must ignore vectors of
   another bundle (after a retrain the space is different: a stale vector scores garbage).
-- ``source``: ``cf`` (the bundle's trained vector) or ``content`` (projected from metadata).
-- ``ts``: event time (ms) of the catalog event that produced it (0 for a bundle seed).
+- ``source``: ``cf`` (the bundle's trained vector), ``content`` (projected from metadata) or
+  ``online`` (a content-projected title moved toward its engaging users, :mod:`streams.item_learning`;
+  same space, same bundle, so a server uses it like any other; :func:`decode_item_vector` passes any
+  source through).
+- ``ts``: event time (ms) of the catalog event that produced it (0 for a bundle seed; for ``online``
+  the newest engagement counted).
 - ``format``: this layout's version, bumped on an incompatible change.
 
 A tombstone (value ``None``) means the item was removed: the server drops it, and compaction

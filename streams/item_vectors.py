@@ -20,6 +20,13 @@ puts on the topic for a fresh deployment). After a restart a replayed upsert may
 again: harmless, the topic is compacted and consumers keep the last value per key.
 Catalog events are keyed by item id and each item lives on one partition of ``catalog``, so two
 publishers never race on one item.
+
+Online updates (:mod:`streams.item_learning`, registered here as ``make_effect``): content-projected
+titles (new ones, and bundle titles without CF data) move toward the online vectors of the users who
+engage with them; once a batch committed their vector is re-published with ``source=online`` when it
+moved beyond the same threshold from the last one published. Trained titles keep their CF vectors
+until the next retrain (why: see that module). The catalog hook puts each such title's content
+vector in Redis (``q0``) for every worker to start from, and records what it published (``pub``).
 """
 
 from __future__ import annotations
@@ -36,15 +43,17 @@ from models.content import ContentModel, ContentProjection
 from models.item_vector_codec import ItemVector, encode_item_vector
 from schemas.events import CatalogEvent, ItemRemove, ItemUpsert
 from streamrec.kafka_io import KeyedBatchSender
+from streams.item_learning import (
+    ItemLearner,
+    ItemLearningEffect,
+    OnlineItemPublisher,
+    catalog_learning_writes,
+    cosine_distance,
+    learning_key,
+    vector_bytes,
+)
 
 DEFAULT_THRESHOLD: Final = 0.05  # cosine distance
-
-
-def cosine_distance(a: NDArray[np.floating], b: NDArray[np.floating]) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 or nb == 0.0:
-        return 0.0 if na == nb else 1.0
-    return 1.0 - float(np.dot(a, b)) / (na * nb)
 
 
 class ItemVectorPublisher:
@@ -142,7 +151,9 @@ async def publish_bundle_vectors(bundle: Bundle, producer: Any, *, topic: str, t
 
 
 def make_catalog_hook(ctx: Any) -> Callable[[Any, Sequence[Any], Any], Awaitable[None]] | None:
-    """New titles' vectors to ``item-vectors`` (needs the bundle's content model and projection)."""
+    """New titles' vectors to ``item-vectors`` (needs the bundle's content model and projection), and the
+    content vector of every content-projected title into its online-learning hash (``q0``, see
+    :mod:`streams.item_learning`), queued in the catalog batch's MULTI."""
     if ctx.bundle is None or ctx.producer is None:
         return None
     publisher = ItemVectorPublisher.from_bundle(ctx.bundle, ctx.producer, topic=ctx.settings.topic_item_vectors)
@@ -150,8 +161,53 @@ def make_catalog_hook(ctx: Any) -> Callable[[Any, Sequence[Any], Any], Awaitable
     async def hook(pipe: Any, events: Sequence[Any], info: Any) -> None:
         # Sent and acknowledged before the catalog batch's EXEC: at least once, and a repeat is
         # harmless on a compacted topic keyed by item id.
+        published: dict[str, NDArray[np.float32]] = {}
         for event in events:
-            await publisher.handle(event)
+            learns = False
+            if isinstance(event, ItemRemove):
+                catalog_learning_writes(pipe, event.item_id, None, removed=True, prefix=ctx.prefix)
+            elif isinstance(event, ItemUpsert):
+                vector, source = publisher.vector_for(event)
+                learns = source == "content"  # only content-projected titles learn online
+                if learns:
+                    catalog_learning_writes(pipe, event.item_id, vector, removed=False, prefix=ctx.prefix)
+            if await publisher.handle(event) and learns:
+                published[event.item_id] = publisher.last[event.item_id]
         await publisher.flush()
+        for item_id, vector in published.items():
+            # What the topic now holds: the online publisher's threshold compares against it.
+            pipe.hset(learning_key(item_id, ctx.prefix), "pub", vector_bytes(vector))
 
     return hook
+
+
+def make_effect(ctx: Any) -> ItemLearningEffect | None:
+    """Online learning of content-projected titles' vectors (:mod:`streams.item_learning`).
+
+    Needs the bundle (the online user-vector model defines the users' vectors it learns from, and the
+    bundle rows are the content vectors of its cold titles); publishes only with a producer.
+    """
+    if ctx.bundle is None:
+        return None
+    from streams.user_vectors import make_effect as make_user_vector_effect
+
+    users = make_user_vector_effect(ctx)  # the very model/index/initial the user-vector effect runs with
+    if users is None:
+        return None
+    cf = CFModel.load(ctx.bundle.file("cf.npz"))
+    learner = ItemLearner(users.model, users.item_index, cf.trained_items, initial=users.initial)
+    index = users.item_index
+    cold = np.asarray(cf.item_vectors, np.float32)
+
+    def base(item_id: str) -> NDArray[np.float32] | None:
+        # A bundle title without CF data (and no catalog upsert seen since): its bundle row is the
+        # content projection the bundle seed published.
+        row = index.get(item_id)
+        return cold[row] if row is not None and not cf.trained_items[row] else None
+
+    online = None
+    if ctx.producer is not None and ctx.redis is not None:
+        online = OnlineItemPublisher(ctx.redis, ctx.producer, topic=ctx.settings.topic_item_vectors,
+                                     bundle_version=ctx.bundle.version, dim=cf.dim, base=base, prefix=ctx.prefix,
+                                     threshold=DEFAULT_THRESHOLD)
+    return ItemLearningEffect(learner, space=users.space, prefix=ctx.prefix, publisher=online)

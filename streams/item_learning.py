@@ -1,0 +1,467 @@
+"""Online item vectors for content-projected titles: engagement pulls them toward the users who engage.
+
+Which titles learn
+------------------
+Only titles whose vector is *content-projected*: titles not in the bundle (released after training)
+and bundle titles with no CF data at training time (``CFModel.trained_items`` false). Their vector is
+a ridge projection of their metadata into CF space, a guess that ALS never corrected; every
+engagement is evidence of where the title really sits. Trained titles keep their CF vectors until
+the next retrain: ALS fitted them on every user's history, one user's stream is far too little to
+improve them, and moving them would silently shift the space that every stored user vector and
+the HNSW index were built in (the same reasons :mod:`models.online_user` keeps item factors fixed).
+
+The rule
+--------
+For title ``i`` with content vector ``q0`` (prior strength ``n0`` = :data:`PRIOR_WEIGHT`)::
+
+    q_i = (n0 · q0 + Σ_e w_e · p_e) / (n0 + Σ_e w_e)
+
+over its engagements ``e``: ``w_e`` the event's positive online weight
+(:func:`models.online_user.online_weights`; skips and low ratings do not count: "this user does not
+like it" says nothing about where the title sits) and ``p_e`` the engaging user's online vector just
+*before* the event (the value :class:`streams.user_vectors.UserVectorEffect` holds at that point of
+the log, its update rule run step by step over the batch). Engagements by users whose vector is still
+zero (no history at all) are left out: they would only shrink ``q_i``. A weighted mean of the
+engaging users is the one-step ALS item solve with the users' Gram matrix taken as the identity:
+cheap, and it moves the title toward the users who watch it, which is what retrieval needs.
+
+Exactly once, several workers
+-----------------------------
+``Σ w_e`` and ``Σ w_e · p_e`` are kept as fixed-point integers (:data:`SCALE` units per 1.0), each
+event's contribution rounded on its own, and added with ``HINCRBY`` inside the batch's MULTI. Integer
+addition commutes, so workers of different partitions engaging one title in any order and any
+batching give the same sums, and a re-delivered batch is skipped with the offset. ``p_e`` is a
+float32 function of the user's events in log order (the user's partition), so it is batch-independent.
+
+Redis layout: ``{prefix}:il:{item}`` HASH
+------------------------------------------
+====== =====================================================================================
+w      Σ w_e (fixed point)                       ─┐ interactions batches (HINCRBY, exact)
+n      number of engagements counted              │
+s{k}   Σ w_e · p_e[k] (fixed point), k < d       ─┘ (absent = 0)
+q0     content vector (float32 LE bytes), written by the catalog hook with the title's upsert
+gone   "1" once the title was removed (nothing is published for it any more)
+pub    the vector last put on ``item-vectors`` for it (float32 LE), for the threshold
+====== =====================================================================================
+
+Per batch: one read phase (``GET sr:uv:{user}`` of the engaging users, queued with the other
+effects' reads) and ``HINCRBY``\\s per engaged title in the write phase; nothing per event.
+
+Publishing
+----------
+After the batch commits, :class:`OnlineItemPublisher` (a background task of the worker) reads the
+titles' committed sums (one pipelined read per batch, off the batch's path, together with the
+partition's offset key: that it reached the batch's last offset is how it knows the EXEC landed) and
+publishes ``q_i`` to the compacted ``item-vectors`` topic with ``source="online"`` when its cosine
+distance to ``pub`` (or, never published online, to ``q0``: what the catalog hook / bundle seed put
+there) exceeds the threshold. The record is at least once and always the committed state. Known gaps:
+a worker killed between a commit and its publication leaves that move unpublished until the title's
+next engagement (any worker then compares against ``pub``); two workers publishing one title at once
+may leave the older of two committed states on the topic until the next engagement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+from prometheus_client import Counter
+
+from models.dataset import KIND
+from models.item_vector_codec import ItemVector, encode_item_vector
+from models.online_user import OnlineUserModel, online_weights
+from schemas.events import InteractionEvent, Rating
+from streamrec.logs import get_logger
+from streams.effects import BatchInfo, offset_key
+
+log = get_logger(__name__)
+
+SCALE: Final = 1 << 24  # fixed-point units per 1.0: ~6e-8 resolution; int64 holds ~5e11 weight-2 engagements
+PRIOR_WEIGHT: Final = 5.0  # n0: the content vector weighs as much as five plays
+SOURCE: Final = "online"
+
+PUBLISHED: Final = Counter("streamrec_worker_online_item_vectors_total",
+                           "Online item vectors re-published to item-vectors (moved beyond the threshold).")
+
+
+def learning_key(item_id: str, prefix: str = "sr") -> str:
+    return f"{prefix}:il:{item_id}"
+
+
+def sum_field(k: int) -> str:
+    return f"s{k}"
+
+
+def to_fixed(x: NDArray[np.floating] | float) -> NDArray[np.int64]:
+    """Fixed-point integers of ``x`` (float64 arithmetic, round half to even)."""
+    return np.rint(np.asarray(x, np.float64) * SCALE).astype(np.int64)
+
+
+def learned_vector(q0: NDArray[np.floating], w: int, s: NDArray[np.integer],
+                   prior: float = PRIOR_WEIGHT) -> NDArray[np.float32]:
+    """``(n0 · q0 + S) / (n0 + W)`` from the fixed-point sums ``w`` (W) and ``s`` (S)."""
+    num = prior * np.asarray(q0, np.float64) + np.asarray(s, np.float64) / SCALE
+    return (num / (prior + w / SCALE)).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSums:
+    """One title's increments (or totals): fixed-point ``w`` and ``s``, count ``n``, newest event ``ts``."""
+
+    w: int
+    n: int
+    s: NDArray[np.int64]
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Engagements:
+    """The positive events of a batch on learnable titles, and what moves their users' vectors."""
+
+    users: list[str]  # users with at least one engagement, first-seen order (the read order)
+    eng_user: NDArray[np.int64]  # per engagement: row in ``users``
+    eng_item: list[str]
+    eng_weight: NDArray[np.float32]
+    eng_ts: NDArray[np.int64]
+    eng_pos: NDArray[np.int64]  # position in the batch
+    sig_user: NDArray[np.int64]  # the engaging users' vector-moving events (UserVectorEffect's signals)
+    sig_item: NDArray[np.int64]
+    sig_weight: NDArray[np.float32]
+    sig_pos: NDArray[np.int64]
+
+
+class ItemLearner:
+    """The pure part: which events count, the users' vectors at each engagement, the per-title sums.
+
+    ``model``, ``item_index`` and ``initial`` must be the online user-vector effect's (see
+    :func:`streams.user_vectors.make_effect`): they define ``p_e``.
+    """
+
+    def __init__(self, model: OnlineUserModel, item_index: Mapping[str, int], trained: NDArray[np.bool_], *,
+                 initial: Callable[[str], NDArray[np.floating] | None] | None = None) -> None:
+        self.model = model
+        self.item_index = item_index
+        self.trained = np.asarray(trained, bool)
+        self.initial = initial
+
+    def learnable(self, item_id: str) -> bool:
+        row = self.item_index.get(item_id)
+        return row is None or not bool(self.trained[row])
+
+    def engagements(self, events: Sequence[InteractionEvent]) -> Engagements:
+        user_of: dict[str, int] = {}
+        owner: list[int] = []
+        item_ids: list[str] = []
+        kinds: list[int] = []
+        values: list[float] = []
+        positions: list[int] = []
+        ts: list[int] = []
+        for pos, event in enumerate(events):
+            item_id = getattr(event, "item_id", None)
+            code = KIND.get(str(type(event).__struct_config__.tag)) if item_id is not None else None
+            if code is None:
+                continue  # impressions and profile upserts carry no single-item feedback
+            owner.append(user_of.setdefault(event.user_id, len(user_of)))
+            item_ids.append(item_id)
+            kinds.append(code)
+            values.append(event.value if isinstance(event, Rating) else 0.0)
+            positions.append(pos)
+            ts.append(event.ts)
+        weights = online_weights(np.array(kinds, np.int8), np.array(values, np.float32))
+        owner_a, pos_a = np.array(owner, np.int64), np.array(positions, np.int64)
+        rows = np.array([self.item_index.get(i, -1) for i in item_ids], np.int64)
+        learnable = (rows < 0) | ~self.trained[np.maximum(rows, 0)] if rows.size else np.zeros(0, bool)
+        engage = learnable & (weights > 0)
+        # Renumber users to the engaging ones; signals of the others are irrelevant here.
+        engaging = list(dict.fromkeys(owner_a[engage].tolist()))
+        remap = np.full(len(user_of), -1, np.int64)
+        remap[engaging] = np.arange(len(engaging))
+        names = list(user_of)
+        signal = (rows >= 0) & (weights != 0) & (remap[owner_a] >= 0) if rows.size else np.zeros(0, bool)
+        return Engagements(
+            users=[names[u] for u in engaging], eng_user=remap[owner_a[engage]],
+            eng_item=[item_ids[j] for j in np.flatnonzero(engage)], eng_weight=weights[engage],
+            eng_ts=np.array(ts, np.int64)[engage] if ts else np.zeros(0, np.int64), eng_pos=pos_a[engage],
+            sig_user=remap[owner_a[signal]], sig_item=rows[signal], sig_weight=weights[signal],
+            sig_pos=pos_a[signal],
+        )
+
+    def start_vectors(self, users: Sequence[str], stored: Sequence[NDArray[np.float32] | None]) -> NDArray[np.float32]:
+        """Each user's vector at the batch start: stored, else ``initial`` (bundle), else the model's start."""
+        out = np.empty((len(users), self.model.dim), np.float32)
+        for j, (user, vector) in enumerate(zip(users, stored, strict=True)):
+            if vector is None and self.initial is not None:
+                vector = self.initial(user)
+            out[j] = self.model.start if vector is None else vector
+        return out
+
+    def vectors_before(self, eng: Engagements, start: NDArray[np.float32]) -> NDArray[np.float32]:
+        """``p_e`` of every engagement: its user's vector after the user's signals that precede it.
+
+        The user rule is sequential per user; step ``k`` applies every user's ``k``-th signal at once
+        (one :meth:`OnlineUserModel.update_many` call with one event per user is exactly one step),
+        and before it the engagements preceded by exactly ``k`` signals take their user's vector.
+        """
+        out = np.zeros((len(eng.eng_item), self.model.dim), np.float32)
+        if not eng.eng_item:
+            return out
+        span = int(max(eng.eng_pos.max(), eng.sig_pos.max() if eng.sig_pos.size else 0)) + 1
+        sig_key = eng.sig_user * span + eng.sig_pos
+        order = np.argsort(sig_key, kind="stable")
+        sig_key = sig_key[order]
+        sig_user, sig_item, sig_weight = eng.sig_user[order], eng.sig_item[order], eng.sig_weight[order]
+        block = np.searchsorted(sig_key, sig_user * span)  # first signal of each signal's user
+        step = np.arange(sig_key.size) - block
+        before = (np.searchsorted(sig_key, eng.eng_user * span + eng.eng_pos)
+                  - np.searchsorted(sig_key, eng.eng_user * span))  # signals preceding each engagement
+        u = np.array(start, np.float32, copy=True)
+        for k in range(int(before.max()) + 1):
+            now = before == k
+            out[now] = u[eng.eng_user[now]]
+            sel = step == k
+            if k < int(before.max()) and sel.any():
+                u = self.model.update_many(u, sig_user[sel], sig_item[sel], sig_weight[sel])
+        return out
+
+    def item_sums(self, eng: Engagements, start: NDArray[np.float32]) -> dict[str, ItemSums]:
+        """Per engaged title (first-seen order), the batch's fixed-point increments."""
+        p = self.vectors_before(eng, start)
+        live = np.any(p != 0, axis=1)  # users with no vector at all say nothing about the title
+        if not live.any():
+            return {}
+        items = [i for i, keep in zip(eng.eng_item, live, strict=True) if keep]
+        w, p, ts = eng.eng_weight[live], p[live], eng.eng_ts[live]
+        index = {item: j for j, item in enumerate(dict.fromkeys(items))}
+        inv = np.fromiter((index[i] for i in items), np.int64, len(items))
+        contrib = to_fixed(p.astype(np.float64) * w.astype(np.float64)[:, None])
+        sums = np.zeros((len(index), p.shape[1]), np.int64)
+        np.add.at(sums, inv, contrib)
+        wsum = np.zeros(len(index), np.int64)
+        np.add.at(wsum, inv, to_fixed(w))
+        count = np.bincount(inv, minlength=len(index))
+        newest = np.full(len(index), np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(newest, inv, ts)
+        return {item: ItemSums(int(wsum[j]), int(count[j]), sums[j], int(newest[j])) for item, j in index.items()}
+
+
+def parse_learning_state(raw: Sequence[Any], dim: int) -> tuple[ItemSums, bytes | None, bool, bytes | None]:
+    """``HMGET`` reply of :func:`state_fields` → ``(sums, q0 bytes, gone, pub bytes)``."""
+    w, n, *rest = raw
+    s = np.array([int(x) if x is not None else 0 for x in rest[:dim]], np.int64)
+    q0, gone, pub = rest[dim:dim + 3]
+    return ItemSums(int(w or 0), int(n or 0), s, 0), q0, gone is not None and bytes(gone) == b"1", pub
+
+
+def state_fields(dim: int) -> list[str]:
+    return ["w", "n", *(sum_field(k) for k in range(dim)), "q0", "gone", "pub"]
+
+
+def vector_bytes(vector: NDArray[np.floating]) -> bytes:
+    return np.ascontiguousarray(vector, "<f4").tobytes()
+
+
+def bytes_vector(raw: bytes | None, dim: int) -> NDArray[np.float32] | None:
+    if raw is None or len(raw) != 4 * dim:
+        return None
+    return np.frombuffer(raw, "<f4").astype(np.float32)
+
+
+def cosine_distance(a: NDArray[np.floating], b: NDArray[np.floating]) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 0.0 if na == nb else 1.0
+    return 1.0 - float(np.dot(a, b)) / (na * nb)
+
+
+@dataclass
+class _Pending:
+    topic: str
+    partition: int
+    last_offset: int
+    items: dict[str, int]  # item -> newest engagement ts
+    since: float
+
+
+class OnlineItemPublisher:
+    """Publishes learnt vectors after their batch committed (see the module docstring).
+
+    ``base(item_id)`` gives the content vector when Redis has no ``q0`` (bundle titles without CF data:
+    their bundle row). :meth:`note` is called from the effect's write phase; a task started on demand
+    drains the pending titles and exits when none are left (so nothing lingers after the worker stops).
+    """
+
+    def __init__(self, redis: Any, producer: Any, *, topic: str, bundle_version: str, dim: int,
+                 base: Callable[[str], NDArray[np.float32] | None], prefix: str = "sr",
+                 threshold: float = 0.05, prior: float = PRIOR_WEIGHT, give_up_s: float = 60.0) -> None:
+        from streamrec.kafka_io import KeyedBatchSender
+
+        self.redis = redis
+        self.sender = KeyedBatchSender(producer)
+        self.topic = topic
+        self.bundle_version = bundle_version
+        self.dim = dim
+        self.base = base
+        self.prefix = prefix
+        self.threshold = threshold
+        self.prior = prior
+        self.give_up_s = give_up_s
+        self._pending: list[_Pending] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, info: BatchInfo, items: Mapping[str, int]) -> None:
+        """Titles of a batch whose MULTI is being queued: publish them once it committed."""
+        if not items:
+            return
+        loop = asyncio.get_running_loop()
+        self._pending.append(_Pending(info.topic, info.partition, info.last_offset, dict(items), loop.time()))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._drain())
+
+    async def idle(self, timeout_s: float = 5.0) -> None:
+        """Wait (at most ``timeout_s``) until nothing is pending: for tests and orderly shutdowns."""
+        task = self._task
+        if task is not None and not task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+
+    async def _drain(self) -> None:
+        delay = 0.005
+        while self._pending:
+            await asyncio.sleep(delay)  # lets the EXEC that queued them go first
+            try:
+                await self.publish_committed()
+            except Exception as exc:  # Redis/Kafka trouble: keep the titles, retry
+                log.warning("item_learning.publish_failed", error=repr(exc))
+            delay = min(delay * 2, 0.5)
+
+    async def publish_committed(self) -> int:
+        """One pass: the pending titles whose batch committed are published if they moved; returns how many."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return 0
+        partitions = list(dict.fromkeys((p.topic, p.partition) for p in pending))
+        items: dict[str, int] = {}
+        for p in pending:
+            for item, ts in p.items.items():
+                items[item] = max(items.get(item, ts), ts)
+        fields = state_fields(self.dim)
+        pipe = self.redis.pipeline(transaction=False)
+        for topic, partition in partitions:
+            pipe.get(offset_key(self.prefix, topic, partition))
+        for item in items:
+            pipe.hmget(learning_key(item, self.prefix), fields)
+        replies = await pipe.execute()
+        stored = {tp: int(raw) if raw is not None else -1 for tp, raw in zip(partitions, replies, strict=False)}
+        states = dict(zip(items, replies[len(partitions):], strict=True))
+        now = asyncio.get_running_loop().time()
+        ready: dict[str, int] = {}
+        for p in pending:
+            if stored[(p.topic, p.partition)] >= p.last_offset:
+                for item, ts in p.items.items():
+                    ready[item] = max(ready.get(item, ts), ts)
+            elif now - p.since < self.give_up_s:
+                self._pending.append(p)  # not committed yet (or being redone): look again later
+            else:
+                log.warning("item_learning.never_committed", topic=p.topic, partition=p.partition,
+                            last_offset=p.last_offset, items=len(p.items))
+        published: dict[str, NDArray[np.float32]] = {}
+        for item, ts in ready.items():
+            vector = self.decide(item, parse_learning_state(states[item], self.dim))
+            if vector is not None:
+                key, value = encode_item_vector(ItemVector(item, vector, self.bundle_version, SOURCE, ts))
+                await self.sender.add(self.topic, key, value)
+                published[item] = vector
+        if published:
+            await self.sender.flush()
+            marks = self.redis.pipeline(transaction=False)
+            for item, vector in published.items():
+                marks.hset(learning_key(item, self.prefix), "pub", vector_bytes(vector))
+            await marks.execute()
+            PUBLISHED.inc(len(published))
+            log.debug("item_learning.published", items=len(published))
+        return len(published)
+
+    def decide(self, item_id: str, state: tuple[ItemSums, bytes | None, bool, bytes | None]
+               ) -> NDArray[np.float32] | None:
+        """The vector to publish for a title's committed state, or ``None`` (not moved enough, removed,
+        no content vector known, nothing learnt yet)."""
+        sums, q0_raw, gone, pub_raw = state
+        if gone or sums.n == 0:
+            return None
+        q0 = bytes_vector(q0_raw, self.dim)
+        if q0 is None:
+            q0 = self.base(item_id)
+        if q0 is None:
+            return None
+        vector = learned_vector(q0, sums.w, sums.s, self.prior)
+        if not np.any(vector):
+            return None
+        last = bytes_vector(pub_raw, self.dim)
+        last = q0 if last is None else last
+        return vector if cosine_distance(last, vector) > self.threshold else None
+
+
+class ItemLearningEffect:
+    """The worker effect: reads the engaging users' vectors, ``HINCRBY``\\s the titles' sums."""
+
+    name = "item_learning"
+
+    def __init__(self, learner: ItemLearner, *, space: int, prefix: str = "sr",
+                 publisher: OnlineItemPublisher | None = None) -> None:
+        self.learner = learner
+        self.space = space
+        self.prefix = prefix
+        self.publisher = publisher
+        self._cached: tuple[Sequence[InteractionEvent], Engagements] | None = None
+
+    def engagements(self, events: Sequence[InteractionEvent]) -> Engagements:
+        # The worker hands read and write the same list: compute its engagements once.
+        if self._cached is None or self._cached[0] is not events:
+            self._cached = (events, self.learner.engagements(events))
+        return self._cached[1]
+
+    def read(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo) -> int:
+        from streams.user_vectors import user_key
+
+        users = self.engagements(events).users
+        for user in users:
+            pipe.get(user_key(self.prefix, user))
+        return len(users)
+
+    def sums(self, events: Sequence[InteractionEvent], replies: list[Any]) -> dict[str, ItemSums]:
+        """The batch's per-title increments given the stored user vectors (pure)."""
+        from streams.user_vectors import unpack_user_vector
+
+        eng = self.engagements(events)
+        if len(replies) != len(eng.users):
+            raise ValueError(f"item_learning: {len(eng.users)} reads queued but {len(replies)} replies")
+        stored = [unpack_user_vector(r, space=self.space, dim=self.learner.model.dim)[0] for r in replies]
+        return self.learner.item_sums(eng, self.learner.start_vectors(eng.users, stored))
+
+    def write(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo, replies: list[Any]) -> None:
+        sums = self.sums(events, replies)
+        self._cached = None
+        for item, inc in sums.items():
+            key = learning_key(item, self.prefix)
+            pipe.hincrby(key, "w", inc.w)
+            pipe.hincrby(key, "n", inc.n)
+            for k in np.flatnonzero(inc.s).tolist():
+                pipe.hincrby(key, sum_field(k), int(inc.s[k]))
+        if self.publisher is not None:
+            self.publisher.note(info, {item: inc.ts for item, inc in sums.items()})
+
+
+def catalog_learning_writes(pipe: Any, item_id: str, content_vector: NDArray[np.floating] | None,
+                            removed: bool, prefix: str = "sr") -> None:
+    """The catalog hook's part: a learnable title's content vector (``q0``), or its removal."""
+    key = learning_key(item_id, prefix)
+    if removed:
+        pipe.hset(key, "gone", "1")
+    elif content_vector is not None:
+        pipe.hset(key, "q0", vector_bytes(content_vector))
+        pipe.hdel(key, "gone")
