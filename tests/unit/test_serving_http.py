@@ -19,7 +19,6 @@ from serving.http_events import PublisherUnavailable, decode_events
 from serving.openapi import openapi_document, response_schema
 from streamrec.settings import Settings
 
-pytest.importorskip("serving.service", reason="the serving core (serving/service.py) is not there yet")
 
 PLAY = {"type": "play", "event_id": "e1", "ts": 1_700_000_000_000, "schema_version": 1, "user_id": "u1",
         "item_id": "i1"}
