@@ -108,6 +108,11 @@ class Probe:
     degraded: dict[str, bool] = field(default_factory=dict)
 
 
+def kind_of(event: Event) -> str:
+    """The event's ``type`` tag (msgspec keeps it in the struct's config, not on the instance)."""
+    return str(event.__struct_config__.tag)
+
+
 def is_target_kind(event: Event) -> bool:
     if isinstance(event, Play | Complete | AddToList):
         return True
@@ -141,12 +146,12 @@ def split_records(records: list[_Record], train_share: float, samples: int, seed
     seen: set[tuple[str, str]] = set()
     for record in prefix:
         event = record.event
-        if getattr(event, "type", None) in _ITEM_KINDS:
+        if kind_of(event) in _ITEM_KINDS:
             seen.add((event.user_id, event.item_id))  # type: ignore[union-attr]
     eligible: list[int] = []
     for index, record in enumerate(rest):
         event = record.event
-        if getattr(event, "type", None) not in _ITEM_KINDS:
+        if kind_of(event) not in _ITEM_KINDS:
             continue
         pair = (event.user_id, event.item_id)  # type: ignore[union-attr]
         if pair not in seen and is_target_kind(event):
