@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from streamrec.commands import data, demo, eval_stream, evaluate, inspect, serve, stack, train, worker
+from streamrec.commands import bench, data, demo, eval_stream, evaluate, inspect, serve, stack, train, worker
 from streamrec.logs import configure_logging
 from streamrec.settings import get_settings
 
@@ -23,7 +23,7 @@ def _root() -> None:
     configure_logging(settings.log_level, settings.log_json)
 
 
-for module in (stack, data, demo, train, evaluate, eval_stream, worker, inspect, serve):
+for module in (stack, data, demo, train, evaluate, eval_stream, worker, inspect, serve, bench):
     module.register(app)
 
 
