@@ -8,11 +8,13 @@ Protocol:
 2. **Warm state.** The prefix is produced into Kafka (topics of its own, named after the run) and one
    worker applies it to Redis database ``online_db``; that state is then copied to ``frozen_db``. Both
    arms so start from the same state: the bundle plus what the workers knew at the cut.
-3. **Replay with probes.** The rest is produced in windows of ``window`` records. Before a window is
-   produced, every sampled target in it is asked of both arms — "what would you recommend this user
-   now, in this context?" — and the answer is scored against the title the user is about to engage
-   with. Then the window is produced and the run waits until the worker has applied it (its offsets
-   in Redis), so the next probes see everything before their window.
+3. **Replay with probes.** The rest is produced in order. Just before a sampled target is produced,
+   both arms are asked "what would you recommend this user now, in this context?" and the answer is
+   scored against the title the user is about to engage with. Point in time: before a probe, every
+   earlier record of that user is produced *and applied* (the worker's offsets in Redis cover them);
+   records of other users are flushed at least every ``window`` records, so global state (trending,
+   new titles) is at most that far behind. After a flush holding catalog records, the run waits until
+   the online index has applied what the worker published on ``item-vectors``.
 
    - ``online``: the worker keeps running on ``online_db`` (user vectors, session, trending, ranking
      features, item vectors of new titles), and its service tails ``item-vectors``.
@@ -24,7 +26,6 @@ Protocol:
 4. **Targets.** A target is an engagement (play, complete, add to list, or a rating >= 4) with a title
    the user never interacted with before (in the prefix or earlier in the rest): a re-watch cannot be
    a hit when watched titles are excluded, in either arm. ``samples`` of them are drawn uniformly.
-   Probes see the state as of their window's start (at most ``window`` records old).
 
 Metrics per arm: ``hr@10``, ``hr@20`` (the title in the top 10 / 20), ``ndcg@10`` (one relevant
 title: ``1 / log2(rank + 2)``), ``n``; and per time window of the rest (equal numbers of targets).
@@ -38,7 +39,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,11 @@ class StreamEvalConfig:
     online_db: int = 1
     frozen_db: int = 2
     catch_up_timeout_s: float = 180.0
+    # Stage budgets of the arms' services: generous, because this measures quality, and a stage
+    # timed out by a busy machine (the worker and the producer share its cores) is not a quality.
+    stage_timeout_ms: float = 2000.0
+    rank_users: int | None = None  # training knobs (None: TwoStageConfig's defaults); --quick lowers them
+    ranker_epochs: int | None = None
     reuse_bundle: bool = True  # a bundle in ``artifacts`` trained on the same prefix is used as is
     keep_topics: bool = False
 
@@ -105,7 +112,7 @@ class Probe:
     item_id: str
     context: dict[str, Any] = field(default_factory=dict)  # the target event's device, country, hour, session
     ranks: dict[str, int] = field(default_factory=dict)  # arm -> rank (0-based; -1 = not in the top k)
-    degraded: dict[str, bool] = field(default_factory=dict)
+    degraded: dict[str, list[str]] = field(default_factory=dict)  # arm -> reasons ([] = a full answer)
 
 
 def kind_of(event: Event) -> str:
@@ -227,6 +234,20 @@ def plot_series(report: dict[str, Any], path: Path) -> Path:
 
 # --- the run -------------------------------------------------------------------------------------
 
+class _ServingSettings:
+    """Settings plus ``serving_*`` knobs, which ``serving.options.options_from_settings`` reads by name
+    (they are not deployment settings of their own)."""
+
+    def __init__(self, settings: Settings, **serving: Any) -> None:
+        self._settings = settings
+        self._serving = {f"serving_{name}": value for name, value in serving.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._serving:
+            return self._serving[name]
+        return getattr(self._settings, name)
+
+
 def _with_db(redis_url: str, db: int) -> str:
     parts = urlparse(redis_url)
     return urlunparse(parts._replace(path=f"/{db}"))
@@ -241,42 +262,60 @@ def run_settings(base: Settings, run_id: str, db: int) -> Settings:
     })
 
 
-def _bundle_for(train_dir: Path, artifacts: Path, reuse: bool, say: Callable[[str], None]) -> str:
+def _bundle_for(train_dir: Path, artifacts: Path, config: StreamEvalConfig, say: Callable[[str], None]) -> str:
     from models.bundle import BundleError, fingerprint_files, open_bundle
     from models.train import train_bundle
+    from models.two_stage import TwoStageConfig
 
     fingerprint = fingerprint_files([train_dir / "catalog.jsonl", train_dir / "events.jsonl"])
-    if reuse:
+    if config.reuse_bundle:
         with contextlib.suppress(BundleError, FileNotFoundError):
             bundle = open_bundle(artifacts, verify=False)
             if bundle.manifest.get("data_fingerprint") == fingerprint:
                 say(f"reusing bundle {bundle.version} (trained on this prefix)")
                 return bundle.version
     say("training the bundle on the prefix")
-    path, _ = train_bundle(train_dir, artifacts, progress=say)
+    knobs = {name: value for name in ("rank_users", "ranker_epochs")
+             if (value := getattr(config, name)) is not None}
+    path, _ = train_bundle(train_dir, artifacts, TwoStageConfig(seed=config.seed, **knobs), progress=say)
     return path.name
 
 
-async def _produce(settings: Settings, records: Iterator[_Record] | Sequence[_Record]) -> int:
-    from streamrec.kafka_io import KeyedBatchSender, make_producer
+class _Publisher:
+    """One idempotent producer for the run that knows where every partition ends after what it sent
+    (the broker's end offsets at the start plus its own records: no offset query per flush)."""
 
-    producer = make_producer(settings, enable_idempotence=True, linger_ms=5)
-    await producer.start()
-    try:
-        sender = KeyedBatchSender(producer)
-        n = 0
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ends: dict[tuple[str, int], int] = {}
+        self._producer: Any = None
+        self._sender: Any = None
+
+    async def start(self) -> None:
+        from streamrec.kafka_io import KeyedBatchSender, make_producer
+
+        self._producer = make_producer(self.settings, enable_idempotence=True, linger_ms=2)
+        await self._producer.start()
+        self._sender = KeyedBatchSender(self._producer)
+        self.ends = await _end_offsets(self.settings)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def send(self, records: Sequence[_Record]) -> None:
+        sender = self._sender
         for record in records:
             event = record.event
             if record.is_catalog:
-                topic, key = settings.topic_catalog, event.item_id  # type: ignore[union-attr]
+                topic, key = self.settings.topic_catalog, event.item_id  # type: ignore[union-attr]
             else:
-                topic, key = settings.topic_interactions, event.user_id  # type: ignore[union-attr]
-            await sender.add(topic, key.encode(), record.raw)
-            n += 1
+                topic, key = self.settings.topic_interactions, event.user_id  # type: ignore[union-attr]
+            raw_key = key.encode()
+            await sender.add(topic, raw_key, record.raw)
+            slot = (topic, await sender._partition(topic, raw_key))  # cached: the partition add() used
+            self.ends[slot] = self.ends.get(slot, 0) + 1
         await sender.flush()
-        return n
-    finally:
-        await producer.stop()
 
 
 async def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
@@ -359,7 +398,8 @@ async def _ask(services: dict[str, Any], probes: list[Probe], k: int) -> None:
         for arm, service in services.items():
             answer = await service.recommend(request)
             probe.ranks[arm] = _rank(answer, probe.item_id)
-            probe.degraded[arm] = bool(answer.get("degraded"))
+            probe.degraded[arm] = list(answer.get("degraded_reasons") or (["unknown"] if answer.get("degraded")
+                                                                           else []))
 
 
 def eval_stream(data: Path, artifacts: Path, out: Path, settings: Settings,
@@ -374,7 +414,7 @@ def eval_stream(data: Path, artifacts: Path, out: Path, settings: Settings,
     say(f"reading {data}")
     split = split_records(read_records(data), config.train_share, config.samples, config.seed, work / "train")
     say(f"prefix {len(split.prefix):,} records, rest {len(split.rest):,}, {len(split.targets):,} probes")
-    version = _bundle_for(split.train_dir, artifacts, config.reuse_bundle, say)
+    version = _bundle_for(split.train_dir, artifacts, config, say)
     probes, wait_total = asyncio.run(_replay_with_probes(split, artifacts, settings, config, say, advance,
                                                          work / "worker.log"))
     arms = {arm: arm_metrics([p.ranks[arm] for p in probes]) for arm in ARMS}
@@ -382,7 +422,8 @@ def eval_stream(data: Path, artifacts: Path, out: Path, settings: Settings,
         "data": str(data), "bundle": version, "config": asdict(config), "cut_ts": split.cut_ts,
         "prefix_records": len(split.prefix), "rest_records": len(split.rest),
         "arms": arms, "relative": relative_gain(arms["online"], arms["frozen"]),
-        "degraded": {arm: int(sum(p.degraded.get(arm, False) for p in probes)) for arm in ARMS},
+        "degraded": {arm: int(sum(bool(p.degraded.get(arm)) for p in probes)) for arm in ARMS},
+        "degraded_reasons": {arm: dict(Counter(r for p in probes for r in p.degraded.get(arm, ()))) for arm in ARMS},
         "series": series(probes, config.series_windows),
         "seconds": time.perf_counter() - started, "worker_wait_seconds": wait_total,
     }
@@ -393,17 +434,17 @@ def eval_stream(data: Path, artifacts: Path, out: Path, settings: Settings,
     return report
 
 
-def _probes_by_window(split: Split, window: int) -> dict[int, list[Probe]]:
-    by_window: dict[int, list[Probe]] = {}
+def _probes(split: Split) -> dict[int, Probe]:
+    """One probe per target, keyed by its index in ``split.rest``, with the target's request context."""
+    probes: dict[int, Probe] = {}
     for index in split.targets:
         record = split.rest[index]
         event = record.event
         ctx = getattr(event, "context", None)
         context = {"device": getattr(ctx, "device", None), "country": getattr(ctx, "country", None),
                    "hour": getattr(ctx, "local_hour", None), "session_id": getattr(ctx, "session_id", None)}
-        probe = Probe(index, record.ts, event.user_id, event.item_id, context)  # type: ignore[union-attr]
-        by_window.setdefault(index // window, []).append(probe)
-    return by_window
+        probes[index] = Probe(index, record.ts, event.user_id, event.item_id, context)  # type: ignore[union-attr]
+    return probes
 
 
 async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings, config: StreamEvalConfig,
@@ -422,6 +463,7 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
     online_redis = aioredis.Redis.from_url(online_settings.redis_url)
     frozen_redis = aioredis.Redis.from_url(frozen_settings.redis_url)
     worker: subprocess.Popen[bytes] | None = None
+    publisher = _Publisher(online_settings)
     services: dict[str, Any] = {}
     probes: list[Probe] = []
     wait_total = 0.0
@@ -429,40 +471,76 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
         await online_redis.flushdb()
         await frozen_redis.flushdb()
         say("producing the prefix and applying it with a worker")
-        await _produce(online_settings, split.prefix)
+        await publisher.start()
+        await publisher.send(split.prefix)
         worker = _start_worker(online_settings, artifacts, worker_log)
-        await wait_applied(online_redis, await _end_offsets(online_settings), config.catch_up_timeout_s, worker)
+        await wait_applied(online_redis, publisher.ends, config.catch_up_timeout_s, worker)
         copied = await copy_db(online_redis, config.frozen_db)
         say(f"state at the cut copied to the frozen arm ({copied:,} keys)")
-        services["online"] = await RecommendationService.start(online_settings, artifacts, tail_index=True,
-                                                               watch_bundle=False)
-        services["frozen"] = await RecommendationService.start(frozen_settings, artifacts, tail_index=False,
-                                                               watch_bundle=False)
+        budgets = {"candidates_timeout_ms": config.stage_timeout_ms, "features_timeout_ms": config.stage_timeout_ms,
+                   "redis_timeout_s": config.stage_timeout_ms / 1000}
+        services["online"] = await RecommendationService.start(
+            _ServingSettings(online_settings, **budgets), artifacts, tail_index=True, watch_bundle=False)  # type: ignore[arg-type]
+        services["frozen"] = await RecommendationService.start(
+            _ServingSettings(frozen_settings, **budgets), artifacts, tail_index=False, watch_bundle=False)  # type: ignore[arg-type]
         await _wait_ready(services["online"], config.catch_up_timeout_s)
-        by_window = _probes_by_window(split, config.window)
-        n_windows = (len(split.rest) + config.window - 1) // config.window
-        say(f"replaying the rest in {n_windows} windows of {config.window} records")
-        for w in range(n_windows):
-            window_probes = by_window.get(w, [])
-            await _ask(services, window_probes, config.k)
-            probes += window_probes
-            await _produce(online_settings, split.rest[w * config.window:(w + 1) * config.window])
-            wait_total += await wait_applied(online_redis, await _end_offsets(online_settings),
-                                             config.catch_up_timeout_s, worker)
+        say(f"replaying the rest ({len(split.rest):,} records) with {len(split.targets):,} probes")
+        pending = _probes(split)
+        rest = split.rest
+        flushed = 0  # rest[:flushed] is produced and applied
+        users_since: set[str] = set()  # users with records in rest[flushed:i]
+        catalog_since = False
+
+        async def flush(end: int) -> None:
+            nonlocal flushed, wait_total, catalog_since
+            if end <= flushed:
+                return
+            await publisher.send(rest[flushed:end])
+            wait_total += await wait_applied(online_redis, publisher.ends, config.catch_up_timeout_s, worker)
+            if catalog_since:  # new titles: their vectors reach the online index through item-vectors
+                await _wait_index(services["online"], 5.0)
+            flushed, catalog_since = end, False
+            users_since.clear()
             if advance:
-                advance(w + 1, n_windows)
+                advance(end, len(rest))
+
+        for i, record in enumerate(rest):
+            probe = pending.get(i)
+            if probe is not None:
+                if probe.user_id in users_since:  # the user's own last records must be applied first
+                    await flush(i)
+                await _ask(services, [probe], config.k)
+                probes.append(probe)
+            if record.is_catalog:
+                catalog_since = True
+            else:
+                users_since.add(record.event.user_id)  # type: ignore[union-attr]
+            if i + 1 - flushed >= config.window:
+                await flush(i + 1)
+        await flush(len(rest))
     finally:
         for service in services.values():
             with contextlib.suppress(Exception):
                 await service.close()
         if worker is not None:
             terminate(worker)
+        await publisher.stop()
         await online_redis.aclose()
         await frozen_redis.aclose()
         if not config.keep_topics:
             with contextlib.suppress(Exception):
                 await _delete_topics(online_settings)
     return probes, wait_total
+
+
+async def _wait_index(service: Any, timeout_s: float) -> None:
+    """Until the service's index has applied everything on ``item-vectors`` (bounded: a lag is a result)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        state = await service.readiness()
+        if not state.get("index", {}).get("lag"):
+            return
+        await asyncio.sleep(0.02)
 
 
 async def _wait_ready(service: Any, timeout_s: float) -> None:
