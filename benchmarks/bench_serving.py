@@ -409,25 +409,36 @@ def serve_stub(framework: str, port: int) -> None:
 
 
 async def compare_frameworks(args: argparse.Namespace) -> dict[str, Any]:
+    """Both servers up at once (the idle one costs nothing); at each rate both are loaded back to back, in
+    alternating order, so a neighbour's load on this shared machine hits both alike."""
     import tempfile
 
-    out: dict[str, Any] = {"bench": "serving", "mode": "frameworks", "seconds_per_rate": args.seconds,
-                           "arrivals": "poisson" if args.poisson else "fixed", "frameworks": {}}
+    names = ("aiohttp", "starlette")
     logs = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    for framework in ("aiohttp", "starlette"):
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, __file__, "--serve-stub", framework, "--port", str(port)]
-        with process(cmd, dict(os.environ), logs / f"{framework}.log"):
-            await wait_http(f"{base}/readyz", 60)
+    ports = {name: free_port() for name in names}
+    by_name: dict[str, list[RateResult]] = {name: [] for name in names}
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            cmd = [sys.executable, __file__, "--serve-stub", name, "--port", str(ports[name])]
+            stack.enter_context(process(cmd, dict(os.environ), logs / f"{name}.log"))
+        for name in names:
+            await wait_http(f"http://127.0.0.1:{ports[name]}/readyz", 60)
 
-            def url_for(i: int, base: str = base) -> str:
-                return f"{base}/v1/recommendations/u{i % 997}?k=20&device=tv&country=US"
+        def url_maker(name: str) -> Callable[[int], str]:
+            base = f"http://127.0.0.1:{ports[name]}"
+            return lambda i: f"{base}/v1/recommendations/u{i % 997}?k=20&device=tv&country=US"
 
-            results = await run_rates(url_for, args.rates, args.seconds, args.poisson)
-        out["frameworks"][framework] = {"rates": [asdict(r) for r in results],
-                                        "p99_over_50ms_at_rps": knee(results)}
-    return out
+        for name in names:  # warm-up: connections, first-request paths
+            await open_loop(url_maker(name), min(args.rates), 2.0)
+        for n, rate in enumerate(args.rates):
+            for name in names if n % 2 == 0 else names[::-1]:
+                by_name[name].append(await open_loop(url_maker(name), rate, args.seconds, poisson=args.poisson,
+                                                     seed=int(rate)))
+                await asyncio.sleep(0.5)
+    return {"bench": "serving", "mode": "frameworks", "seconds_per_rate": args.seconds,
+            "arrivals": "poisson" if args.poisson else "fixed",
+            "frameworks": {name: {"rates": [asdict(r) for r in sorted(res, key=lambda r: r.rate)],
+                                  "p99_over_50ms_at_rps": knee(res)} for name, res in by_name.items()}}
 
 
 # --- report ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ flushes the Kafka producer in the app's cleanup context.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import tempfile
