@@ -1,11 +1,15 @@
-"""The one-command demo: stack up, make an event log, replay it into Kafka, show what landed.
+"""The steps of the one-command demo (``streamrec demo``) that are more than a call: making the log,
+training once per log, replaying once per stack, and waiting for the worker.
 
-Later stages of the product (training, workers, the server) extend this same sequence.
+Re-running the demo is cheap and safe: a log with the same parameters is reused, a bundle trained on
+the same files is reused (the manifest's data fingerprint), and a log already replayed into this
+stack is not published twice (that would count every event twice in the online state).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +20,6 @@ from streamrec.kafka_io import make_consumer
 from streamrec.settings import Settings
 
 
-@dataclass
-class TopicLanding:
-    topic: str
-    partitions: int
-    before: int
-    after: int
-    sample: dict[str, Any] | None = None
-
-    @property
-    def landed(self) -> int:
-        return self.after - self.before
-
-
-@dataclass
-class DemoReport:
-    data_dir: str
-    replay: dict[str, Any]
-    topics: list[TopicLanding] = field(default_factory=list)
-
-
 async def topic_end_offsets(settings: Settings, topics: list[str]) -> dict[str, tuple[int, int]]:
     """Per topic: (partition count, sum of end offsets) — what the broker holds right now."""
     consumer = make_consumer(settings)
@@ -43,41 +27,14 @@ async def topic_end_offsets(settings: Settings, topics: list[str]) -> dict[str, 
     try:
         result = {}
         for topic in topics:
-            partitions = sorted(consumer.partitions_for_topic(topic) or await _fetch_partitions(consumer, topic))
-            tps = [TopicPartition(topic, p) for p in partitions]
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await consumer._client.force_metadata_update()  # a topic created moments ago is not cached yet
+                partitions = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             ends = await consumer.end_offsets(tps) if tps else {}
             result[topic] = (len(tps), sum(ends.values()))
         return result
-    finally:
-        await consumer.stop()
-
-
-async def _fetch_partitions(consumer: Any, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # a topic created moments ago is not cached yet
-    return consumer.partitions_for_topic(topic) or set()
-
-
-async def last_record(settings: Settings, topic: str) -> dict[str, Any] | None:
-    """The newest record of the busiest partition, decoded, to show a real payload."""
-    consumer = make_consumer(settings)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or await _fetch_partitions(consumer, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return None
-        ends = await consumer.end_offsets(tps)
-        tp, end = max(ends.items(), key=lambda kv: kv[1])
-        if end == 0:
-            return None
-        consumer.assign([tp])
-        consumer.seek(tp, end - 1)
-        batch = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
-        for records in batch.values():
-            for record in records:
-                return {"partition": record.partition, "offset": record.offset,
-                        "key": record.key.decode() if record.key else None, "value": orjson.loads(record.value)}
-        return None
     finally:
         await consumer.stop()
 
@@ -102,3 +59,71 @@ def prepare_data(out: Path, movielens: Path | None, users: int, items: int, even
         summary = generate_world(out, users=users, items=items, events=events, seed=seed, progress=progress)
     marker.write_bytes(orjson.dumps(source))
     return dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else {"summary": str(summary)}
+
+
+def _log_files(data: Path) -> list[Path]:
+    return [data / "catalog.jsonl", data / "events.jsonl"]
+
+
+def train_once(data: Path, artifacts: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The bundle of ``latest`` when it was trained on these very files, else a new one."""
+    import contextlib
+
+    from models.bundle import BundleError, fingerprint_files, open_bundle
+    from models.train import train_bundle
+
+    started = time.perf_counter()
+    fingerprint = fingerprint_files(_log_files(data))
+    with contextlib.suppress(BundleError, FileNotFoundError):
+        bundle = open_bundle(artifacts, verify=False)
+        if bundle.manifest.get("data_fingerprint") == fingerprint:
+            return {"version": bundle.version, "reused": True, "seconds": time.perf_counter() - started}
+    path, _ = train_bundle(data, artifacts, progress=progress)
+    return {"version": path.name, "reused": False, "seconds": time.perf_counter() - started}
+
+
+async def replay_once(data: Path, settings: Settings, progress: Callable[[int], None]) -> Any:
+    """Replay ``data`` unless this stack's topic already holds it (then ``None``).
+
+    The marker in the state dir records the log's fingerprint and the topic's end offset after the
+    replay; a topic that is now shorter was recreated (a wiped stack), so the log is replayed again.
+    """
+    from models.bundle import fingerprint_files
+    from streamrec.replay import replay_log
+
+    marker = settings.state_dir / "demo-replayed.json"
+    topic = settings.topic_interactions
+    fingerprint = fingerprint_files(_log_files(data))
+    _, end_now = (await topic_end_offsets(settings, [topic]))[topic]
+    if marker.exists():
+        seen = orjson.loads(marker.read_bytes())
+        if seen.get("fingerprint") == fingerprint and seen.get("topic") == topic and end_now >= seen.get("end", 0):
+            return None
+    report = await replay_log(data, settings, progress=progress)
+    _, end_after = (await topic_end_offsets(settings, [topic]))[topic]
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_bytes(orjson.dumps({"fingerprint": fingerprint, "topic": topic, "end": end_after}))
+    return report
+
+
+async def wait_worker(settings: Settings, advance: Callable[[int], None], timeout_s: float = 900.0) -> float:
+    """Until the worker's offsets in Redis cover everything on the input topics; ``advance`` in percent."""
+    import redis.asyncio as aioredis
+
+    from streamrec.catch_up import end_offsets, wait_applied
+
+    shown = 0
+
+    def progress(applied: int, total: int) -> None:
+        nonlocal shown
+        pct = int(100 * applied / total) if total else 100
+        if pct > shown:
+            advance(pct - shown)
+            shown = pct
+
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        return await wait_applied(redis, await end_offsets(settings), timeout_s, progress=progress)
+    finally:
+        progress(1, 1)
+        await redis.aclose()

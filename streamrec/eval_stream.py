@@ -50,6 +50,7 @@ import numpy as np
 import orjson
 
 from schemas.events import AddToList, Complete, Event, ItemRemove, ItemUpsert, Play, Rating
+from streamrec.catch_up import end_offsets, wait_applied
 from streamrec.child_env import settings_env
 from streamrec.logs import get_logger
 from streamrec.settings import Settings
@@ -297,7 +298,7 @@ class _Publisher:
         self._producer = make_producer(self.settings, enable_idempotence=True, linger_ms=2)
         await self._producer.start()
         self._sender = KeyedBatchSender(self._producer)
-        self.ends = await _end_offsets(self.settings)
+        self.ends = await end_offsets(self.settings)
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -316,49 +317,6 @@ class _Publisher:
             slot = (topic, await sender._partition(topic, raw_key))  # cached: the partition add() used
             self.ends[slot] = self.ends.get(slot, 0) + 1
         await sender.flush()
-
-
-async def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    from aiokafka import TopicPartition
-
-    from streamrec.kafka_io import make_consumer
-
-    consumer = make_consumer(settings)
-    await consumer.start()
-    try:
-        tps = []
-        for topic in (settings.topic_interactions, settings.topic_catalog):
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()  # a topic created moments ago
-                partitions = consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
-        ends = await consumer.end_offsets(tps)
-        return {(tp.topic, tp.partition): int(end) for tp, end in ends.items()}
-    finally:
-        await consumer.stop()
-
-
-async def wait_applied(redis: Any, ends: dict[tuple[str, int], int], timeout_s: float,
-                       worker: subprocess.Popen[bytes] | None = None, prefix: str = "sr") -> float:
-    """Wait until the worker's offsets in Redis cover every record below ``ends``; returns the wait."""
-    from streams.effects import offset_key
-    from streams.offsets import parse_stored
-
-    pending = [(tp, end) for tp, end in ends.items() if end > 0]
-    keys = [offset_key(prefix, topic, partition) for (topic, partition), _ in pending]
-    started = time.perf_counter()
-    while True:
-        stored = await redis.mget(keys) if keys else []
-        if all(parse_stored(raw) >= end - 1 for raw, (_, end) in zip(stored, pending, strict=True)):
-            return time.perf_counter() - started
-        if worker is not None and worker.poll() is not None:
-            raise RuntimeError(f"the worker exited with status {worker.returncode}")
-        if time.perf_counter() - started > timeout_s:
-            behind = {f"{t}:{p}": end - 1 - parse_stored(raw)
-                      for raw, ((t, p), end) in zip(stored, pending, strict=True) if parse_stored(raw) < end - 1}
-            raise TimeoutError(f"the worker did not apply the produced records within {timeout_s:.0f} s: {behind}")
-        await asyncio.sleep(0.02)
 
 
 async def copy_db(redis: Any, target_db: int, batch: int = 2000) -> int:
@@ -441,8 +399,10 @@ def _probes(split: Split) -> dict[int, Probe]:
         record = split.rest[index]
         event = record.event
         ctx = getattr(event, "context", None)
+        # Asked as of just before the target (event time): see RecommendRequest.now_ms.
         context = {"device": getattr(ctx, "device", None), "country": getattr(ctx, "country", None),
-                   "hour": getattr(ctx, "local_hour", None), "session_id": getattr(ctx, "session_id", None)}
+                   "hour": getattr(ctx, "local_hour", None), "session_id": getattr(ctx, "session_id", None),
+                   "now_ms": record.ts - 1}
         probes[index] = Probe(index, record.ts, event.user_id, event.item_id, context)  # type: ignore[union-attr]
     return probes
 

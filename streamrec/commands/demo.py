@@ -1,9 +1,9 @@
-"""`streamrec demo`: the README's first command."""
+"""`streamrec demo`: the README's first command, the whole system from an empty machine to live answers."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,20 +14,21 @@ def demo(
         Path | None, typer.Option(exists=True, file_okay=False, help="Use a MovieLens directory instead.")
     ] = None,
     users: Annotated[int, typer.Option(min=1)] = 1000,
-    items: Annotated[int, typer.Option(min=1)] = 10_000,
-    events: Annotated[int, typer.Option(min=1)] = 200_000,
+    items: Annotated[int, typer.Option(min=1)] = 5000,
+    events: Annotated[int, typer.Option(min=1)] = 100_000,
     seed: Annotated[int, typer.Option()] = 0,
+    artifacts: Annotated[Path | None, typer.Option(help="Bundle root (default: STREAMREC_ARTIFACTS).")] = None,
+    show_users: Annotated[int, typer.Option(min=0, help="Users whose before/after answers are shown.")] = 3,
+    worker_metrics_port: Annotated[int, typer.Option(min=0, max=65535, help="The worker's Prometheus port.")
+                                   ] = 9108,
     down: Annotated[bool, typer.Option("--down", help="Stop everything the demo started, then exit.")] = False,
 ) -> None:
-    """Start the stack, generate a world (or import MovieLens), replay it into Kafka, show what landed."""
+    """Start Kafka + Redis, make an event log, train, start a worker and the API, replay the log, and
+    show a few users' recommendations before and after new interactions."""
     import asyncio
 
     from rich.console import Console
-    from rich.table import Table
 
-    from streamrec.demo import last_record, prepare_data, topic_end_offsets
-    from streamrec.progress import progress_bar
-    from streamrec.replay import replay_log
     from streamrec.settings import get_settings
     from streamrec.stack import StackError, manager
 
@@ -35,17 +36,33 @@ def demo(
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False)
     if down:
+        from streamrec.demo_apps import stop_apps
+
+        for name, outcome in stop_apps(settings):
+            out.print(f"{name:<6} {outcome}")
         result = asyncio.run(manager.down(settings))
         for item in result.stopped:
             out.print(f"{item.name:<6} {item.outcome}")
         return
-
-    out.rule("[bold]1. local stack: Kafka (KRaft) + redis-server")
     try:
-        started = asyncio.run(manager.up(settings, progress=lambda message: err.status(message, spinner="dots")))
+        _run(settings, out, err, data, movielens, users, items, events, seed,
+             (artifacts or settings.artifacts).resolve(), show_users, worker_metrics_port)
     except StackError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=1) from None
+
+
+def _run(settings: Any, out: Any, err: Any, data: Path, movielens: Path | None, users: int, items: int,
+         events: int, seed: int, artifacts: Path, show_users: int, worker_metrics_port: int) -> None:
+    import asyncio
+
+    from streamrec import demo_apps
+    from streamrec.demo import prepare_data, replay_once, train_once, wait_worker
+    from streamrec.progress import progress_bar
+    from streamrec.stack import manager
+
+    out.rule("[bold]1. local stack: Kafka (KRaft) + redis-server")
+    started = asyncio.run(manager.up(settings, progress=lambda message: err.status(message, spinner="dots")))
     for service in started.status.services:
         out.print(f"{service.name:<6} {service.address:<16} pid {service.pid}  {service.detail}")
 
@@ -54,32 +71,80 @@ def demo(
         summary = prepare_data(data, movielens, users, items, events, seed, advance)
     out.print(f"{'reused' if 'reused' in summary else 'wrote'} {data}/catalog.jsonl and {data}/events.jsonl")
 
-    out.rule("[bold]3. replay into Kafka")
-    topics = [settings.topic_catalog, settings.topic_interactions]
-    before = asyncio.run(topic_end_offsets(settings, topics))
-    with progress_bar("replaying", total=None) as advance:
-        report = asyncio.run(replay_log(data, settings, progress=advance))
-    after = asyncio.run(topic_end_offsets(settings, topics))
-    out.print(f"published {report.published:,} events at {report.events_per_s:,.0f} events/s, "
-              f"rejected {report.rejected:,}" + (f" (see {report.rejects_path})" if report.rejects_path else ""))
+    out.rule("[bold]3. train: CF + content vectors, HNSW, Wide & Deep ranker (ONNX)")
+    with err.status("training", spinner="dots") as status:
+        trained = train_once(data, artifacts, lambda stage: status.update(f"training: {stage}"))
+    out.print(f"{'reused' if trained['reused'] else 'trained'} bundle {trained['version']} in {artifacts} "
+              f"({trained['seconds']:.0f} s)")
 
-    out.rule("[bold]4. what landed")
-    table = Table(show_header=True)
-    for column in ("topic", "partitions", "records before", "records after", "landed now"):
-        table.add_column(column, justify="right" if column != "topic" else "left")
-    for topic in topics:
-        partitions, end_before = before[topic]
-        _, end_after = after[topic]
-        table.add_row(topic, str(partitions), f"{end_before:,}", f"{end_after:,}", f"{end_after - end_before:,}")
-    out.print(table)
-    sample = asyncio.run(last_record(settings, settings.topic_interactions))
-    if sample:
-        out.print(f"newest record of {settings.topic_interactions} (partition {sample['partition']}, "
-                  f"offset {sample['offset']}, key {sample['key']}):")
-        out.print_json(data=sample["value"])
+    out.rule("[bold]4. stream worker + API server")
+    if not trained["reused"]:
+        demo_apps.stop_apps(settings)  # a running worker holds the previous bundle's vectors
+    demo_apps.WORKER_METRICS_PORT = worker_metrics_port
+    for app in demo_apps.start_apps(settings, artifacts, Path.cwd()):
+        verb = "started" if app.started else "running"
+        out.print(f"{app.name:<6} {verb:<8} pid {app.pid:<8} {app.address:<28} log {app.log_file}")
+
+    out.rule("[bold]5. replay the log into Kafka; the worker learns from it")
+    with progress_bar("replaying", total=None) as advance:
+        report = asyncio.run(replay_once(data, settings, advance))
+    if report is None:
+        out.print("this log was already replayed into this stack: not publishing it twice")
+    else:
+        out.print(f"published {report.published:,} events at {report.events_per_s:,.0f} events/s, rejected "
+                  f"{report.rejected:,}" + (f" (see {report.rejects_path})" if report.rejects_path else ""))
+    with progress_bar("worker applying the log", total=100) as advance:
+        seconds = asyncio.run(wait_worker(settings, advance))
+    out.print(f"the worker has applied every record ({seconds:.1f} s after the replay)")
+    ready = asyncio.run(demo_apps.wait_server_ready(settings))
+    out.print(f"server ready: {ready}")
+
+    if show_users:
+        out.rule("[bold]6. real-time adaptation: answers before and after a few new interactions")
+        _show(settings, out, data, show_users)
+
     out.rule()
-    out.print(f"Kafka on {settings.kafka_bootstrap}, Redis on {settings.redis_url}; "
-              "they keep running. Stop them with: streamrec demo --down")
+    url = demo_apps.server_url(settings)
+    out.print(f"API      {url}/v1/recommendations/USER_ID   (docs: {url}/openapi.json, metrics: {url}/metrics)")
+    out.print(f"worker   metrics on :{worker_metrics_port}" if worker_metrics_port else "worker   running")
+    out.print(f"Kafka    {settings.kafka_bootstrap}    Redis {settings.redis_url}")
+    out.print("Everything keeps running. Stop it all with: streamrec demo --down")
+
+
+def _show(settings: Any, out: Any, data: Path, n_users: int) -> None:
+    import asyncio
+
+    from rich.columns import Columns
+    from rich.table import Table
+
+    from streamrec.demo_apps import server_url
+    from streamrec.demo_show import pick_users, read_log_facts, run_stories
+
+    facts = read_log_facts(data)
+    stories = asyncio.run(run_stories(server_url(settings), facts, pick_users(facts, n_users),
+                                      api_key=settings.api_key))
+
+    def table(title: str, answer: dict[str, Any], genre: str) -> Table:
+        t = Table(title=title, title_justify="left", show_lines=False)
+        for column in ("#", "title", "reason"):
+            t.add_column(column, overflow="fold", max_width=None if column != "title" else 34)
+        for rank, item in enumerate(answer.get("items", ()), start=1):
+            info = facts.titles.get(item["item_id"])
+            name = info.title if info else item["item_id"]
+            mark = "[bold green]" if info and genre in info.genres else ""
+            t.add_row(str(rank), f"{mark}{name}", item.get("reason", ""))
+        return t
+
+    for story in stories:
+        played = ", ".join(t.title for t in story.played)
+        out.print(f"\n[bold]user {story.user_id}[/]: plays and completes {len(story.played)} {story.genre} titles "
+                  f"({played})")
+        before_share = story.genre_share(story.before, facts.titles)
+        after_share = story.genre_share(story.after, facts.titles)
+        out.print(Columns([table("before", story.before, story.genre), table("after", story.after, story.genre)]))
+        visible = f"{story.seconds_to_visible:.2f} s" if story.seconds_to_visible is not None else "not within 20 s"
+        out.print(f"{story.genre} titles in the top {len(story.after.get('items', ()))}: {before_share} -> "
+                  f"{after_share}; the new answer was visible {visible} after POST /v1/events")
 
 
 def register(app: typer.Typer) -> None:
