@@ -4,12 +4,19 @@ topic measured in the same run, and freshness (produce -> state visible in Redis
     streamrec stack up
     python benchmarks/bench_worker.py [--events 200000] [--users 3000] [--items 3000] [--log DIR]
                                       [--concurrency 4] [--max-records 2000] [--no-freshness] [--faust-floor]
+                                      [--artifacts DIR | --no-bundle] [--profile FILE]
+
+- the worker runs with a bundle (``--artifacts``, default: a small one trained on the generated
+  world first, not timed), so every effect is on: features, trending, sessions, online user
+  vectors (needs the bundle's CF item vectors) and the item-vector catalog hook.
 
 - ``raw``: one aiokafka consumer, ``getmany(max_records=2000)`` over the 8 partitions from the
   beginning, nothing done with the records (the floor of any consumer in Python).
 - ``worker``: ``python -m streams.worker`` (a separate process, as deployed) on the pre-filled
   topics: decode, features + every registered effect, dead letters, offsets, one MULTI per partition
   batch. Timed from the first applied batch to the last record's offset stored in Redis.
+- ``worker_cpu_us_per_event``: the worker process' CPU time (user + system) over the same span, per
+  event: less sensitive than the rate to other load on a shared machine.
 - ``freshness``: with the worker caught up, records are produced at half the measured worker rate;
   for every 20th record, the time from ``send`` until its offset is stored in Redis (the state and
   the offset commit in one EXEC, so that is when its effects become visible); p50 / p99.
@@ -64,10 +71,14 @@ def _faust_floor_app() -> None:
     app.main()
 
 
-def _spawn_worker(env: dict[str, str], prefix: str, concurrency: int, max_records: int) -> subprocess.Popen[bytes]:
+def _spawn_worker(env: dict[str, str], prefix: str, concurrency: int, max_records: int,
+                  artifacts: Path | None, profile: Path | None) -> subprocess.Popen[bytes]:
+    # --profile: the worker under cProfile (written when it stops on SIGTERM).
+    runner = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
     return subprocess.Popen(
-        [sys.executable, "-m", "streams.worker", "--metrics-port", "0", "--prefix", prefix,
-         "--concurrency", str(concurrency), "--max-records", str(max_records)],
+        [*runner, "-m", "streams.worker", "--metrics-port", "0", "--prefix", prefix,
+         "--concurrency", str(concurrency), "--max-records", str(max_records),
+         *(["--artifacts", str(artifacts)] if artifacts else [])],
         cwd=REPO, env=env,
     )
 
@@ -83,6 +94,16 @@ def _run_faust_floor(topic: str, n: int, bootstrap: str) -> dict[str, float]:
     # Faust redirects print() into its logging (stderr).
     found = re.search(r'\{"faust_events_per_s": [0-9.e+]+\}', done.stdout + done.stderr)
     return json.loads(found.group(0)) if found else {}
+
+
+def _train_small_bundle(world: Path, artifacts: Path) -> Path:
+    """A quick bundle of the world (the worker needs its CF item vectors for the online user vectors and
+    its content model for the item-vector hook); the worker's cost does not depend on its quality."""
+    from models.train import train_bundle
+    from models.two_stage import TwoStageConfig
+
+    train_bundle(world, artifacts, TwoStageConfig(dim=64, rank_users=200, ranker_epochs=1))
+    return artifacts
 
 
 async def _ends(settings, topic: str) -> dict[int, int]:  # type: ignore[no-untyped-def]
@@ -117,6 +138,13 @@ async def _raw_rate(settings, topic: str, n: int) -> float:  # type: ignore[no-u
         return seen / (time.perf_counter() - started)
     finally:
         await consumer.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): a figure the other load on a shared
+    machine inflates far less than wall-clock throughput."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _applied(client, prefix: str, topic: str) -> dict[int, int]:  # type: ignore[no-untyped-def]
@@ -187,6 +215,10 @@ async def main() -> None:
     parser.add_argument("--freshness-seconds", type=float, default=10.0)
     parser.add_argument("--freshness-share", type=float, default=0.5, help="produce at this share of the worker rate")
     parser.add_argument("--faust-floor", action="store_true")
+    parser.add_argument("--artifacts", type=Path, help="a bundle root for the worker (default: train a small one on "
+                                                       "the world, so the user-vector and item-vector effects run)")
+    parser.add_argument("--no-bundle", action="store_true", help="run the worker without a bundle (fewer effects)")
+    parser.add_argument("--profile", type=Path, help="write the worker's cProfile stats here")
     args = parser.parse_args()
 
     import redis.asyncio as aioredis
@@ -205,6 +237,9 @@ async def main() -> None:
     if world is None:
         world = Path(tmp.name) / "world"
         generate_world(world, users=args.users, items=args.items, events=args.events, seed=1)
+    artifacts = args.artifacts
+    if artifacts is None and not args.no_bundle:
+        artifacts = _train_small_bundle(world, Path(tmp.name) / "artifacts")
     tag = uuid.uuid4().hex[:8]
     scoped = settings.model_copy(update={
         "topic_interactions": f"bench-int-{tag}", "topic_catalog": f"bench-cat-{tag}",
@@ -224,20 +259,22 @@ async def main() -> None:
            "STREAMREC_TOPIC_ITEM_VECTORS": scoped.topic_item_vectors,
            "STREAMREC_TOPIC_DEAD_LETTERS": scoped.topic_dead_letters, "STREAMREC_LOG_LEVEL": "WARNING"}
     client = aioredis.Redis.from_url(settings.redis_url)
-    proc = _spawn_worker(env, prefix, args.concurrency, args.max_records)
+    proc = _spawn_worker(env, prefix, args.concurrency, args.max_records, artifacts, args.profile)
     try:
-        first_at, first_count = 0.0, 0
+        first_at, first_count, first_cpu = 0.0, 0, 0.0
         while True:
             applied = sum(v + 1 for v in (await _applied(client, prefix, topic)).values())
             if applied and not first_at:
-                first_at, first_count = time.perf_counter(), applied
+                first_at, first_count, first_cpu = time.perf_counter(), applied, _cpu_seconds(proc.pid)
             if applied >= total:
                 break
             if proc.poll() is not None:
                 raise SystemExit(f"the worker exited with {proc.returncode}")
             await asyncio.sleep(0.01)
         worker_rate = (total - first_count) / (time.perf_counter() - first_at)
+        cpu = _cpu_seconds(proc.pid) - first_cpu
         result["worker_events_per_s"] = round(worker_rate)
+        result["worker_cpu_us_per_event"] = round(cpu / max(1, total - first_count) * 1e6, 1)
         result["worker_vs_raw"] = round(worker_rate / raw, 3)
         if not args.no_freshness:
             lines = (world / "events.jsonl").read_bytes().splitlines()[:50_000]

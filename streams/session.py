@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from schemas.events import Impression, InteractionEvent, UserUpsert
+from streamrec.feature_store.redis_functions import set_many
 from streams.effects import BatchInfo
 from streams.trending import event_weights
 
@@ -130,6 +131,7 @@ class SessionEffect:
     prefix: str = "sr"
     ttl_s: int = SESSION_TTL_S
     name: str = "session"
+    bulk: bool = False  # one MGET and one FCALL per batch (streamrec.feature_store.redis_functions, loaded)
 
     @staticmethod
     def users(events: Sequence[InteractionEvent]) -> list[str]:
@@ -138,11 +140,21 @@ class SessionEffect:
 
     def read(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo) -> int:
         users = self.users(events)
+        if self.bulk:
+            if not users:
+                return 0
+            pipe.mget([session_key(user_id, self.prefix) for user_id in users])
+            return 1
         for user_id in users:
             pipe.get(session_key(user_id, self.prefix))
         return len(users)
 
     def write(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo, replies: list[Any]) -> None:
+        if self.bulk:
+            sessions = self.apply(events, replies[0] if replies else [])
+            set_many(pipe, [session_key(user_id, self.prefix) for user_id in sessions],
+                     [_encode(blob) for blob in sessions.values()], self.ttl_s)
+            return
         for user_id, blob in self.apply(events, replies).items():
             pipe.set(session_key(user_id, self.prefix), _encode(blob), ex=self.ttl_s)
 
@@ -203,4 +215,5 @@ def make_effect(ctx: Any) -> SessionEffect:
         row = catalog.index.get(item_id) if catalog is not None else None
         return list(catalog.genres[row]) if row is not None else []
 
-    return SessionEffect(item_genres=item_genres if catalog is not None else None, prefix=ctx.prefix)
+    return SessionEffect(item_genres=item_genres if catalog is not None else None, prefix=ctx.prefix,
+                         bulk=getattr(ctx, "bulk", False))

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from models.dataset import KIND
 from models.online_user import OnlineUserModel, online_weights
 from schemas.events import InteractionEvent, Rating
+from streamrec.feature_store.redis_functions import set_many
 from streams.effects import BatchInfo
 
 DEFAULT_TTL_S: Final = 400 * 86_400
@@ -91,8 +92,13 @@ class UserVectorEffect:
         prefix: str = "sr",
         ttl_s: int | None = DEFAULT_TTL_S,
         initial: Callable[[str], NDArray[np.floating] | None] | None = None,
+        bulk: bool = False,
     ) -> None:
         self.model = model
+        # bulk: one MGET and one FCALL per batch (streamrec.feature_store.redis_functions, loaded)
+        self.bulk = bulk
+        # read() and write() of one batch need the same signals: computed once (keyed by the events list)
+        self._signals_of: dict[int, tuple[Sequence[InteractionEvent], Any]] = {}
         self.item_index = item_index
         self.prefix = prefix
         self.ttl_s = ttl_s
@@ -127,18 +133,38 @@ class UserVectorEffect:
         keep = weights != 0
         return (list(users), np.array(owner, np.int64)[keep], np.array(items, np.int64)[keep], weights[keep])
 
+    def _cached_signals(self, events: Sequence[InteractionEvent], *, keep: bool) -> Any:
+        found = self._signals_of.get(id(events))
+        if found is not None and found[0] is events:
+            if not keep:
+                del self._signals_of[id(events)]
+            return found[1]
+        signals = self._signals(events)
+        if keep:
+            if len(self._signals_of) >= 64:  # batches whose write never came (a failed batch)
+                self._signals_of.clear()
+            self._signals_of[id(events)] = (events, signals)
+        return signals
+
     def read(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo) -> int:
-        users, owner, _, _ = self._signals(events)
+        users, owner, _, _ = self._cached_signals(events, keep=True)
         active = [users[o] for o in dict.fromkeys(owner.tolist())]
+        if self.bulk:
+            if not active:
+                return 0
+            pipe.mget([user_key(self.prefix, user_id) for user_id in active])
+            return 1
         for user_id in active:
             pipe.get(user_key(self.prefix, user_id))
         return len(active)
 
     def write(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo, replies: list[Any]) -> None:
-        users, owner, items, weights = self._signals(events)
+        users, owner, items, weights = self._cached_signals(events, keep=False)
         rows = list(dict.fromkeys(owner.tolist()))  # the users read() asked for, same order
         if not rows:
             return
+        if self.bulk:
+            replies = replies[0] if replies else []
         if len(replies) != len(rows):
             raise ValueError(f"user_vectors: {len(rows)} reads queued but {len(replies)} replies")
         remap = np.full(len(users), -1, np.int64)
@@ -153,9 +179,13 @@ class UserVectorEffect:
             start[j] = self.model.start if vector is None else vector
         new = self.model.update_many(start, remap[owner], items, weights)
         counts = np.bincount(remap[owner], minlength=len(rows))
-        for j, row in enumerate(rows):
-            value = pack_user_vector(new[j], int(versions[j] + counts[j]), self.space)
-            pipe.set(user_key(self.prefix, users[row]), value, ex=self.ttl_s)
+        keys = [user_key(self.prefix, users[row]) for row in rows]
+        values = [pack_user_vector(new[j], int(versions[j] + counts[j]), self.space) for j in range(len(rows))]
+        if self.bulk:
+            set_many(pipe, keys, values, self.ttl_s)
+            return
+        for key, value in zip(keys, values, strict=True):
+            pipe.set(key, value, ex=self.ttl_s)
 
 
 # --- worker registry (streams.worker discovers these) ---------------------------------------------
@@ -179,4 +209,4 @@ def make_effect(ctx: Any) -> UserVectorEffect | None:
 
     model = OnlineUserModel(cf.item_vectors)
     return UserVectorEffect(model, {item_id: i for i, item_id in enumerate(item_ids)}, prefix=ctx.prefix,
-                            initial=initial)
+                            initial=initial, bulk=getattr(ctx, "bulk", False))

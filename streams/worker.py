@@ -55,6 +55,7 @@ from models.dataset import MATURITY_ORDER
 from models.features.state import EventBatch, ItemStatic
 from schemas.decoder import catalog_decoder, interaction_decoder
 from schemas.events import CatalogEvent, InteractionEvent, ItemRemove, ItemUpsert
+from streamrec.feature_store.redis_functions import is_missing_function, load_functions
 from streamrec.logs import get_logger
 from streamrec.settings import Settings
 from streams import metrics
@@ -84,6 +85,9 @@ class WorkerContext:
     prefix: str = PREFIX
     catalog: Any = None  # the live CatalogTable (grows as titles arrive; read it, never replace it)
     producer: Any = None  # the worker's started idempotent producer (for topics other than Redis)
+    # The Redis Functions of streamrec.feature_store.redis_functions are loaded: effects may queue their
+    # writes as one FCALL per batch instead of one command per key (what the worker's throughput needs).
+    bulk: bool = False
 
 
 def _discover(attr: str, ctx: WorkerContext, modules: Sequence[str]) -> list[Any]:
@@ -228,23 +232,6 @@ def load_bundle(artifacts: Path | None) -> Any | None:
 # Redis plumbing
 
 
-class _FencedClient:
-    """Hands :class:`RedisFeatureStore` the already WATCHing pipeline for its transaction."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.connection_pool = client.connection_pool
-        self.watched: Any = None
-
-    def pipeline(self, transaction: bool = True) -> Any:
-        if transaction:
-            pipe, self.watched = self.watched, None
-            if pipe is None:
-                raise RuntimeError("no watched pipeline prepared for this transaction")
-            return pipe
-        return self._client.pipeline(transaction=False)
-
-
 class _Fenced(Exception):
     """Another worker advanced the partition's offset while this batch was prepared."""
 
@@ -295,6 +282,7 @@ class WorkerOptions:
     group_id: str = GROUP_ID
     prefix: str = PREFIX
     effects: bool = True  # discover the other effects (default_effects); False: features only
+    bulk: bool = True  # writes as Redis Functions when the server runs them (False: one command per key)
     session_timeout_ms: int = 10_000  # how soon the group notices a killed worker
     commit_interval_s: float = 1.0  # Kafka offset commits (monitoring only)
 
@@ -316,7 +304,8 @@ class Worker:
         self.bundle: Any = None
         self.catalog = CatalogTable()
         self.static = self.catalog.static()
-        self._stores: dict[tuple[str, int], tuple[Any, _FencedClient, int]] = {}
+        self._stores: dict[tuple[str, int], tuple[Any, int]] = {}
+        self.bulk = False
         self._lock = asyncio.Lock()
         self._last: dict[Any, int] = {}
         self._uncommitted: set[Any] = set()
@@ -337,6 +326,11 @@ class Worker:
         if o.rebuild:
             deleted = await delete_state(self.redis, o.prefix)
             log.warning("worker.rebuild", deleted_keys=deleted)
+        from streamrec.feature_store.redis_functions import functions_available
+
+        self.bulk = o.bulk and await functions_available(self.redis)
+        if o.bulk and not self.bulk:
+            log.warning("worker.no_redis_functions", reason="FUNCTION LOAD failed: one command per key (slower)")
         await ensure_topics_retrying(s)
         self.bundle = load_bundle(o.artifacts)
         if self.bundle is not None:
@@ -353,7 +347,7 @@ class Worker:
         await self.follower.seek_to_beginning(*tps)
         await self._bootstrap_catalog(tps)
         ctx = WorkerContext(settings=s, redis=self.redis, static=self.static, bundle=self.bundle, prefix=o.prefix,
-                            catalog=self.catalog, producer=self.producer)
+                            catalog=self.catalog, producer=self.producer, bulk=self.bulk)
         if self._effects_given is not None:
             self.effects = list(self._effects_given)
         elif o.effects:
@@ -491,6 +485,9 @@ class Worker:
         except Exception as exc:
             metrics.FAILURES.labels(topic).inc()
             log.error("worker.batch_failed", topic=topic, partition=tp.partition, error=repr(exc))
+            if self.bulk and is_missing_function(exc):  # a Redis restarted without persistence lost them
+                with contextlib.suppress(Exception):
+                    await load_functions(self.redis)
             with contextlib.suppress(Exception):
                 self.consumer.seek(tp, records[0].offset)
             await asyncio.sleep(1.0)
@@ -524,18 +521,19 @@ class Worker:
             metrics.EVENTS.labels(topic, "rejected").inc(len(letters))
             self.rejected += len(letters)
 
-    def _store(self, tp: Any) -> tuple[Any, _FencedClient]:
+    def _store(self, tp: Any) -> Any:
+        """The partition's feature store (its pending epoch clean-ups are per partition), rebuilt when the
+        catalogue changed."""
         from streamrec.feature_store.redis_store import RedisFeatureStore
 
         key = (tp.topic, tp.partition)
         found = self._stores.get(key)
-        if found is None or found[2] != id(self.static):
-            fenced = _FencedClient(self.redis)
-            store = RedisFeatureStore(fenced, self.static, prefix=self.options.prefix)
+        if found is None or found[1] != id(self.static):
+            store = RedisFeatureStore(self.redis, self.static, prefix=self.options.prefix, bulk=self.bulk)
             if found is not None:
                 store._cleanup = found[0]._cleanup  # keep the pending epoch clean-ups
-            found = self._stores[key] = (store, fenced, id(self.static))
-        return found[0], found[1]
+            found = self._stores[key] = (store, id(self.static))
+        return found[0]
 
     async def _apply_interactions(self, tp: Any, records: list[Any]) -> None:
         key = offset_key(self.options.prefix, tp.topic, tp.partition)
@@ -555,39 +553,35 @@ class Worker:
             await self._dead_letters(tp.topic, decoded.letters)
             events: list[InteractionEvent] = decoded.events
             redis_started = time.perf_counter()
-            replies = await self._effect_reads(events, info)
-
-            def on_commit(txn: Any) -> None:
-                for effect, effect_replies in zip(self.effects, replies, strict=True):
-                    effect.write(txn, events, info, effect_replies)
-                txn.set(key, info.last_offset)
-
-            pipe.multi()
             batch = EventBatch.from_events(events, self.static)
-            if len(batch):
-                store, fenced = self._store(tp)
-                fenced.watched = pipe
-                await store.apply(batch, on_commit=on_commit)
-            else:
-                on_commit(pipe)
-                await pipe.execute()
+            store = self._store(tp)
+            plan = store.plan(batch) if len(batch) else None
+            # One round trip for every read: each effect's, then the feature store's users.
+            read = self.redis.pipeline(transaction=False)
+            counts = [effect.read(read, events, info) if events else 0 for effect in self.effects]
+            n_store = store.queue_reads(read, plan) if plan is not None else 0
+            replies = await read.execute() if sum(counts) + n_store else []
+            # One MULTI: the features first (the store finds its replies at the front), every effect's
+            # writes, the offset.
+            pipe.multi()
+            if plan is not None:
+                store.queue_writes(pipe, plan, replies[len(replies) - n_store:])
+            pos = 0
+            for effect, n in zip(self.effects, counts, strict=True):
+                effect.write(pipe, events, info, replies[pos:pos + n])
+                pos += n
+            pipe.set(key, info.last_offset)
+            try:
+                written = await pipe.execute()
+            except BaseException:
+                if plan is not None:
+                    store.failed(plan)
+                raise
+            if plan is not None:
+                store.committed(plan, written)
             metrics.REDIS_APPLY_SECONDS.observe(time.perf_counter() - redis_started)
             metrics.EVENTS.labels(tp.topic, "processed").inc(len(events))
             self.processed += len(events)
-
-    async def _effect_reads(self, events: list[InteractionEvent], info: BatchInfo) -> list[list[Any]]:
-        if not self.effects:
-            return []
-        if not events:
-            return [[] for _ in self.effects]
-        read = self.redis.pipeline(transaction=False)
-        counts = [effect.read(read, events, info) for effect in self.effects]
-        replies = await read.execute() if sum(counts) else []
-        out, pos = [], 0
-        for n in counts:
-            out.append(replies[pos:pos + n])
-            pos += n
-        return out
 
     async def _apply_catalog(self, tp: Any, records: list[Any]) -> None:
         key = offset_key(self.options.prefix, tp.topic, tp.partition)

@@ -67,7 +67,7 @@ is ~2,000 item increments.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -88,6 +88,7 @@ from models.features.state import (
     user_event_mask,
 )
 from streamrec.feature_store.base import OnlineFeatureStore, StateSnapshot
+from streamrec.feature_store.redis_functions import hincr_many, set_many
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -125,6 +126,24 @@ def decode_user_blob(raw: bytes) -> UserBlob:
     return blob
 
 
+@dataclass(slots=True)
+class ApplyPlan:
+    """One batch on its way through :meth:`RedisFeatureStore.plan` .. :meth:`RedisFeatureStore.committed`."""
+
+    batch: EventBatch
+    touched: list[int]  # batch user rows whose state changes (read, then written)
+    id_of: dict[int, str]  # item hash -> id, for the recent-items lists
+    items_written: int = 0
+    commands: int = 0
+    # (reply index, key, prefix, epoch, amount) of the popularity increments (non-bulk path)
+    pop_writes: list[tuple[int, str, str, int, int]] = field(default_factory=list)
+    cleanup: dict[str, set[str]] = field(default_factory=dict)
+
+    def stats(self, round_trips: int) -> ApplyStats:
+        return ApplyStats(events=len(self.batch), users_written=len(self.touched), items_written=self.items_written,
+                          commands=self.commands, round_trips=round_trips)
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyStats:
     """What one :meth:`RedisFeatureStore.apply` did."""
@@ -150,6 +169,7 @@ class RedisFeatureStore(OnlineFeatureStore):
         prefix: str = "sr",
         user_ttl_s: int | None = DEFAULT_USER_TTL_S,
         transaction: bool = True,
+        bulk: bool = False,
     ) -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("RedisFeatureStore needs a client with decode_responses=False (it parses bytes)")
@@ -158,6 +178,9 @@ class RedisFeatureStore(OnlineFeatureStore):
         self.prefix = prefix
         self.user_ttl_s = user_ttl_s
         self.transaction = transaction
+        # bulk: one MGET for the users and the writes as FCALLs (redis_functions; the library must be
+        # loaded); else one command per user and per item field (any Redis, fakeredis too).
+        self.bulk = bulk
         self._genre_pos = {g: i for i, g in enumerate(static.genre_vocab)}
         self._cleanup: dict[str, set[str]] = {}  # item key -> old epoch fields to delete next batch
 
@@ -172,29 +195,72 @@ class RedisFeatureStore(OnlineFeatureStore):
     async def apply(self, batch: EventBatch, *, on_commit: Callable[[Pipeline], None] | None = None) -> ApplyStats:
         """Apply one batch (keys are id strings): one read round trip for its users, one MULTI/EXEC.
 
-        ``on_commit(pipe)`` may queue more commands into the same transaction.
+        ``on_commit(pipe)`` may queue more commands into the same transaction. (The worker drives the
+        same steps itself, :meth:`plan` .. :meth:`committed`, to share its round trips with other effects.)
         """
         if not len(batch):
             return ApplyStats()
-        user_ids: Sequence[str] = batch.user_keys
-        touched = np.unique(batch.user[user_event_mask(batch)]).tolist()
-        states = UserStates.empty(len(user_ids), self.static.n_genres)
-        id_of: dict[int, str] = dict(zip(batch.item_hash.tolist(), batch.item_keys, strict=True))
+        plan = self.plan(batch)
         round_trips = 0
-        if touched:
+        replies: list[Any] = []
+        if plan.touched:
             read = self.client.pipeline(transaction=False)
-            for u in touched:
-                read.get(self.user_key(user_ids[u]))
-            self._decode_users(await read.execute(), states, touched, id_of)
+            self.queue_reads(read, plan)
+            replies = await read.execute()
             round_trips += 1
-            apply_user_events(states, batch, self.static)
-
-        deltas = item_deltas(batch)
         pipe = self.client.pipeline(transaction=self.transaction)
-        for u, blob in zip(touched, self._encode_users(states, touched, id_of), strict=True):
+        self.queue_writes(pipe, plan, replies)
+        if on_commit is not None:
+            on_commit(pipe)
+        try:
+            written = await pipe.execute()
+        except BaseException:
+            self.failed(plan)
+            raise
+        round_trips += 1
+        self.committed(plan, written)
+        return plan.stats(round_trips)
+
+    def plan(self, batch: EventBatch) -> ApplyPlan:
+        """What applying ``batch`` needs: the users whose state it changes (pure, no I/O)."""
+        touched = np.unique(batch.user[user_event_mask(batch)]).tolist()
+        return ApplyPlan(batch=batch, touched=touched,
+                         id_of=dict(zip(batch.item_hash.tolist(), batch.item_keys, strict=True)))
+
+    def queue_reads(self, pipe: Any, plan: ApplyPlan) -> int:
+        """Queue the read of the plan's users on ``pipe``; returns the commands queued (their replies go,
+        in order, to :meth:`queue_writes`)."""
+        if not plan.touched:
+            return 0
+        keys = [self.user_key(plan.batch.user_keys[u]) for u in plan.touched]
+        if self.bulk:
+            pipe.mget(keys)
+            return 1
+        for key in keys:
+            pipe.get(key)
+        return len(keys)
+
+    def queue_writes(self, pipe: Any, plan: ApplyPlan, replies: list[Any]) -> int:
+        """Update the users from ``replies`` (of :meth:`queue_reads`) and queue every write of the batch on
+        ``pipe`` (a transaction), first thing in it: :meth:`committed` finds its replies at the front."""
+        batch, touched, id_of = plan.batch, plan.touched, plan.id_of
+        user_ids: Sequence[str] = batch.user_keys
+        states = UserStates.empty(len(user_ids), self.static.n_genres)
+        if touched:
+            raws = replies[0] if self.bulk else replies
+            self._decode_users(raws, states, touched, id_of)
+            apply_user_events(states, batch, self.static)
+        deltas = item_deltas(batch)
+        plan.items_written = len(deltas.item)
+        blobs = self._encode_users(states, touched, id_of)
+        item_keys: Sequence[str] = batch.item_keys
+        if self.bulk:
+            plan.commands = self._queue_bulk(pipe, [self.user_key(user_ids[u]) for u in touched], blobs, deltas,
+                                             item_keys)
+            return plan.commands
+        for u, blob in zip(touched, blobs, strict=True):
             pipe.set(self.user_key(user_ids[u]), blob, ex=self.user_ttl_s)
         commands = len(touched)
-        item_keys: Sequence[str] = batch.item_keys
         for pos, counts in zip(deltas.item.tolist(), deltas.counts.tolist(), strict=True):
             key = self.item_key(item_keys[pos])
             for name, value in zip(ITEM_COUNT_NAMES, counts, strict=True):
@@ -202,30 +268,54 @@ class RedisFeatureStore(OnlineFeatureStore):
                     pipe.hincrby(key, name, value)
                     commands += 1
         # Remember which replies are popularity increments, to spot newly created epoch fields.
-        pop_writes: list[tuple[int, str, str, int, int]] = []  # (reply index, key, prefix, epoch, amount)
         for (field_prefix, _), pop in zip(spec.POP_HALF_LIVES, deltas.pop, strict=True):
             for pos, epoch, amount in zip(pop.item.tolist(), pop.epoch.tolist(), pop.amount.tolist(), strict=True):
                 key = self.item_key(item_keys[pos])
                 pipe.hincrby(key, f"{field_prefix}:{epoch}", amount)
-                pop_writes.append((commands, key, field_prefix, epoch, amount))
+                plan.pop_writes.append((commands, key, field_prefix, epoch, amount))
                 commands += 1
-        cleanup, self._cleanup = self._cleanup, {}
-        for key, stale in cleanup.items():
+        plan.cleanup, self._cleanup = self._cleanup, {}
+        for key, stale in plan.cleanup.items():
             pipe.hdel(key, *sorted(stale))
             commands += 1
-        if on_commit is not None:
-            on_commit(pipe)
-        try:
-            replies = await pipe.execute()
-        except BaseException:
-            self._cleanup = cleanup | self._cleanup  # nothing was deleted: try again next batch
-            raise
-        round_trips += 1
-        for index, key, field_prefix, epoch, amount in pop_writes:
+        plan.commands = commands
+        return commands
+
+    def _queue_bulk(self, pipe: Any, user_keys: list[str], blobs: list[bytes], deltas: Any,
+                    item_keys: Sequence[str]) -> int:
+        """The batch's writes as three ``FCALL`` s (:mod:`streamrec.feature_store.redis_functions`): the
+        user values, then every item's count and popularity increments (old epochs cleaned up inside)."""
+        commands = set_many(pipe, user_keys, blobs, self.user_ttl_s)
+        entries: dict[int, tuple[list[str], list[str]]] = {}
+        counts = deltas.counts
+        rows, cols = np.nonzero(counts)
+        values = counts[rows, cols].tolist()
+        positions = deltas.item.tolist()
+        for row, col, value in zip(rows.tolist(), cols.tolist(), values, strict=True):
+            entry = entries.get(positions[row])
+            if entry is None:
+                entry = entries[positions[row]] = ([], [])
+            entry[0].extend((ITEM_COUNT_NAMES[col], str(value)))
+        for (field_prefix, _), pop in zip(spec.POP_HALF_LIVES, deltas.pop, strict=True):
+            for pos, epoch, amount in zip(pop.item.tolist(), pop.epoch.tolist(), pop.amount.tolist(), strict=True):
+                entry = entries.get(pos)
+                if entry is None:
+                    entry = entries[pos] = ([], [])
+                entry[1].extend((field_prefix, str(epoch), str(amount)))
+        if entries:
+            commands += hincr_many(pipe, [self.item_key(item_keys[pos]) for pos in entries], list(entries.values()))
+        return commands
+
+    def committed(self, plan: ApplyPlan, replies: list[Any]) -> None:
+        """After the EXEC (``replies``: the transaction's, the store's first): note the popularity fields
+        this batch created, whose old epochs the next batch deletes (the bulk path does that in Redis)."""
+        for index, key, field_prefix, epoch, amount in plan.pop_writes:
             if replies[index] == amount:  # this batch created the field: a new epoch for the item
                 self._cleanup.setdefault(key, set()).update(f"{field_prefix}:{epoch - k}" for k in _CLEANUP_EPOCHS)
-        return ApplyStats(events=len(batch), users_written=len(touched), items_written=len(deltas.item),
-                          commands=commands, round_trips=round_trips)
+
+    def failed(self, plan: ApplyPlan) -> None:
+        """The transaction did not commit: nothing was deleted, so the clean-ups are due again."""
+        self._cleanup = plan.cleanup | self._cleanup
 
     def _encode_users(self, states: UserStates, rows: list[int], id_of: dict[int, str]) -> list[bytes]:
         vocab = self.static.genre_vocab

@@ -14,7 +14,7 @@ from schemas.decoder import catalog_decoder, interaction_decoder
 from schemas.topics import DLQ_HEADERS
 from streams.dead_letters import dead_letter, decode_records, send_dead_letters
 from streams.offsets import NOTHING_APPLIED, fresh_records, gap, parse_stored, resume_position
-from streams.worker import CatalogTable, _FencedClient, default_effects
+from streams.worker import CatalogTable, default_effects
 
 T0 = 1_767_225_600_000
 
@@ -177,20 +177,6 @@ def test_catalog_table_keeps_the_bundle_vocabulary_first() -> None:
 
 
 # --- plumbing --------------------------------------------------------------------------------------
-
-
-def test_fenced_client_hands_out_the_watched_pipeline_once() -> None:
-    plain = object()
-    client = SimpleNamespace(connection_pool=SimpleNamespace(connection_kwargs={}),
-                             pipeline=lambda transaction=True: plain)
-    fenced = _FencedClient(client)
-    with pytest.raises(RuntimeError):
-        fenced.pipeline(transaction=True)
-    watched = object()
-    fenced.watched = watched
-    assert fenced.pipeline(transaction=False) is plain
-    assert fenced.pipeline(transaction=True) is watched
-    assert fenced.watched is None
 
 
 def test_effect_registry_skips_missing_modules_and_uses_factories(monkeypatch: pytest.MonkeyPatch) -> None:
