@@ -77,7 +77,8 @@ class BenchSpec:
     summarize: Callable[[dict[str, Any]], Summary]
     # A report file the command writes; None: the last JSON line of its stdout is the raw output.
     report: Callable[[BenchContext], Path] | None = None
-    timeout_s: Callable[[bool], float] = lambda quick: 240.0 if quick else 1800.0
+    # Per benchmark; a quick run's benchmarks must together stay under 5 minutes on a 2-core machine.
+    timeout_s: Callable[[bool], float] = lambda quick: 180.0 if quick else 1800.0
     needs_setup: bool = True  # runs on the world / bundle made by the set-up
 
 
@@ -136,9 +137,13 @@ def generic_summary(raw: dict[str, Any]) -> Summary:
     """For an output of unknown shape: numbers whose name holds ``floor`` are the floor, the first ``ratio*``
     number the ratio, every other number a figure."""
     leaves = numeric_leaves(raw)
-    floor = {k: v for k, v in leaves.items() if "floor" in k}
-    ratios = [v for k, v in leaves.items() if k.rpartition(".")[2].startswith("ratio") and k not in floor]
-    figures = {k: v for k, v in leaves.items() if k not in floor and not k.rpartition(".")[2].startswith("ratio")}
+
+    def is_ratio(key: str) -> bool:  # "ratio_to_floor" is a ratio, not a floor
+        return key.rpartition(".")[2].startswith("ratio")
+
+    ratios = [v for k, v in leaves.items() if is_ratio(k)]
+    floor = {k: v for k, v in leaves.items() if "floor" in k and not is_ratio(k)}
+    figures = {k: v for k, v in leaves.items() if k not in floor and not is_ratio(k)}
     return Summary(figures, floor, ratios[0] if ratios else None)
 
 
@@ -190,8 +195,12 @@ def summarize_serving(raw: dict[str, Any]) -> Summary:
         figures[f"p50_ms@{rate}"] = _round(row.get("p50_ms"), 2)
         figures[f"p99_ms@{rate}"] = _round(row.get("p99_ms"), 2)
         figures[f"errors@{rate}"] = row.get("errors")
-    if raw.get("p99_over_50ms_at_rps") is not None:
-        figures["p99_over_50ms_at_rps"] = raw["p99_over_50ms_at_rps"]
+    knee = raw.get("p99_over_50ms_at_rps")
+    if isinstance(knee, dict):  # {"rps": r, "bound": "below" | "above" | ...}: r is a bound, not a crossing
+        figures["p99_over_50ms_at_rps"] = knee.get("rps")
+        figures["p99_over_50ms_bound"] = knee.get("bound")
+    elif knee is not None:
+        figures["p99_over_50ms_at_rps"] = knee
     floor = raw.get("floor") if isinstance(raw.get("floor"), dict) else {}
     floor = {k: _round(v, 3) for k, v in floor.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     return Summary(figures, floor, _round(raw.get("p50_over_floor")))
@@ -205,7 +214,8 @@ def summarize_freshness(raw: dict[str, Any]) -> Summary:
                    _round(raw.get("ratio_p50")))
 
 
-QUALITY_METRICS = ("recall@10", "recall@20", "ndcg@10", "mrr", "coverage")
+QUALITY_METRICS = ("recall@10", "recall@20", "ndcg@10", "mrr", "coverage")  # the quality plot's columns
+EVAL_FIGURES = ("recall@20", "ndcg@10")  # per system in results.json (the full table is in raw/eval.json)
 
 
 def summarize_eval(raw: dict[str, Any]) -> Summary:
@@ -213,7 +223,7 @@ def summarize_eval(raw: dict[str, Any]) -> Summary:
     if not isinstance(systems, dict) or not systems:
         return generic_summary(raw)
     figures = {f"{name}.{metric}": _round(values[metric], 4)
-               for name, values in systems.items() for metric in QUALITY_METRICS if metric in values}
+               for name, values in systems.items() for metric in EVAL_FIGURES if metric in values}
     floor = {f"popularity.{m}": _round(systems["popularity"][m], 4)
              for m in ("ndcg@10", "recall@20") if m in systems.get("popularity", {})}
     best = "two_stage" if "two_stage" in systems else next(iter(systems))
@@ -250,11 +260,13 @@ def default_specs() -> list[BenchSpec]:
         return c.script("bench_worker.py", "--log", c.world, "--artifacts", c.artifacts, *fresh)
 
     def serving(c: BenchContext) -> list[str]:
-        return c.script("bench_serving.py", "--artifacts", c.artifacts, *(["--quick"] if c.quick else []))
+        return c.script("bench_serving.py", "--artifacts", c.artifacts, *(["--quick", "--seconds", 3] if c.quick
+                                                                           else []))
 
     def freshness(c: BenchContext) -> list[str]:
-        return c.script("bench_freshness.py", "--log", c.world, "--artifacts", c.artifacts,
-                        *(["--quick"] if c.quick else []))
+        # Through its command (which runs benchmarks/bench_freshness.py), so `bench all` exercises both.
+        return c.cli("bench", "freshness", "--data", c.world, "--artifacts", c.artifacts, "--out", c.raw("freshness"),
+                     *(["--quick"] if c.quick else []))
 
     def evaluate(c: BenchContext) -> list[str]:
         return c.cli("eval", "--data", c.world, "--artifacts", c.artifacts, "--out", c.raw("eval"),
@@ -264,23 +276,25 @@ def default_specs() -> list[BenchSpec]:
         # Its own bundle root: eval-stream trains on the log's prefix (a bundle of the whole log would leak).
         # Its report goes to the work folder (it keeps a work folder beside the report); copied to raw/ after.
         return c.cli("eval-stream", "--data", c.world, "--artifacts", c.work / "artifacts-stream",
-                     "--out", c.work / "eval-stream" / "report.json", *(["--quick"] if c.quick else []))
+                     "--out", c.work / "eval-stream" / "report.json",
+                     *(["--quick", "--samples", 100] if c.quick else []))
 
     return [
         BenchSpec("decode", decode, summarize_decode),
         BenchSpec("replay", replay, summarize_replay),
         BenchSpec("worker", worker, summarize_worker),
         BenchSpec("serving", serving, summarize_serving),
-        BenchSpec("freshness", freshness, summarize_freshness),
+        BenchSpec("freshness", freshness, summarize_freshness, report=lambda c: c.raw("freshness")),
         BenchSpec("eval", evaluate, summarize_eval, report=lambda c: c.raw("eval")),
         BenchSpec("eval-stream", eval_stream, summarize_eval_stream,
-                  report=lambda c: c.work / "eval-stream" / "report.json"),
+                  report=lambda c: c.work / "eval-stream" / "report.json",
+                  timeout_s=lambda quick: 240.0 if quick else 3600.0),
     ]
 
 
 def setup_commands(ctx: BenchContext) -> list[tuple[str, list[str]]]:
     """The world and the bundle every benchmark shares (small in --quick: the whole run stays under 5 minutes)."""
-    users, items, events = (500, 1000, 20_000) if ctx.quick else (3000, 3000, 200_000)
+    users, items, events = (400, 800, 12_000) if ctx.quick else (3000, 3000, 200_000)
     return [
         ("generate", ctx.cli("generate", "--out", ctx.world, "--users", users, "--items", items,
                              "--events", events, "--seed", 7)),
