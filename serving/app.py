@@ -149,7 +149,8 @@ async def recommend(request: web.Request) -> web.Response:
     params = parse_recommend_params(request.query)
     service = request.app[SERVICE]
     req = RecommendRequest(user_id=user_id, request_id=request[REQUEST_ID], k=params.k, device=params.device,
-                           country=params.country, hour=params.hour, session_id=params.session_id)
+                           country=params.country, hour=params.hour, session_id=params.session_id,
+                           now_ms=params.now_ms)
     body, failed = await _call_service(request, "recommend", service.recommend(req))
     if failed is not None:
         # A degraded answer rather than a 5xx: the client shows its own default row.

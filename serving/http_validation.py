@@ -41,6 +41,11 @@ class RecommendParams:
     country: str | None
     hour: int | None
     session_id: str | None
+    now_ms: int | None = None
+
+
+# Request clock bounds: epoch ms from 1970 to 2100 (what the event schema accepts for `ts`).
+NOW_MAX = 4_102_444_800_000
 
 
 def check_id(value: str, field: str) -> str:
@@ -70,7 +75,8 @@ def parse_k(query: Mapping[str, str]) -> int:
 
 def parse_recommend_params(query: Mapping[str, str]) -> RecommendParams:
     """``k`` 1..200 (default 20), ``device`` one of the schema's devices, ``country`` ISO 3166 alpha-2 (any case,
-    answered upper-case), ``hour`` 0..23, ``session_id`` 1..128 characters. Empty values count as absent."""
+    answered upper-case), ``hour`` 0..23, ``session_id`` 1..128 characters, ``now`` epoch ms (the request's clock, for
+    replays of recorded logs; default the wall clock). Empty values count as absent."""
     device = query.get("device") or None
     if device is not None and device not in DEVICES:
         raise ParamError("device", f"must be one of {', '.join(DEVICES)}, got {device[:40]!r}")
@@ -83,7 +89,8 @@ def parse_recommend_params(query: Mapping[str, str]) -> RecommendParams:
     if session_id is not None:
         check_id(session_id, "session_id")
     return RecommendParams(
-        k=parse_k(query), device=device, country=country, hour=_int(query, "hour", 0, 23, None), session_id=session_id
+        k=parse_k(query), device=device, country=country, hour=_int(query, "hour", 0, 23, None), session_id=session_id,
+        now_ms=_int(query, "now", 0, NOW_MAX, None),
     )
 
 

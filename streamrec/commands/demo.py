@@ -114,7 +114,6 @@ def _run(settings: Any, out: Any, err: Any, data: Path, movielens: Path | None, 
 def _show(settings: Any, out: Any, data: Path, n_users: int) -> None:
     import asyncio
 
-    from rich.columns import Columns
     from rich.table import Table
 
     from streamrec.demo_apps import server_url
@@ -124,27 +123,30 @@ def _show(settings: Any, out: Any, data: Path, n_users: int) -> None:
     stories = asyncio.run(run_stories(server_url(settings), facts, pick_users(facts, n_users),
                                       api_key=settings.api_key))
 
-    def table(title: str, answer: dict[str, Any], genre: str) -> Table:
-        t = Table(title=title, title_justify="left", show_lines=False)
-        for column in ("#", "title", "reason"):
-            t.add_column(column, overflow="fold", max_width=None if column != "title" else 34)
-        for rank, item in enumerate(answer.get("items", ()), start=1):
-            info = facts.titles.get(item["item_id"])
-            name = info.title if info else item["item_id"]
-            mark = "[bold green]" if info and genre in info.genres else ""
-            t.add_row(str(rank), f"{mark}{name}", item.get("reason", ""))
-        return t
+    def name(item: dict[str, Any] | None, genre: str) -> str:
+        if item is None:
+            return ""
+        info = facts.titles.get(item["item_id"])
+        text = info.title if info else item["item_id"]
+        return f"[bold green]{text}[/]" if info and genre in info.genres else text
 
     for story in stories:
         played = ", ".join(t.title for t in story.played)
-        out.print(f"\n[bold]user {story.user_id}[/]: plays and completes {len(story.played)} {story.genre} titles "
-                  f"({played})")
-        before_share = story.genre_share(story.before, facts.titles)
-        after_share = story.genre_share(story.after, facts.titles)
-        out.print(Columns([table("before", story.before, story.genre), table("after", story.after, story.genre)]))
+        out.print(f"\n[bold]user {story.user_id}[/] plays and completes {len(story.played)} "
+                  f"[bold green]{story.genre}[/] titles: {played}")
+        before, after = story.before.get("items", []), story.after.get("items", [])
+        table = Table(show_header=True, header_style="bold", expand=False)
+        for column in ("#", "before", "after", "why (after)"):
+            table.add_column(column, overflow="fold")
+        for rank in range(max(len(before), len(after))):
+            b = before[rank] if rank < len(before) else None
+            a = after[rank] if rank < len(after) else None
+            table.add_row(str(rank + 1), name(b, story.genre), name(a, story.genre), a.get("reason", "") if a else "")
+        out.print(table)
         visible = f"{story.seconds_to_visible:.2f} s" if story.seconds_to_visible is not None else "not within 20 s"
-        out.print(f"{story.genre} titles in the top {len(story.after.get('items', ()))}: {before_share} -> "
-                  f"{after_share}; the new answer was visible {visible} after POST /v1/events")
+        out.print(f"{story.genre} titles in the top {len(after)}: {story.genre_share(story.before, facts.titles)} -> "
+                  f"{story.genre_share(story.after, facts.titles)}; the new answer was visible {visible} after "
+                  "POST /v1/events")
 
 
 def register(app: typer.Typer) -> None:

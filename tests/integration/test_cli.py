@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -68,16 +70,44 @@ def _invalid(line: bytes) -> bool:
     return False
 
 
-def test_demo_runs_the_main_job_and_reports_what_landed(scoped_env: dict[str, str], tmp_path: Path):
-    data = tmp_path / "demo"
-    done = run_cli(["demo", "--data", str(data), "--users", "30", "--items", "200", "--events", "2000"], scoped_env)
-    assert done.returncode == 0, done.stderr
-    assert "what landed" in done.stdout
-    landed = [line for line in done.stdout.splitlines() if scoped_env["STREAMREC_TOPIC_INTERACTIONS"] in line]
-    assert any("2,000" in line for line in landed), done.stdout  # every generated event landed
-    # A second run reuses the log and publishes it again: the demo is re-runnable.
-    again = run_cli(["demo", "--data", str(data), "--users", "30", "--items", "200", "--events", "2000"], scoped_env)
-    assert again.returncode == 0 and "reused" in again.stdout
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_demo_runs_the_whole_system_and_down_leaves_nothing_behind(
+    stack_factory: Callable[..., Settings], env_for: Callable[[Settings], dict[str, str]], tmp_path: Path
+) -> None:
+    from streamrec.stack import process
+    from streamrec.stack.layout import StackLayout
+
+    # A stack of its own: `demo --down` stops the stack too, which must not be the session's.
+    settings = stack_factory("demo", 19292, 19293, 16579)
+    env = {**env_for(settings), "STREAMREC_SERVER_PORT": str(_free_port())}
+    args = ["demo", "--data", str(tmp_path / "demo"), "--users", "60", "--items", "300", "--events", "4000",
+            "--artifacts", str(tmp_path / "artifacts"), "--show-users", "1", "--worker-metrics-port", "0"]
+    done = run_cli(args, env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "trained bundle" in out and "published" in out and "the worker has applied every record" in out
+    assert "plays and completes" in out and "before" in out and "after" in out
+    assert "the new answer was visible" in out and "not within" not in out, out[-3000:]
+    assert "streamrec demo --down" in out
+    run_dir = StackLayout.from_settings(settings).run_dir
+    records = [process.read_record(run_dir / f"demo-{name}.json") for name in ("worker", "server")]
+    assert all(r is not None and process.owns(r) for r in records), "the demo must leave its apps running"
+
+    # A second run reuses the log and the bundle and does not publish the log twice.
+    again = run_cli(args, env, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "reused bundle" in again.stdout and "already replayed" in again.stdout
+
+    stack_records = [process.read_record(p) for p in sorted(run_dir.glob("*.json"))]
+    down = run_cli(["demo", "--down"], env)
+    assert down.returncode == 0, down.stderr
+    assert all(not process.owns(r) for r in [*records, *stack_records] if r is not None)
+    assert not list(run_dir.glob("*.json")), "every pid file is removed"
 
 
 def test_import_refuses_a_folder_that_is_not_movielens(tmp_path: Path, stack_env: dict[str, str]):
