@@ -412,11 +412,12 @@ class ItemLearningEffect:
     name = "item_learning"
 
     def __init__(self, learner: ItemLearner, *, space: int, prefix: str = "sr",
-                 publisher: OnlineItemPublisher | None = None) -> None:
+                 publisher: OnlineItemPublisher | None = None, bulk: bool = False) -> None:
         self.learner = learner
         self.space = space
         self.prefix = prefix
         self.publisher = publisher
+        self.bulk = bulk  # one FCALL for all increments (streamrec.feature_store.redis_functions, loaded)
         self._cached: tuple[Sequence[InteractionEvent], Engagements] | None = None
 
     def engagements(self, events: Sequence[InteractionEvent]) -> Engagements:
@@ -446,14 +447,26 @@ class ItemLearningEffect:
     def write(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo, replies: list[Any]) -> None:
         sums = self.sums(events, replies)
         self._cached = None
-        for item, inc in sums.items():
-            key = learning_key(item, self.prefix)
-            pipe.hincrby(key, "w", inc.w)
-            pipe.hincrby(key, "n", inc.n)
-            for k in np.flatnonzero(inc.s).tolist():
-                pipe.hincrby(key, sum_field(k), int(inc.s[k]))
+        increments = {learning_key(item, self.prefix): increment_fields(inc) for item, inc in sums.items()}
+        if self.bulk:
+            from streamrec.feature_store.redis_functions import hincr_many
+
+            # Amounts as decimal strings: HINCRBY parses them exactly (no Lua number rounding).
+            hincr_many(pipe, list(increments), [([str(x) for x in fields], []) for fields in increments.values()])
+        else:
+            for key, fields in increments.items():
+                for j in range(0, len(fields), 2):
+                    pipe.hincrby(key, fields[j], fields[j + 1])
         if self.publisher is not None:
             self.publisher.note(info, {item: inc.ts for item, inc in sums.items()})
+
+
+def increment_fields(inc: ItemSums) -> list[Any]:
+    """``[field, amount, ...]`` of one title's increments (zero components left out: absent reads as 0)."""
+    out: list[Any] = ["w", inc.w, "n", inc.n]
+    for k in np.flatnonzero(inc.s).tolist():
+        out += [sum_field(k), int(inc.s[k])]
+    return out
 
 
 def catalog_learning_writes(pipe: Any, item_id: str, content_vector: NDArray[np.floating] | None,

@@ -4,6 +4,7 @@ the users' vectors at each engagement, which titles and events count, and the pu
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,9 +12,11 @@ from numpy.typing import NDArray
 
 from models.online_user import OnlineUserModel, online_weight
 from schemas.events import Impression, InteractionEvent, Play, Rating, Skip
+from streams.effects import BatchInfo
 from streams.item_learning import (
     SCALE,
     ItemLearner,
+    ItemLearningEffect,
     ItemSums,
     OnlineItemPublisher,
     cosine_distance,
@@ -189,3 +192,48 @@ def test_publish_decision_follows_the_threshold() -> None:
     assert pub.decide("x", (large, vector_bytes(q0), True, None)) is None  # removed
     assert pub.decide("x", (large, None, False, None)) is None  # no content vector known
     np.testing.assert_allclose(pub.decide("cold", (large, None, False, None)), [0.5, 0.5, 0.0], rtol=1e-6)
+
+
+class _Pipe:
+    """Records the commands an effect queues."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def hincrby(self, key: str, field: str, amount: int) -> None:
+        self.commands.append(("HINCRBY", key, field, amount))
+
+    def execute_command(self, *args: Any) -> None:
+        self.commands.append(args)
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_write_queues_the_batch_sums_per_title(bulk: bool) -> None:
+    import msgspec
+
+    learner = _learner()
+    effect = ItemLearningEffect(learner, space=0, bulk=bulk)
+    events = _random_log(300)
+    users = effect.engagements(events).users
+    want = {f"sr:il:{item}": inc for item, inc in effect.sums(events, [None] * len(users)).items()}
+    assert want
+    pipe = _Pipe()
+    effect.write(pipe, events, BatchInfo("interactions", 0, 0, len(events) - 1), [None] * len(users))
+    got: dict[str, dict[str, int]] = {}
+    if bulk:
+        ((fcall, name, n, *rest),) = pipe.commands  # one command for the whole batch
+        assert (fcall, name, n) == ("FCALL", "streamrec_hincr", len(want))
+        keys, payload = rest[:n], msgspec.msgpack.decode(rest[n])
+        for key, (fields, pops) in zip(keys, payload, strict=True):
+            assert pops == []
+            got[key] = {fields[j]: int(fields[j + 1]) for j in range(0, len(fields), 2)}
+    else:
+        for _, key, field, amount in pipe.commands:
+            got.setdefault(key, {})[field] = amount
+    assert got.keys() == want.keys()
+    for key, inc in want.items():
+        assert got[key].pop("w") == inc.w and got[key].pop("n") == inc.n
+        s = np.zeros(DIM, np.int64)
+        for field, amount in got[key].items():
+            s[int(field[1:])] = amount
+        np.testing.assert_array_equal(s, inc.s)
