@@ -92,8 +92,6 @@ class LiveTail:
         self._consumers.clear()
 
     async def _open(self) -> None:
-        from aiokafka import TopicPartition
-
         from streamrec.kafka_io import make_consumer
         from streamrec.stack.topics import ensure_topics
 
@@ -101,15 +99,17 @@ class LiveTail:
             await ensure_topics(self.settings, timeout_s=5.0)
         s = self.settings
         for topic in (s.topic_catalog, s.topic_item_vectors):
-            consumer = make_consumer(s, group_id=None, enable_auto_commit=False)
+            # Group-less subscription: aiokafka assigns every partition of the topic (and new ones)
+            # and starts at auto_offset_reset=earliest, as there are no committed offsets.
+            consumer = make_consumer(s, topic, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
             await consumer.start()
             self._consumers[topic] = consumer
-            await consumer.topics()  # loads the cluster metadata
-            parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
+            for _ in range(100):
+                if consumer.assignment():
+                    break
+                await asyncio.sleep(0.05)
+            tps = sorted(consumer.assignment())
             if tps:
-                await consumer.seek_to_beginning(*tps)
                 self._targets.update(await consumer.end_offsets(tps))
 
     async def _run(self) -> None:

@@ -75,6 +75,10 @@ class RecommendRequest:
     hour: int | None = None  # local hour 0..23
     session_id: str | None = None
     maturity_limit: str | None = None  # the profile's limit (MATURITY_ORDER); None: the bundle's, else none
+    # The request's time (epoch ms); None: the wall clock. Replays and backtests of a recorded log
+    # (eval-stream, the demo) ask "as of" the log's time, so that decays, recency and the new-release
+    # window read the state as the workers wrote it (event time), not months later.
+    now_ms: int | None = None
 
 
 class NoBundleError(RuntimeError):
@@ -113,11 +117,14 @@ class RecommendationService:
 
     @classmethod
     async def start(cls, settings: Settings, artifacts: Path | None = None, *, tail_index: bool = True,
-                    watch_bundle: bool = True) -> RecommendationService:
-        """Open the Redis pool, load the bundle (``latest``), start the tail and the bundle watcher."""
+                    watch_bundle: bool = True, options: ServingOptions | None = None) -> RecommendationService:
+        """Open the Redis pool, load the bundle (``latest``), start the tail and the bundle watcher.
+
+        ``options`` defaults to the settings' ``serving_*`` fields (see :mod:`serving.options`).
+        """
         import redis.asyncio as aioredis
 
-        options = options_from_settings(settings)
+        options = options or options_from_settings(settings)
         root = Path(artifacts if artifacts is not None else settings.artifacts)
         try:
             model = await asyncio.to_thread(ServingModel.load, root)
@@ -127,6 +134,9 @@ class RecommendationService:
         redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=options.redis_timeout_s,
                                         socket_timeout=options.redis_timeout_s, retry_on_timeout=False)
         service = cls(settings, root, cls._serve(model, redis, options), redis, options)
+        # Open a connection now so that the first request does not pay the connect inside its budget.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(redis.ping(), options.redis_timeout_s)
         if tail_index:
             service.tail = LiveTail(settings, service._apply_live)
             service.tail.start()
@@ -160,6 +170,22 @@ class RecommendationService:
             await self.tail.close()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
+
+    def set_post(self, **changes: Any) -> None:
+        """Change post-processing knobs at runtime (diversity, boosts, freshness) for later requests."""
+        import dataclasses
+
+        served = self._served
+        self._served = _Served(served.model, served.store, dataclasses.replace(served.post, **changes))
+
+    async def use_redis(self, client: Any) -> None:
+        """Point the service at another Redis client (failover; tests redirect it to a dead port)."""
+        old, self.redis = self.redis, client
+        served = self._served
+        self._served = _Served(served.model, RedisFeatureStore(client, served.model.static,
+                                                               prefix=self.options.redis_prefix), served.post)
+        with contextlib.suppress(Exception):
+            await old.aclose()
 
     @property
     def model_version(self) -> str:
@@ -237,7 +263,7 @@ class RecommendationService:
 
     async def _recommend(self, served: _Served, req: RecommendRequest, t0: float) -> dict[str, Any]:
         model, opts = served.model, self.options
-        now = _now_ms()
+        now = req.now_ms if req.now_ms is not None else _now_ms()
         degraded: list[str] = []
         scopes = RequestScopes(country=req.country, device=req.device, hour=req.hour)
         cfg = model.config.candidates
