@@ -64,13 +64,28 @@ class RateResult:
     p999_ms: float
     max_ms: float
     errors: int
-    max_send_lag_ms: float  # how late the generator itself sent (a busy client would show here)
+    # How late the generator itself sent (p99): the latency includes it (open loop), but a large value says the
+    # client machine, not the server, was the bottleneck at this rate.
+    p99_send_lag_ms: float
+    degraded: int = 0  # 200 answers with "degraded": true
+    server_cpu_ms_per_request: float | None = None  # the server process's CPU time over the run / requests
+    server_stage_p50_ms: dict[str, float] | None = None  # medians of the answers' timings_ms
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (Linux /proc): a cost per request that a busy neighbour on this shared
+    machine cannot inflate, unlike latency."""
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def open_loop(url_for: Callable[[int], str], rate: float, seconds: float, *, poisson: bool = False,
-                    timeout_s: float = 5.0, seed: int = 0) -> RateResult:
+                    timeout_s: float = 5.0, seed: int = 0, server_pid: int | None = None) -> RateResult:
     """Send ``rate * seconds`` GETs at scheduled instants; latency counts from each scheduled instant."""
     import aiohttp
+    import orjson
 
     n = max(1, int(rate * seconds))
     rng = np.random.default_rng(seed)
@@ -78,36 +93,49 @@ async def open_loop(url_for: Callable[[int], str], rate: float, seconds: float, 
     latency = np.full(n, np.nan)
     ok = np.zeros(n, bool)
     lag = np.zeros(n)
-    loop = asyncio.get_running_loop()
+    degraded = np.zeros(n, bool)
+    stages: list[dict[str, float]] = []  # the server's own per-stage timings, to see where the time goes
+    # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
+    clock = time.perf_counter
     # No connection cap: a capped pool would queue inside the client, which is the closed loop we avoid.
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         async def one(i: int, at: float) -> None:
-            lag[i] = loop.time() - at
+            lag[i] = clock() - at
             try:
                 async with session.get(url_for(i)) as response:
-                    await response.read()
+                    raw = await response.read()
                     ok[i] = response.status == 200
+                if ok[i]:
+                    body = orjson.loads(raw)
+                    degraded[i] = bool(body.get("degraded"))
+                    stages.append(body.get("timings_ms") or {})
             except (aiohttp.ClientError, TimeoutError, OSError):
                 ok[i] = False
-            latency[i] = loop.time() - at
+            latency[i] = clock() - at
 
-        start = loop.time() + 0.05
+        cpu_before = cpu_seconds(server_pid)
+        start = clock() + 0.05
         tasks = []
         for i, offset in enumerate(offsets.tolist()):
             at = start + offset
-            delay = at - loop.time()
+            delay = at - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i, at)))
         await asyncio.gather(*tasks)
-        elapsed = loop.time() - start
+        elapsed = clock() - start
+        cpu = cpu_seconds(server_pid) - cpu_before
     ms = latency * 1000
     p50, p99, p999 = np.percentile(ms, [50, 99, 99.9]).tolist()
     return RateResult(rate=rate, requests=n, achieved_rps=round(n / elapsed, 1), p50_ms=round(p50, 2),
                       p99_ms=round(p99, 2), p999_ms=round(p999, 2), max_ms=round(float(ms.max()), 2),
-                      errors=int((~ok).sum()), max_send_lag_ms=round(float(lag.max()) * 1000, 2))
+                      errors=int((~ok).sum()), p99_send_lag_ms=round(float(np.percentile(lag, 99)) * 1000, 2),
+                      degraded=int(degraded.sum()),
+                      server_cpu_ms_per_request=None if np.isnan(cpu) else round(cpu * 1000 / n, 3),
+                      server_stage_p50_ms={k: round(float(np.median([t[k] for t in stages if k in t])), 3)
+                                           for k in sorted({k for t in stages for k in t})})
 
 
 def knee(results: list[RateResult], limit_ms: float = P99_KNEE_MS) -> dict[str, Any]:
@@ -123,11 +151,12 @@ def knee(results: list[RateResult], limit_ms: float = P99_KNEE_MS) -> dict[str, 
 
 
 async def run_rates(url_for: Callable[[int], str], rates: list[float], seconds: float, poisson: bool,
-                    warmup_s: float = 2.0) -> list[RateResult]:
+                    warmup_s: float = 2.0, server_pid: int | None = None) -> list[RateResult]:
     await open_loop(url_for, min(rates), warmup_s, poisson=poisson)  # connections, caches, ORT arenas
     results = []
     for rate in rates:
-        results.append(await open_loop(url_for, rate, seconds, poisson=poisson, seed=int(rate)))
+        results.append(await open_loop(url_for, rate, seconds, poisson=poisson, seed=int(rate),
+                                       server_pid=server_pid))
         await asyncio.sleep(0.5)  # let the previous rate's backlog drain before the next
     return results
 
@@ -292,7 +321,9 @@ async def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
                 _cli("serve", "--artifacts", str(artifacts), "--port", str(port), "--workers", str(args.workers)),
                 env, logs / "server.log"))
             await wait_http(f"{base}/readyz", 180)
-            results = await run_rates(url_for, args.rates, args.seconds, args.poisson)
+            # --workers 1 serves in the `serve` process itself, so its CPU time is the server's.
+            results = await run_rates(url_for, args.rates, args.seconds, args.poisson,
+                                      server_pid=server.pid if args.workers == 1 else None)
             if server.poll() is not None:
                 raise RuntimeError(f"server exited with {server.returncode}; see {logs / 'server.log'}")
     finally:
@@ -418,9 +449,10 @@ async def compare_frameworks(args: argparse.Namespace) -> dict[str, Any]:
     ports = {name: free_port() for name in names}
     by_name: dict[str, list[RateResult]] = {name: [] for name in names}
     with contextlib.ExitStack() as stack:
+        pids = {}
         for name in names:
             cmd = [sys.executable, __file__, "--serve-stub", name, "--port", str(ports[name])]
-            stack.enter_context(process(cmd, dict(os.environ), logs / f"{name}.log"))
+            pids[name] = stack.enter_context(process(cmd, dict(os.environ), logs / f"{name}.log")).pid
         for name in names:
             await wait_http(f"http://127.0.0.1:{ports[name]}/readyz", 60)
 
@@ -433,7 +465,7 @@ async def compare_frameworks(args: argparse.Namespace) -> dict[str, Any]:
         for n, rate in enumerate(args.rates):
             for name in names if n % 2 == 0 else names[::-1]:
                 by_name[name].append(await open_loop(url_maker(name), rate, args.seconds, poisson=args.poisson,
-                                                     seed=int(rate)))
+                                                     seed=int(rate), server_pid=pids[name]))
                 await asyncio.sleep(0.5)
     return {"bench": "serving", "mode": "frameworks", "seconds_per_rate": args.seconds,
             "arrivals": "poisson" if args.poisson else "fixed",
@@ -446,10 +478,12 @@ async def compare_frameworks(args: argparse.Namespace) -> dict[str, Any]:
 
 def _table(title: str, rates: list[dict[str, Any]]) -> str:
     lines = [title, f"{'rate':>7} {'achieved':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} "
-                    f"{'errors':>7} {'send lag ms':>12}"]
+                    f"{'errors':>7} {'degraded':>9} {'p99 send lag':>13} {'cpu ms/req':>11}  server stages p50 ms"]
     for r in rates:
         lines.append(f"{r['rate']:>7.0f} {r['achieved_rps']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-                     f"{r['p999_ms']:>9.2f} {r['max_ms']:>8.2f} {r['errors']:>7d} {r['max_send_lag_ms']:>12.2f}")
+                     f"{r['p999_ms']:>9.2f} {r['max_ms']:>8.2f} {r['errors']:>7d} {r['degraded']:>9d} "
+                     f"{r['p99_send_lag_ms']:>13.2f} {r['server_cpu_ms_per_request'] or float('nan'):>11.3f}  "
+                     f"{r['server_stage_p50_ms'] or ''}")
     return "\n".join(lines)
 
 
