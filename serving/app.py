@@ -217,8 +217,11 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         log.warning("readiness check failed", error=str(exc))
         body = {"ready": False, "error": str(exc)}
-    body = {**body, "events_producer": request.app[PUBLISHER].connected}
-    return _json_response(body, 200 if body.get("ready") else 503)
+    # The readiness: bundle loaded, index caught up *and* Redis reachable (the core's flag covers the first
+    # two; a replica without Redis still answers, degraded, but should not be preferred by the load balancer).
+    ready = bool(body.get("ready")) and body.get("redis", True) is not False
+    body = {**body, "ready": ready, "events_producer": request.app[PUBLISHER].connected}
+    return _json_response(body, 200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -33,11 +33,17 @@ def serve_one(settings: Settings, artifacts: Path | None, host: str, port: int, 
 
     configure_logging(settings.log_level, settings.log_json)
     app = create_app(settings, artifacts)
+    from serving.service import NoBundleError
+
     log.info("starting server", host=host, port=port, pid=os.getpid(), reuse_port=reuse_port)
-    web.run_app(
-        app, host=host, port=port, reuse_port=reuse_port or None, access_log=None, print=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S, handle_signals=True, loop=uvloop.new_event_loop(),
-    )
+    try:
+        web.run_app(
+            app, host=host, port=port, reuse_port=reuse_port or None, access_log=None, print=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S, handle_signals=True, loop=uvloop.new_event_loop(),
+        )
+    except NoBundleError as exc:  # an operator's mistake, not a crash: one line, no traceback
+        log.error("cannot serve", error=str(exc))
+        raise SystemExit(2) from None
 
 
 def _replica(settings: Settings, artifacts: Path | None, host: str, port: int) -> None:

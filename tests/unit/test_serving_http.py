@@ -4,6 +4,7 @@ fallbacks instead of 5xx, and every response checked against the OpenAPI documen
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,6 @@ from serving.app import create_app
 from serving.http_events import PublisherUnavailable, decode_events
 from serving.openapi import openapi_document, response_schema
 from streamrec.settings import Settings
-
 
 PLAY = {"type": "play", "event_id": "e1", "ts": 1_700_000_000_000, "schema_version": 1, "user_id": "u1",
         "item_id": "i1"}
@@ -303,6 +303,26 @@ async def test_health_and_readiness(h: Harness) -> None:
     h.service.ready = False
     body = await h.call("GET", "/readyz", "/readyz", expect=503)
     assert body["index"]["caught_up"] is False
+
+
+async def test_not_ready_while_redis_is_unreachable(h: Harness) -> None:
+    async def redis_down() -> dict[str, Any]:
+        return {"ready": True, "bundle": "v-test", "redis": False, "index": {"size": 1, "lag": 0, "caught_up": True}}
+
+    h.service.readiness = redis_down  # type: ignore[method-assign]
+    body = await h.call("GET", "/readyz", "/readyz", expect=503)
+    assert body["ready"] is False and body["redis"] is False
+
+
+def test_serve_without_a_bundle_exits_with_a_clear_message(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STREAMREC_LOG_JSON": "true"}
+    done = subprocess.run([sys.executable, "-m", "streamrec.cli", "serve", "--artifacts", str(tmp_path / "none"),
+                           "--port", "1"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "no model bundle" in done.stderr and "Traceback" not in done.stderr
 
 
 async def test_unknown_routes_and_methods_answer_json(h: Harness) -> None:
