@@ -5,10 +5,12 @@ request path (validation, a service call ranking 1,000 stub scores, a 20-item or
 with this app and with Starlette 1.10 on uvicorn 0.54 (uvloop + httptools), one process each, loaded back to back
 at each rate. On the shared 2-core box (load average ~10 from other work) the server CPU per request was the same
 within noise (aiohttp 0.35-0.98 ms, median 0.56; Starlette 0.34-0.80 ms, median 0.53; two runs x four rates), and
-both fell over at 400 req/s where the Python load generator itself lagged by 0.3-0.6 s; the latency tails below that
-swung either way from run to run (p99 at 200 req/s: aiohttp 40/116/135 ms, Starlette 89/83/47 ms in three runs).
-With no measurable difference, aiohttp wins on what is left: it is already installed (Faust needs it), one
-dependency fewer, and its test client drives the unit tests with no server process.
+both fell over at 400 req/s where the Python load generator itself lagged by 0.3-0.6 s. Latency at 200 req/s over
+five runs: p50 aiohttp 4/10/41/9/14 ms vs Starlette 6/7/20/12/5 ms; p99 40/75/675/116/135 vs 89/39/114/83/47 ms:
+Starlette's tail was lower in 4 of 5 runs, but the client's own send lag (p99 13-56 ms) says those tails are the
+neighbours' load more than the framework's. With equal CPU cost, aiohttp wins on what is left: it is already
+installed (Faust needs it), one dependency fewer, and its test client drives the unit tests without a server process.
+Re-measure on a quiet machine before treating the tail difference as settled.
 
 Every resource (the recommendation service with its Redis pool, ONNX session and index; the Kafka producer) is opened
 in the app's startup context, never at import, so ``create_app`` is cheap and tests can inject stubs. The guard
