@@ -294,7 +294,7 @@ def default_specs() -> list[BenchSpec]:
 
 def setup_commands(ctx: BenchContext) -> list[tuple[str, list[str]]]:
     """The world and the bundle every benchmark shares (small in --quick: the whole run stays under 5 minutes)."""
-    users, items, events = (400, 800, 12_000) if ctx.quick else (3000, 3000, 200_000)
+    users, items, events = (500, 1000, 20_000) if ctx.quick else (3000, 3000, 200_000)
     return [
         ("generate", ctx.cli("generate", "--out", ctx.world, "--users", users, "--items", items,
                              "--events", events, "--seed", 7)),

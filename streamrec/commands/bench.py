@@ -80,6 +80,7 @@ def run_all(
 def _load_script(name: str):  # type: ignore[no-untyped-def]
     """A module of ``benchmarks/`` (a folder of scripts, not a package) by file path."""
     import importlib.util
+    import sys
 
     from streamrec.bench_runner import REPO
 
@@ -88,6 +89,8 @@ def _load_script(name: str):  # type: ignore[no-untyped-def]
     if spec is None or spec.loader is None:
         raise typer.BadParameter(f"{path} not found (bench runs from a source checkout)")
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: dataclasses look their module up in sys.modules while the class is built.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -196,3 +196,25 @@ def test_display_command_shortens_the_interpreter_and_work_dir() -> None:
 
 def test_summary_defaults() -> None:
     assert Summary({"a": 1}).floor == {} and Summary({"a": 1}).ratio is None
+
+
+# --- the freshness benchmark's pure parts (loaded the way `streamrec bench freshness` loads it) -------------
+
+
+def test_freshness_script_loads_and_summarizes_probes() -> None:
+    from streamrec.commands.bench import _load_script
+
+    bench = _load_script("bench_freshness")
+    assert callable(bench.main)
+    assert bench.percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
+    assert bench.percentile([float(v) for v in range(1, 101)], 99) == 99.0
+    probes = [bench.Probe("u1", "i1", e2e_s=0.5, redis_s=0.3, rtts_s=[0.01, 0.03]),
+              bench.Probe("u2", "i2", e2e_s=0.9, redis_s=0.5, rtts_s=[0.02]),
+              bench.Probe("u3", "i3", e2e_s=None, redis_s=0.4, rtts_s=[0.02])]
+    out = bench.summarize(probes)
+    assert (out["probes"], out["visible"], out["timeouts"]) == (3, 2, 1)
+    assert out["samples_ms"] == [500.0, 900.0]  # the timed-out probe is left out of the percentiles
+    assert out["e2e_p50_ms"] == 700.0 and out["e2e_max_ms"] == 900.0
+    assert out["redis_p50_ms"] == 400.0 and out["http_rtt_p50_ms"] == 20.0
+    assert out["floor_p50_ms"] == 420.0 and out["ratio_p50"] == round(700.0 / 420.0, 2)
+    assert bench.summarize([bench.Probe("u", "i")])["timeouts"] == 1
