@@ -15,8 +15,9 @@ requests so that noise from the shared machine lands on both:
 
 - candidates floor: one HNSW query for as many items as the request's merged candidates plus one
   raw pipelined round trip of the stage-1 keys (no decoding);
-- features floor: one raw pipeline of the same commands stage 2 sends (``GET`` user + one ``HMGET``
-  per candidate), replies not parsed;
+- features floor: one raw pipeline of the commands stage 2 sends (``GET`` user + the reader's script
+  over the candidates' keys), reply not decoded; for reference also the one-``HMGET``-per-candidate
+  pipeline of ``RedisFeatureStore.read`` (``features_hmget_pipeline``);
 - ranking floor: ``InferenceSession.run`` on the same-sized, pre-built feed.
 
 Prints a table and one JSON line.
@@ -102,13 +103,21 @@ async def _raw_stage1(service: RecommendationService, user_id: str, now: int) ->
     await pipe.execute()
 
 
-async def _raw_features(service: RecommendationService, user_id: str, ids: list[str], now: int) -> None:
-    store = service._served.store
+async def _raw_features(service: RecommendationService, user_id: str, ids: list[str], now: int,
+                        scripted: bool) -> None:
+    """Stage 2's keys, replies not decoded: through the reader's script (``scripted``) or as the
+    one-HMGET-per-candidate pipeline of ``RedisFeatureStore.read``."""
+    served = service._served
+    store = served.store
     fields, _ = store._item_fields(now)
     pipe = service.redis.pipeline(transaction=False)
     pipe.get(store.user_key(user_id))
-    for item_id in ids:
-        pipe.hmget(store.item_key(item_id), fields)
+    if scripted:
+        assert served.reader is not None
+        await served.reader._script(keys=[store.item_key(i) for i in ids], args=fields, client=pipe)
+    else:
+        for item_id in ids:
+            pipe.hmget(store.item_key(item_id), fields)
     await pipe.execute()
 
 
@@ -131,7 +140,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         contexts = [("tv", "US", 20), ("mobile", "DE", 8), ("web", None, None)]
         sess = model.ranker.session
         stage: dict[str, list[float]] = {s: [] for s in STAGES}
-        floors: dict[str, list[float]] = {"ann": [], "stage1_redis": [], "features_redis": [], "onnx": []}
+        floors: dict[str, list[float]] = {"ann": [], "stage1_redis": [], "features_redis": [], "onnx": [],
+                                          "features_hmget_pipeline": []}
         n_cands: list[int] = []
         degraded = 0
         for i in range(args.warmup):
@@ -155,7 +165,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             n_cands.append(m)
             ids = model.items.ids[stage1.candidates.items].tolist()
             vec = model.user_vectors[model.user_index[u]]
-            snap = await service._served.store.read(u, ids, now)
+            snap = await service._served.store.read(u, ids, now)  # the reference reader
             assert isinstance(snap.items, ItemStates)
             from models.features.hashing import hash_str
             from models.features.rows import RequestContext, feature_batch
@@ -172,8 +182,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await _raw_stage1(service, u, now)
                 floors["stage1_redis"].append(time.perf_counter() - t)
                 t = time.perf_counter()
-                await _raw_features(service, u, ids, now)
+                await _raw_features(service, u, ids, now, scripted=True)
                 floors["features_redis"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                await _raw_features(service, u, ids, now, scripted=False)
+                floors["features_hmget_pipeline"].append(time.perf_counter() - t)
                 t = time.perf_counter()
                 sess.run(["score"], feed)
                 floors["onnx"].append(time.perf_counter() - t)

@@ -5,9 +5,10 @@ One request (``recommend``):
 1. candidates — ONE pipelined Redis read (:mod:`serving.online_reads`: online user vector, session,
    recent items, trending for the request's context, new releases) under ``candidates_timeout_ms``,
    then every source in memory (:func:`serving.pipeline.generate`), merged with source bits;
-2. features — ONE pipelined read of the user's and the candidates' feature state through
-   :class:`~streamrec.feature_store.redis_store.RedisFeatureStore` (the feature definition's own
-   reader) under ``features_timeout_ms``, then :func:`models.features.rows.feature_batch`;
+2. features — ONE round trip for the user's and the candidates' feature state
+   (:class:`serving.feature_read.FeatureReader`: the store's keys, one server-side script instead of
+   one ``HMGET`` per candidate) under ``features_timeout_ms``, then
+   :func:`models.features.rows.feature_batch`, the one feature definition;
 3. ranking — ONNX Runtime over the whole batch (one ``run``; one intra-op thread);
 4. post-processing — boosts, freshness, MMR, reasons.
 
@@ -43,6 +44,7 @@ from models.features.spec import country_code
 from models.features.state import ITEM_COUNT_NAMES, ItemStates, UserStates
 from models.postprocess import PostConfig
 from serving import metrics
+from serving.feature_read import FeatureReader
 from serving.live_tail import LiveTail
 from serving.model_state import ServingModel
 from serving.online_reads import OnlineState, RequestScopes, read_online_state
@@ -96,6 +98,11 @@ class _Served:
     model: ServingModel
     store: RedisFeatureStore
     post: PostConfig
+    reader: FeatureReader | None = None
+
+    def __post_init__(self) -> None:
+        if self.reader is None:
+            self.reader = FeatureReader(self.store)
 
 
 class RecommendationService:
@@ -176,7 +183,7 @@ class RecommendationService:
         import dataclasses
 
         served = self._served
-        self._served = _Served(served.model, served.store, dataclasses.replace(served.post, **changes))
+        self._served = _Served(served.model, served.store, dataclasses.replace(served.post, **changes), served.reader)
 
     async def use_redis(self, client: Any) -> None:
         """Point the service at another Redis client (failover; tests redirect it to a dead port)."""
@@ -270,7 +277,7 @@ class RecommendationService:
         online: OnlineState | None
         try:
             online = await asyncio.wait_for(read_online_state(
-                self.redis, req.user_id, scopes, now, trending_k=2 * cfg.popular, new_k=2 * cfg.new_releases,
+                self.redis, req.user_id, scopes, now, trending_k=cfg.popular, new_k=2 * cfg.new_releases,
                 window=opts.trending_window, space=model.space, dim=model.dim, prefix=opts.redis_prefix,
                 feature_user_key=served.store.user_key(req.user_id)), opts.candidates_timeout_ms / 1000)
             if online.trending.get("all"):
@@ -327,7 +334,8 @@ class RecommendationService:
                                  hour=req.hour if req.hour is not None else -1)
         problem: str | None = None
         try:
-            snap = await asyncio.wait_for(served.store.read(req.user_id, ids, now),
+            assert served.reader is not None
+            snap = await asyncio.wait_for(served.reader.read(req.user_id, ids, now),
                                           self.options.features_timeout_ms / 1000)
             user, item_states, static = snap.user, snap.items, snap.static
         except Exception as exc:
