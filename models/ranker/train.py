@@ -240,7 +240,7 @@ def train_ranker(
                 key = gid * 4.0 + np.where(positive, 0.0, 1.0 + rng.random(len(gid)))
                 within = np.argsort(key, kind="stable")  # stays grouped by request
                 rank = np.arange(len(within)) - starts[gid[within]]
-                rows = within[(rank < n_pos[gid[within]] + negatives_per_group) & row_in_kept[gid[within]]]
+                rows = within[(rank < n_pos[gid[within]] + negatives_per_group) & keep_group[gid[within]]]
             r_starts, r_lengths = _group_bounds(gid[rows])
             # 2. shuffle requests, lay their rows out contiguously in the new order.
             perm = rng.permutation(len(r_starts))

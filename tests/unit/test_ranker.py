@@ -238,3 +238,17 @@ def test_serving_import_needs_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_subsampling_keeps_exactly_the_requests_with_positives_wherever_they_are() -> None:
+    # The first requests have no positive (the case that once emptied an epoch: a per-row flag was
+    # read with per-request indices); the later ones do, with more negatives than the cap.
+    n_groups, size = 12, 50
+    batch = random_batch(LAYOUT, n_groups * size, seed=3)
+    groups = np.repeat(np.arange(n_groups), size)
+    labels = np.zeros(len(groups), np.float32)
+    with_pos = np.arange(6, n_groups)
+    labels[with_pos * size] = 1.0  # one positive at the start of each of the later requests
+    _, history = train_ranker(batch, labels, groups, LAYOUT, epochs=1, negatives_per_group=10, batch_size=64)
+    assert {e.groups for e in history.epochs} == {len(with_pos)}
+    assert {e.rows for e in history.epochs} == {len(with_pos) * 11}
