@@ -1,0 +1,59 @@
+"""Stage 2's scripted read returns exactly what ``RedisFeatureStore.read`` returns, on real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from models.features.state import EventBatch, ItemStatic
+from schemas.events import Click, Complete, Context, Impression, InteractionEvent, Play, Rating, Skip
+from serving.feature_read import FeatureReader, same_snapshot
+from streamrec.feature_store.redis_store import RedisFeatureStore
+
+DAY = 86_400_000
+
+
+def _static() -> ItemStatic:
+    ids = [f"i{k}" for k in range(5)]
+    genres = [["Drama"], ["Comedy", "Drama"], ["Action"], [], ["Comedy"]]
+    release = np.full(5, 1_700_000_000_000, np.int64)
+    return ItemStatic.build(ids, genres, release, release, np.zeros(5, np.int8), np.zeros(5, bool))
+
+
+def _events(now: int) -> list[InteractionEvent]:
+    ctx = Context(device="tv", country="NL", local_hour=21)
+    out: list[InteractionEvent] = []
+    for n in range(40):  # spread over two weeks: several popularity epochs are written
+        ts = now - (14 * DAY * (40 - n)) // 40
+        user, item = f"u{n % 3}", f"i{n % 5}"
+        out.append(Play(event_id=f"p{n}", ts=ts, user_id=user, item_id=item, context=ctx, schema_version=1))
+        if n % 2:
+            out.append(Complete(event_id=f"c{n}", ts=ts + 1, user_id=user, item_id=item, watched_seconds=5000.0,
+                                schema_version=1))
+        if n % 3 == 0:
+            out.append(Rating(event_id=f"r{n}", ts=ts + 2, user_id=user, item_id=item, value=4.5, schema_version=1))
+        if n % 4 == 0:
+            out.append(Skip(event_id=f"s{n}", ts=ts + 3, user_id=user, item_id=f"i{(n + 1) % 5}", schema_version=1))
+        if n % 5 == 0:
+            out.append(Impression(event_id=f"m{n}", ts=ts + 4, user_id=user, item_ids=["i0", "i2", "i4"],
+                                  request_id=f"q{n}", schema_version=1))
+            out.append(Click(event_id=f"k{n}", ts=ts + 5, user_id=user, item_id="i2", schema_version=1))
+    return out
+
+
+async def test_scripted_read_equals_the_store_read(redis_client: aioredis.Redis) -> None:
+    static = _static()
+    store = RedisFeatureStore(redis_client, static)
+    now = int(time.time() * 1000)
+    await store.apply(EventBatch.from_events(_events(now), static))
+    reader = FeatureReader(store)
+    ids = ["i0", "i1", "i2", "i3", "i4", "not-a-title", "i2"]
+    for user in ("u0", "u1", "nobody"):
+        expected = await store.read(user, ids, now)
+        got = await reader.read(user, ids, now)
+        assert reader.scripting, "real Redis runs the script"
+        assert same_snapshot(got, expected)
+    assert got.items.counts.sum() > 0 and got.items.pop.sum() > 0  # real state, not all defaults
+    assert (await reader.read("u0", [], now)).items.counts.shape[0] == 0
