@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         1.0, gt=0, description="Budget of one recommendation/similar call; past it the answer is degraded."
     )
+    serving_candidates_timeout_ms: float = Field(
+        50.0, gt=0, description="Budget of the candidate stage's Redis read; past it, candidates from local state."
+    )
+    serving_features_timeout_ms: float = Field(
+        50.0, gt=0, description="Budget of the feature stage's Redis read; past it, default features (degraded)."
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
