@@ -89,6 +89,7 @@ class BenchResult:
     seconds: float
     ok: bool
     error: str | None = None
+    cpu_seconds: float | None = None
     figures: dict[str, Any] = field(default_factory=dict)
     floor: dict[str, Any] = field(default_factory=dict)
     ratio: float | None = None
@@ -96,7 +97,7 @@ class BenchResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"figures": self.figures, "floor": self.floor, "ratio": self.ratio, "command": self.command,
-                "seconds": round(self.seconds, 2), "ok": self.ok, "error": self.error}
+                "seconds": round(self.seconds, 2), "cpu_seconds": self.cpu_seconds, "ok": self.ok, "error": self.error}
 
 
 # --- reading outputs --------------------------------------------------------------------------------
@@ -305,38 +306,76 @@ def setup_commands(ctx: BenchContext) -> list[tuple[str, list[str]]]:
 
 # --- running ---------------------------------------------------------------------------------------
 
-Runner = Callable[..., subprocess.CompletedProcess[str]]
-
-
 def _tail(text: str, n: int = 1500) -> str:
     return text[-n:].strip()
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds of every waited-for child so far (a benchmark's worker and server included once it reaped them)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _stop_group(proc: subprocess.Popen[str], grace_s: float = 30.0) -> None:
+    """SIGTERM the command's process group (a benchmark's worker and server with it), SIGKILL after ``grace_s``."""
+    import signal
+
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)  # the group the command leads (start_new_session): only what it started
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRun:
+    stdout: str
+    seconds: float  # wall clock
+    cpu_seconds: float  # user + system of the command and what it reaped: the share of a busy machine it used
+    error: str | None
+
+
 def run_command(name: str, argv: Sequence[str], ctx: BenchContext, timeout_s: float,
-                env: Mapping[str, str] | None = None, runner: Runner = subprocess.run) -> tuple[str, float, str | None]:
-    """Run one command, its stdout and stderr to ``logs/NAME.{out,err}``: (stdout, seconds, error or None)."""
+                env: Mapping[str, str] | None = None) -> CommandRun:
+    """Run one command in its own session, stdout and stderr to ``logs/NAME.{out,err}`` (followable while it runs).
+
+    Past ``timeout_s`` its whole process group is stopped, so a hung benchmark leaves no worker or server behind.
+    """
     logs = ctx.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
+    cpu_before = _children_cpu_s()
     started = time.perf_counter()
-    try:
-        done = runner(list(argv), cwd=REPO, env=dict(env) if env is not None else None, capture_output=True,
-                      text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-        (logs / f"{name}.out").write_text(out)
-        (logs / f"{name}.err").write_text(err)
-        return out, time.perf_counter() - started, f"timed out after {timeout_s:g} s; stderr: {_tail(err, 600)}"
+    timed_out = False
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(list(argv), cwd=REPO, env=dict(env) if env is not None else None, stdout=out,
+                                stderr=err, text=True, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _stop_group(proc)
+        finally:
+            if proc.poll() is None:  # interrupted (Ctrl-C): take the benchmark's processes down with us
+                _stop_group(proc, grace_s=5.0)
     seconds = time.perf_counter() - started
-    (logs / f"{name}.out").write_text(done.stdout or "")
-    (logs / f"{name}.err").write_text(done.stderr or "")
-    if done.returncode != 0:
-        return done.stdout, seconds, f"exit code {done.returncode}: {_tail(done.stderr or done.stdout or '')}"
-    return done.stdout, seconds, None
+    stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
+    cpu = round(_children_cpu_s() - cpu_before, 2)
+    if timed_out:
+        return CommandRun(stdout, seconds, cpu, f"timed out after {timeout_s:g} s; stderr: {_tail(stderr, 600)}")
+    if proc.returncode != 0:
+        return CommandRun(stdout, seconds, cpu, f"exit code {proc.returncode}: {_tail(stderr or stdout)}")
+    return CommandRun(stdout, seconds, cpu, None)
 
 
-def run_benchmark(spec: BenchSpec, ctx: BenchContext, env: Mapping[str, str] | None = None,
-                  runner: Runner = subprocess.run) -> BenchResult:
+def run_benchmark(spec: BenchSpec, ctx: BenchContext, env: Mapping[str, str] | None = None) -> BenchResult:
     """Run one benchmark and read its output; any failure is recorded in the result, never raised."""
     argv = spec.argv(ctx)
     command = shlex.join(argv)
@@ -344,12 +383,12 @@ def run_benchmark(spec: BenchSpec, ctx: BenchContext, env: Mapping[str, str] | N
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.unlink(missing_ok=True)  # a report left by an earlier run must not pass for this one's
-    stdout, seconds, error = run_command(spec.name, argv, ctx, spec.timeout_s(ctx.quick), env, runner)
-    result = BenchResult(spec.name, command, seconds, ok=False, error=error)
-    if error is not None:
+    run = run_command(spec.name, argv, ctx, spec.timeout_s(ctx.quick), env)
+    result = BenchResult(spec.name, command, run.seconds, ok=False, error=run.error, cpu_seconds=run.cpu_seconds)
+    if run.error is not None:
         return result
     try:
-        raw = json.loads(report.read_text()) if report is not None else last_json_line(stdout)
+        raw = json.loads(report.read_text()) if report is not None else last_json_line(run.stdout)
         if not isinstance(raw, dict):
             raise ValueError("the report is not a JSON object")
         summary = spec.summarize(raw)
@@ -420,6 +459,8 @@ def machine_info(settings: Any) -> dict[str, Any]:
     """Where the figures were measured: CPU, cores, memory, Python, OS, Kafka and Redis versions."""
     return {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
+        # Figures from a shared machine are only comparable at a similar load.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(), "os": platform.platform(),
         "kafka": settings.kafka_version, "kafka_bootstrap": settings.kafka_bootstrap,
         "redis": _redis_version(settings.redis_url),
@@ -432,15 +473,16 @@ def assemble(machine: dict[str, Any], started_at: str, quick: bool, results: Seq
     """The ``results.json`` document."""
     return {
         "machine": machine, "started_at": started_at, "quick": quick,
-        "setup": {r.name: {"command": r.command, "seconds": round(r.seconds, 2), "ok": r.ok, "error": r.error}
-                  for r in setup},
+        "setup": {r.name: {"command": r.command, "seconds": round(r.seconds, 2), "cpu_seconds": r.cpu_seconds,
+                           "ok": r.ok, "error": r.error} for r in setup},
         "benchmarks": {r.name: r.to_json() for r in results},
         "ok": all(r.ok for r in results) and all(r.ok for r in setup),
     }
 
 
-def display_command(command: str, ctx_work: str | None = None) -> str:
-    """A command as a person types it: ``python``/``streamrec`` for the interpreter, ``$WORK`` for the work dir."""
+def display_command(command: str, folders: Mapping[str, str] | None = None) -> str:
+    """A command as a person types it: ``python``/``streamrec`` for the interpreter, scripts relative to the
+    repository, and each folder of ``folders`` (path -> name, e.g. the work dir -> ``$WORK``) by its name."""
     parts = shlex.split(command)
     if parts and parts[0] == sys.executable:
         parts[0] = "python"
@@ -449,7 +491,9 @@ def display_command(command: str, ctx_work: str | None = None) -> str:
     if parts[:2] and parts[0] == "python" and parts[1].startswith(str(REPO) + os.sep):
         parts[1] = os.path.relpath(parts[1], REPO)
     text = shlex.join(parts)
-    return text.replace(ctx_work, "$WORK") if ctx_work else text
+    for path, name in (folders or {}).items():
+        text = text.replace(path, name)
+    return text
 
 
 def _fmt(value: Any) -> str:
@@ -460,20 +504,22 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def render_markdown(doc: Mapping[str, Any], work: str | None = None) -> str:
+def render_markdown(doc: Mapping[str, Any], folders: Mapping[str, str] | None = None) -> str:
     """``results.md``: one row per figure (value, the benchmark's floor and ratio on its first row, command)."""
     machine = doc.get("machine", {})
     lines = [
         f"Measured {doc.get('started_at', '')} on {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
         f"{machine.get('memory_gib', '?')} GiB, Python {machine.get('python', '?')}, "
         f"Kafka {machine.get('kafka', '?')}, "
-        f"Redis {machine.get('redis', '?')}{' (quick run)' if doc.get('quick') else ''}.",
+        f"Redis {machine.get('redis', '?')}{' (quick run)' if doc.get('quick') else ''}; "
+        f"{_fmt(doc.get('seconds'))} s in all, {_fmt(doc.get('cpu_seconds'))} CPU-seconds "
+        f"(load average then {machine.get('load_average', '?')}).",
         "",
         "| benchmark | figure | value | floor (same run) | ratio | command |",
         "|---|---|---|---|---|---|",
     ]
     for name, bench in doc.get("benchmarks", {}).items():
-        command = f"`{display_command(bench.get('command', ''), work)}`"
+        command = f"`{display_command(bench.get('command', ''), folders)}`"
         if not bench.get("ok"):
             error = str(bench.get("error") or "failed").replace("|", "\\|").replace("\n", " ")[:200]
             lines.append(f"| {name} | failed | {error} | | | {command} |")
@@ -491,7 +537,7 @@ def render_markdown(doc: Mapping[str, Any], work: str | None = None) -> str:
 
 
 def run_all(out: Path, quick: bool, *, only: Sequence[str] | None = None, specs: Sequence[BenchSpec] | None = None,
-            work: Path | None = None, env: Mapping[str, str] | None = None, runner: Runner = subprocess.run,
+            work: Path | None = None, env: Mapping[str, str] | None = None,
             say: Callable[[str], None] = lambda _m: None, plots: bool = True) -> dict[str, Any]:
     """Set up, run every benchmark (or ``only`` those), write results.json / results.md / plots; returns the doc."""
     import tempfile
@@ -517,10 +563,11 @@ def run_all(out: Path, quick: bool, *, only: Sequence[str] | None = None, specs:
         if any(s.needs_setup for s in specs):
             for name, argv in setup_commands(ctx):
                 say(f"set-up: {name}")
-                _, seconds, error = run_command(f"setup-{name}", argv, ctx, 600.0, env, runner)
-                setup.append(BenchResult(name, shlex.join(argv), seconds, ok=error is None, error=error))
-                say(f"set-up: {name} {'ok' if error is None else 'FAILED: ' + error} ({seconds:.1f} s)")
-                if error is not None:
+                run = run_command(f"setup-{name}", argv, ctx, 600.0, env)
+                setup.append(BenchResult(name, shlex.join(argv), run.seconds, ok=run.error is None, error=run.error,
+                                         cpu_seconds=run.cpu_seconds))
+                say(f"set-up: {name} {'ok' if run.error is None else 'FAILED: ' + run.error} ({run.seconds:.1f} s)")
+                if run.error is not None:
                     break
         setup_failed = next((r for r in setup if not r.ok), None)
         results: list[BenchResult] = []
@@ -530,12 +577,13 @@ def run_all(out: Path, quick: bool, *, only: Sequence[str] | None = None, specs:
                 result = BenchResult(spec.name, shlex.join(spec.argv(ctx)), 0.0, ok=False,
                                      error=f"set-up step {setup_failed.name} failed")
             else:
-                result = run_benchmark(spec, ctx, env, runner)
+                result = run_benchmark(spec, ctx, env)
             results.append(result)
             say(f"[{i}/{len(specs)}] {spec.name}: {'ok' if result.ok else 'FAILED: ' + str(result.error)} "
                 f"({result.seconds:.1f} s)")
         doc = assemble(machine_info(get_settings()), started_at, quick, results, setup)
         doc["seconds"] = round(sum(r.seconds for r in [*setup, *results]), 1)
+        doc["cpu_seconds"] = round(sum(r.cpu_seconds or 0.0 for r in [*setup, *results]), 1)
         if plots:
             try:
                 from streamrec.bench_plots import write_plots
@@ -546,7 +594,7 @@ def run_all(out: Path, quick: bool, *, only: Sequence[str] | None = None, specs:
             except ImportError as exc:  # matplotlib comes with the train extra
                 doc["plots_error"] = str(exc)
         (out / "results.json").write_text(json.dumps(doc, indent=2))
-        (out / "results.md").write_text(render_markdown(doc, str(ctx.work)))
+        (out / "results.md").write_text(render_markdown(doc, {str(ctx.work): "$WORK", str(out): "$OUT"}))
         return doc
     finally:
         if holder is not None:

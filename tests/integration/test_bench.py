@@ -45,7 +45,7 @@ def test_results_json_is_well_formed(bench_run: tuple[Path, Any]) -> None:
     assert all(step["ok"] for step in doc["setup"].values()), doc["setup"]
     assert list(doc["benchmarks"]) == list(BENCHMARKS)
     for name, bench in doc["benchmarks"].items():
-        assert set(bench) == {"figures", "floor", "ratio", "command", "seconds", "ok", "error"}, name
+        assert set(bench) == {"figures", "floor", "ratio", "command", "seconds", "cpu_seconds", "ok", "error"}, name
         assert isinstance(bench["ok"], bool) and bench["seconds"] >= 0 and bench["command"]
         assert (bench["error"] is None) == bench["ok"], name
     markdown = (out / "results.md").read_text()

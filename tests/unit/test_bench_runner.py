@@ -128,6 +128,23 @@ def test_output_without_json_and_a_hang_are_failures(tmp_path: Path, ctx: BenchC
     assert not hang.ok and "timed out" in (hang.error or "")
 
 
+def test_a_timeout_stops_what_the_benchmark_started(tmp_path: Path, ctx: BenchContext) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    body = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(120)\n")
+    result = run_benchmark(_spec("spawner", _script(tmp_path, "spawner", body), timeout_s=3), ctx)
+    assert not result.ok and "timed out" in (result.error or "")
+    grandchild = int(pid_file.read_text())
+    # Gone, or at most a zombie waiting for init to reap it (its parent was killed first).
+    try:
+        state = Path(f"/proc/{grandchild}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in {"gone", "Z"}, f"the benchmark's child {grandchild} survived the timeout ({state})"
+
+
 def test_report_file_benchmarks_read_the_report_not_stdout(tmp_path: Path, ctx: BenchContext) -> None:
     report = tmp_path / "report.json"
     report.write_text('{"stale": 1}')  # left by an earlier run: must not be taken for this run's
@@ -175,7 +192,7 @@ def test_assemble_and_markdown() -> None:
     doc = assemble({"cpu": "x", "cores": 2}, "2026-01-01T00:00:00+00:00", False, [ok, bad], [setup])
     assert doc["benchmarks"]["replay"] == {
         "figures": {"replay_events_per_s": 90_000, "extra": 1.5}, "floor": {"aiokafka_events_per_s": 180_000},
-        "ratio": 0.5, "command": ok.command, "seconds": 3.21, "ok": True, "error": None}
+        "ratio": 0.5, "command": ok.command, "seconds": 3.21, "cpu_seconds": None, "ok": True, "error": None}
     assert doc["benchmarks"]["serving"]["error"] == "exit code 2: a | b"
     assert doc["setup"]["train"]["ok"] and not doc["ok"]
     lines = render_markdown(doc).splitlines()
@@ -189,7 +206,7 @@ def test_assemble_and_markdown() -> None:
 
 def test_display_command_shortens_the_interpreter_and_work_dir() -> None:
     command = f"{sys.executable} -m streamrec.cli eval --data /tmp/w1/world"
-    assert display_command(command, "/tmp/w1") == "streamrec eval --data $WORK/world"
+    assert display_command(command, {"/tmp/w1": "$WORK"}) == "streamrec eval --data $WORK/world"
     script = f"{sys.executable} {Path(__file__).resolve().parents[2] / 'benchmarks' / 'bench_decode.py'} --events 5"
     assert display_command(script) == "python benchmarks/bench_decode.py --events 5"
 
