@@ -73,12 +73,20 @@ class RateResult:
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process (Linux /proc): a cost per request that a busy neighbour on this shared
-    machine cannot inflate, unlike latency."""
+    """User + system CPU time of a process and its children (Linux /proc): a cost per request that a busy neighbour
+    on this shared machine cannot inflate, unlike latency."""
     if pid is None:
         return float("nan")
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:  # the process and its live descendants (`serve --workers N` replicas)
+        current = pending.pop()
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+    return total
 
 
 async def open_loop(url_for: Callable[[int], str], rate: float, seconds: float, *, poisson: bool = False,
@@ -332,9 +340,7 @@ async def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
                 _cli("serve", "--artifacts", str(artifacts), "--port", str(port), "--workers", str(args.workers)),
                 env, logs / "server.log"))
             await wait_http(f"{base}/readyz", 180)
-            # --workers 1 serves in the `serve` process itself, so its CPU time is the server's.
-            results = await run_rates(url_for, args.rates, args.seconds, args.poisson,
-                                      server_pid=server.pid if args.workers == 1 else None)
+            results = await run_rates(url_for, args.rates, args.seconds, args.poisson, server_pid=server.pid)
             if server.poll() is not None:
                 raise RuntimeError(f"server exited with {server.returncode}; see {logs / 'server.log'}")
     finally:
