@@ -80,6 +80,7 @@ PUBLISHER = web.AppKey("publisher", Publisher)  # type: ignore[type-abstract]
 REQUEST_ID = web.RequestKey("request_id", str)
 
 _JSON = "application/json"
+_SLOW_S = 0.5  # answers slower than this are logged one by one
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY  # the service may hand back numpy scalars; orjson writes them natively
 
 
@@ -129,7 +130,12 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitabl
         FALLBACK_ANSWERS.labels(endpoint, "unhandled").inc()
         response = _error(503, "server", "internal error; retry", request_id)
     response.headers["X-Request-ID"] = request_id
-    REQUEST_SECONDS.labels(endpoint, str(response.status)).observe(time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    REQUEST_SECONDS.labels(endpoint, str(response.status)).observe(elapsed)
+    if elapsed > _SLOW_S or response.status >= 500:
+        # No log line per request (the histogram has the rates); only the answers worth a look.
+        log.warning("slow or failed request", endpoint=endpoint, status=response.status, request_id=request_id,
+                    ms=round(elapsed * 1000, 1))
     return response
 
 
