@@ -64,10 +64,15 @@ def _histogram(series: dict[str, Sequence[float]], title: str, xlabel: str, path
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None
+    import numpy as np
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    # One set of bins for every series, so their bars line up and compare.
+    everything = np.concatenate([np.asarray(v, float) for v in series.values()])
+    bins = np.histogram_bin_edges(everything, bins=min(40, max(5, len(everything) // 4)))
     for label, values in series.items():
-        ax.hist(values, bins=min(40, max(5, len(values) // 2)), alpha=0.6, label=f"{label} (n={len(values)})")
+        ax.hist(values, bins=bins, alpha=0.6, label=f"{label} (n={len(values)})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
     ax.set_title(title)

@@ -235,3 +235,25 @@ def test_freshness_script_loads_and_summarizes_probes() -> None:
     assert out["redis_p50_ms"] == 400.0 and out["http_rtt_p50_ms"] == 20.0
     assert out["floor_p50_ms"] == 420.0 and out["ratio_p50"] == round(700.0 / 420.0, 2)
     assert bench.summarize([bench.Probe("u", "i")])["timeouts"] == 1
+
+
+def test_plots_are_drawn_from_what_the_results_hold(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from streamrec.bench_plots import write_plots
+
+    results = [
+        BenchResult("replay", "c", 1.0, ok=True, figures={"replay_events_per_s": 9e4},
+                    floor={"aiokafka_events_per_s": 1.8e5}, ratio=0.5),
+        BenchResult("serving", "c", 1.0, ok=True, figures={"p50_ms@50rps": 4.0},
+                    raw={"rates": [{"rate": 50.0, "p50_ms": 4.0, "p99_ms": 9.0, "p999_ms": 12.0},
+                                   {"rate": 100.0, "p50_ms": 5.0, "p99_ms": 20.0, "p999_ms": 30.0}],
+                         "floor": {"floor_ms": 2.0}}),
+        BenchResult("freshness", "c", 1.0, ok=True, figures={"e2e_p50_ms": 800.0},
+                    raw={"samples_ms": [700.0, 800.0, 900.0], "floor_samples_ms": [500.0, 600.0]}),
+        BenchResult("eval", "c", 1.0, ok=False, error="boom", raw=None),
+    ]
+    made = {p.name for p in write_plots(results, tmp_path / "plots")}
+    # No eval (it failed), no eval-stream, no serving samples: those plots are left out rather than empty.
+    assert made == {"throughput.png", "serving_latency.png", "freshness_hist.png"}
+    for name in made:
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
