@@ -22,6 +22,7 @@ from typing import Any
 from models.item_vector_codec import ItemVector, decode_item_vector
 from schemas.decoder import catalog_decoder
 from schemas.events import ItemRemove, ItemUpsert
+from serving import metrics
 from streamrec.logs import get_logger
 from streamrec.settings import Settings
 from streams.dead_letters import decode_records
@@ -167,5 +168,6 @@ class LiveTail:
                 high = consumer.highwater(tp)
                 lag += max(0, (high if high is not None else target) - position)
         self.lag = lag
+        metrics.INDEX_LAG.set(lag)
         if not behind:
             self.caught_up = True

@@ -119,6 +119,7 @@ class RecommendationService:
         self._trending_cache: dict[str, list[tuple[str, float]]] = {}
         self._new_cache: list[tuple[str, int]] = []
         self.reloads = 0
+        self._post_changes: dict[str, Any] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -182,6 +183,7 @@ class RecommendationService:
         """Change post-processing knobs at runtime (diversity, boosts, freshness) for later requests."""
         import dataclasses
 
+        self._post_changes.update(changes)  # kept across hot reloads
         served = self._served
         self._served = _Served(served.model, served.store, dataclasses.replace(served.post, **changes), served.reader)
 
@@ -248,7 +250,12 @@ class RecommendationService:
             model.apply_catalog(events)
             model.apply_vectors(vectors)
         old = self.model_version
-        self._served = self._serve(model, self.redis, self.options)  # the swap: one reference
+        served = self._serve(model, self.redis, self.options)
+        if self._post_changes:
+            import dataclasses
+
+            served = _Served(model, served.store, dataclasses.replace(served.post, **self._post_changes))
+        self._served = served  # the swap: one reference
         self.reloads += 1
         metrics.RELOADS.labels("ok").inc()
         metrics.INDEX_ITEMS.set(model.cf_index.n_live)
