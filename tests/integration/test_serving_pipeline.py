@@ -134,6 +134,9 @@ async def test_known_user_online_state_exclusions_and_reasons(
 
     async with serving(settings, artifacts, watch_bundle=False) as service:
         await _wait_for(lambda: _caught_up(service), seconds=30)
+        ready = await service.readiness()
+        assert ready["ready"] is True and ready["redis"] is True and ready["bundle"] == bundle.version
+        assert ready["index"]["size"] == service.model.cf_index.n_live > 0
         r = await service.recommend(_request(user, country="NL", device="tv", hour=20))
         assert r["degraded"] is False, r.get("degraded_reasons")
         assert r["model_version"] == bundle.version
@@ -208,6 +211,23 @@ async def test_redis_down_answers_degraded_from_local_state(
         cold = await service.recommend(_request("new-while-down"))
         assert cold["degraded"] is True and cold["items"]
         assert (await service.readiness())["redis"] is False
+
+    # A Redis that accepts connections but never answers: the stage budgets cut the waits short.
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(-1)  # reads requests until the client goes, answers nothing
+        writer.close()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hung = stack.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    budgets = ServingOptions(candidates_timeout_ms=50, features_timeout_ms=50, redis_timeout_s=30.0)
+    try:
+        async with serving(hung, artifacts, tail_index=False, watch_bundle=False, options=budgets) as service:
+            r = await service.recommend(_request(user, k=10))
+            assert r["degraded"] is True and len(r["items"]) == 10
+            assert {"redis_timeout_candidates", "redis_timeout_features"} <= set(r["degraded_reasons"])
+    finally:
+        server.close()
 
     # Started while Redis is away: still serves, degraded.
     dead = stack.model_copy(update={"redis_url": f"redis://127.0.0.1:{_dead_port()}/0"})
