@@ -22,7 +22,10 @@ holds real online state). Users are drawn from the bundle's users, 10% unknown (
 
 ``--compare-frameworks``: the same request path (validation, a service call, an orjson body of 20 items, the
 request-latency histogram) served by our aiohttp app and by Starlette on uvicorn (uvloop + httptools), both with a
-stub service, one process each, at the same rates. It needs ``starlette`` and ``uvicorn`` (not dependencies).
+stub service, one process each, at the same rates; beside them the floor, a bare aiohttp route answering a constant
+body (no validation, service or metrics). Server CPU per request is the figure to compare on a shared machine: a
+neighbour's load inflates latency, not CPU time. It needs ``starlette``, ``uvicorn`` and ``httptools``, which are not
+dependencies.
 
 Prints a table and one JSON line; ``main(argv)`` returns the same results as a dict.
 """
@@ -405,6 +408,22 @@ def serve_stub(framework: str, port: int) -> None:
     from streamrec.settings import Settings
 
     settings = Settings(log_level="WARNING")
+    if framework == "aiohttp-bare":
+        # The floor of any aiohttp server: one route, a constant 20-item body, no validation, service or metrics.
+        import orjson
+        from aiohttp import web
+
+        body = orjson.dumps({"items": [{"item_id": f"item-{n}", "score": 0.5, "sources": ["ann"], "reason": "stub"}
+                                       for n in range(20)], "degraded": False})
+
+        async def constant(request: web.Request) -> web.Response:
+            return web.Response(body=body, content_type="application/json")
+
+        bare = web.Application()
+        bare.router.add_get("/v1/recommendations/{user_id}", constant)
+        bare.router.add_get("/readyz", constant)
+        web.run_app(bare, host="127.0.0.1", port=port, access_log=None, print=None, loop=uvloop.new_event_loop())
+        return
     if framework == "aiohttp":
         from aiohttp import web
 
@@ -457,11 +476,11 @@ def serve_stub(framework: str, port: int) -> None:
 
 
 async def compare_frameworks(args: argparse.Namespace) -> dict[str, Any]:
-    """Both servers up at once (the idle one costs nothing); at each rate both are loaded back to back, in
-    alternating order, so a neighbour's load on this shared machine hits both alike."""
+    """Every server up at once (an idle one costs nothing); at each rate all are loaded back to back, the first one
+    rotating, so a neighbour's load on this shared machine hits them alike."""
     import tempfile
 
-    names = ("aiohttp", "starlette")
+    names = ("aiohttp", "starlette", "aiohttp-bare")
     logs = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     ports = {name: free_port() for name in names}
     by_name: dict[str, list[RateResult]] = {name: [] for name in names}
@@ -480,7 +499,7 @@ async def compare_frameworks(args: argparse.Namespace) -> dict[str, Any]:
         for name in names:  # warm-up: connections, first-request paths
             await open_loop(url_maker(name), min(args.rates), 2.0)
         for n, rate in enumerate(args.rates):
-            for name in names if n % 2 == 0 else names[::-1]:
+            for name in names[n % len(names):] + names[:n % len(names)]:  # rotate who goes first
                 by_name[name].append(await open_loop(url_maker(name), rate, args.seconds, poisson=args.poisson,
                                                      seed=int(rate), server_pid=pids[name]))
                 await asyncio.sleep(0.5)
@@ -508,7 +527,8 @@ def report(results: dict[str, Any]) -> str:
     if results["mode"] == "frameworks":
         parts = []
         for name, res in results["frameworks"].items():
-            parts.append(_table(f"{name} (stub service, 1 process)", res["rates"]))
+            what = "floor: constant body" if name.endswith("-bare") else "stub service"
+            parts.append(_table(f"{name} ({what}, 1 process)", res["rates"]))
             parts.append(f"p99 crosses {P99_KNEE_MS:.0f} ms at: {res['p99_over_50ms_at_rps']}")
         return "\n".join(parts)
     floor = results["floor"]
@@ -539,7 +559,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stack-up", action="store_true", help="start and stop the stack of the STREAMREC_ settings")
     parser.add_argument("--floor-reps", type=int, default=200)
     parser.add_argument("--compare-frameworks", action="store_true")
-    parser.add_argument("--serve-stub", choices=("aiohttp", "starlette"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-stub", choices=("aiohttp", "starlette", "aiohttp-bare"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.seconds is None:

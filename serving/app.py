@@ -10,7 +10,9 @@ five runs: p50 aiohttp 4/10/41/9/14 ms vs Starlette 6/7/20/12/5 ms; p99 40/75/67
 Starlette's tail was lower in 4 of 5 runs, but the client's own send lag (p99 13-56 ms) says those tails are the
 neighbours' load more than the framework's. With equal CPU cost, aiohttp wins on what is left: it is already
 installed (Faust needs it), one dependency fewer, and its test client drives the unit tests without a server process.
-Re-measure on a quiet machine before treating the tail difference as settled.
+Re-measure on a quiet machine before treating the tail difference as settled. A sixth run with the floor beside
+(a bare aiohttp route answering a constant body) at 100/200/300 req/s: CPU per request aiohttp app 0.66/0.73/0.49 ms,
+Starlette 0.66/0.55/0.45 ms, bare aiohttp 0.42/0.35/0.31 ms; p99 11.6/49/113 vs 15.9/59/78 vs 11.0/17/93 ms.
 
 Every resource (the recommendation service with its Redis pool, ONNX session and index; the Kafka producer) is opened
 in the app's startup context, never at import, so ``create_app`` is cheap and tests can inject stubs. The guard
