@@ -343,6 +343,8 @@ async def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
                 _cli("serve", "--artifacts", str(artifacts), "--port", str(port), "--workers", str(args.workers)),
                 env, logs / "server.log"))
             await wait_http(f"{base}/readyz", 180)
+            if args.settle:
+                await asyncio.sleep(args.settle)  # let the worker drain what was replayed, when that is wanted
             results = await run_rates(url_for, args.rates, args.seconds, args.poisson, server_pid=server.pid)
             if server.poll() is not None:
                 raise RuntimeError(f"server exited with {server.returncode}; see {logs / 'server.log'}")
@@ -556,6 +558,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poisson", action="store_true", help="Poisson arrivals instead of a fixed interval")
     parser.add_argument("--worker", action="store_true", help="run `streamrec worker` beside the server")
     parser.add_argument("--workers", type=int, default=1, help="server processes (serve --workers)")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds to wait after the server is ready (e.g. for the worker to drain a replay)")
     parser.add_argument("--stack-up", action="store_true", help="start and stop the stack of the STREAMREC_ settings")
     parser.add_argument("--floor-reps", type=int, default=200)
     parser.add_argument("--compare-frameworks", action="store_true")
