@@ -155,7 +155,7 @@ def _env(stack_env: dict[str, str], settings: Settings) -> dict[str, str]:
             "STREAMREC_ARTIFACTS": "/nonexistent-bundle"}  # the bundle comes as --artifacts
 
 
-WORKER_ARGS = ["--metrics-port", "0", "--max-records", "60", "--session-timeout-ms", "6000"]
+WORKER_ARGS = ["--metrics-port", "0", "--max-records", "200", "--session-timeout-ms", "6000"]
 
 
 def _spawn(env: dict[str, str], log_path: Path, world: World) -> subprocess.Popen[bytes]:
