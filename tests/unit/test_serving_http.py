@@ -343,3 +343,11 @@ async def test_metrics_has_the_request_histogram_per_endpoint(h: Harness) -> Non
 async def test_the_service_is_closed_on_shutdown(h: Harness) -> None:
     await h.client.close()
     assert h.service.closed
+
+
+def test_every_route_is_documented_and_every_documented_path_is_routed() -> None:
+    app = create_app(_settings())
+    routed = {(route.resource.canonical, route.method.lower()) for route in app.router.routes()
+              if route.resource is not None and route.method != "HEAD"}
+    documented = {(path, method) for path, item in openapi_document()["paths"].items() for method in item}
+    assert routed == documented
