@@ -40,7 +40,7 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("world")
     generate_world(data, users=120, items=600, events=8000, seed=9, days=7)
     artifacts = tmp_path_factory.mktemp("artifacts")
-    train_bundle(data, artifacts, TwoStageConfig(dim=16, rank_users=80, ranker_epochs=1))
+    train_bundle(data, artifacts, TwoStageConfig(dim=16, rank_users=20, ranker_epochs=1))
     return artifacts
 
 
