@@ -98,7 +98,7 @@ async def _raw_stage1(service: RecommendationService, user_id: str, now: int) ->
     pipe.get(service._served.store.user_key(user_id))
     for scope in ("all", "country:US", "device:tv", "hour:20"):
         for g in (gen, gen - 1):
-            pipe.zrevrange(trend_key(window, scope, g), 0, 299, withscores=True)
+            pipe.execute_command("ZREVRANGE", trend_key(window, scope, g), 0, 149, "WITHSCORES")  # raw reply
     pipe.zrevrangebyscore(f"sr:{NEW_RELEASES}", now, "-inf", start=0, num=200, withscores=True)
     await pipe.execute()
 
