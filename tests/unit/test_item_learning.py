@@ -109,8 +109,10 @@ def test_the_rule_is_the_weighted_mean_with_the_content_prior() -> None:
     assert cosine_distance(many, p1) < 1e-4
 
 
-def test_users_vectors_at_each_engagement_follow_their_earlier_events() -> None:
+@pytest.mark.parametrize("expand_limit", [16, 0])  # one expanded update_many call / the stepped fallback
+def test_users_vectors_at_each_engagement_follow_their_earlier_events(expand_limit: int) -> None:
     learner = _learner()
+    learner.expand_limit = expand_limit
     events = _random_log(200)
     eng = learner.engagements(events)
     got = learner.vectors_before(eng, learner.start_vectors(eng.users, [None] * len(eng.users)))
@@ -206,6 +208,12 @@ class _Pipe:
     def execute_command(self, *args: Any) -> None:
         self.commands.append(args)
 
+    def get(self, key: str) -> None:
+        self.commands.append(("GET", key))
+
+    def mget(self, keys: list[str]) -> None:
+        self.commands.append(("MGET", *keys))
+
 
 @pytest.mark.parametrize("bulk", [False, True])
 def test_write_queues_the_batch_sums_per_title(bulk: bool) -> None:
@@ -218,7 +226,11 @@ def test_write_queues_the_batch_sums_per_title(bulk: bool) -> None:
     want = {f"sr:il:{item}": inc for item, inc in effect.sums(events, [None] * len(users)).items()}
     assert want
     pipe = _Pipe()
-    effect.write(pipe, events, BatchInfo("interactions", 0, 0, len(events) - 1), [None] * len(users))
+    info = BatchInfo("interactions", 0, 0, len(events) - 1)
+    reads = _Pipe()
+    n = effect.read(reads, events, info)
+    assert n == (1 if bulk else len(users)) and len(reads.commands) == n
+    effect.write(pipe, events, info, [[None] * len(users)] if bulk else [None] * len(users))
     got: dict[str, dict[str, int]] = {}
     if bulk:
         ((fcall, name, n, *rest),) = pipe.commands  # one command for the whole batch
