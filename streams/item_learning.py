@@ -44,8 +44,10 @@ gone   "1" once the title was removed (nothing is published for it any more)
 pub    the vector last put on ``item-vectors`` for it (float32 LE), for the threshold
 ====== =====================================================================================
 
-Per batch: one read phase (``GET sr:uv:{user}`` of the engaging users, queued with the other
-effects' reads) and ``HINCRBY``\\s per engaged title in the write phase; nothing per event.
+Per batch: one read phase (the engaging users' ``sr:uv:{user}``, queued with the other effects'
+reads: one ``MGET`` when the worker loaded its Redis Functions, else a ``GET`` each) and, in the write
+phase, the ``HINCRBY``\\s of every engaged title (one ``FCALL streamrec_hincr`` for the batch, or the
+plain commands); nothing per event.
 
 Publishing
 ----------
@@ -81,7 +83,7 @@ from streams.effects import BatchInfo, offset_key
 
 log = get_logger(__name__)
 
-SCALE: Final = 1 << 24  # fixed-point units per 1.0: ~6e-8 resolution; int64 holds ~5e11 weight-2 engagements
+SCALE: Final = 1 << 24  # fixed-point units per 1.0: ~6e-8 resolution; int64 holds ~1e11 weight-2 engagements
 PRIOR_WEIGHT: Final = 5.0  # n0: the content vector weighs as much as five plays
 SOURCE: Final = "online"
 
