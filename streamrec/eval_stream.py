@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import time
@@ -235,20 +236,6 @@ def plot_series(report: dict[str, Any], path: Path) -> Path:
 
 # --- the run -------------------------------------------------------------------------------------
 
-class _ServingSettings:
-    """Settings plus ``serving_*`` knobs, which ``serving.options.options_from_settings`` reads by name
-    (they are not deployment settings of their own)."""
-
-    def __init__(self, settings: Settings, **serving: Any) -> None:
-        self._settings = settings
-        self._serving = {f"serving_{name}": value for name, value in serving.items()}
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self._serving:
-            return self._serving[name]
-        return getattr(self._settings, name)
-
-
 def _with_db(redis_url: str, db: int) -> str:
     parts = urlparse(redis_url)
     return urlunparse(parts._replace(path=f"/{db}"))
@@ -412,6 +399,7 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
                               worker_log: Path) -> tuple[list[Probe], float]:
     import redis.asyncio as aioredis
 
+    from serving.options import options_from_settings
     from serving.service import RecommendationService
     from streamrec.stack.process import terminate
     from streamrec.stack.topics import ensure_topics
@@ -437,12 +425,14 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
         await wait_applied(online_redis, publisher.ends, config.catch_up_timeout_s, worker)
         copied = await copy_db(online_redis, config.frozen_db)
         say(f"state at the cut copied to the frozen arm ({copied:,} keys)")
-        budgets = {"candidates_timeout_ms": config.stage_timeout_ms, "features_timeout_ms": config.stage_timeout_ms,
-                   "redis_timeout_s": config.stage_timeout_ms / 1000}
-        services["online"] = await RecommendationService.start(
-            _ServingSettings(online_settings, **budgets), artifacts, tail_index=True, watch_bundle=False)  # type: ignore[arg-type]
-        services["frozen"] = await RecommendationService.start(
-            _ServingSettings(frozen_settings, **budgets), artifacts, tail_index=False, watch_bundle=False)  # type: ignore[arg-type]
+        budgets = options_from_settings(online_settings)
+        budgets = dataclasses.replace(budgets, candidates_timeout_ms=config.stage_timeout_ms,
+                                      features_timeout_ms=config.stage_timeout_ms,
+                                      redis_timeout_s=config.stage_timeout_ms / 1000)
+        services["online"] = await RecommendationService.start(online_settings, artifacts, tail_index=True,
+                                                               watch_bundle=False, options=budgets)
+        services["frozen"] = await RecommendationService.start(frozen_settings, artifacts, tail_index=False,
+                                                               watch_bundle=False, options=budgets)
         await _wait_ready(services["online"], config.catch_up_timeout_s)
         say(f"replaying the rest ({len(split.rest):,} records) with {len(split.targets):,} probes")
         pending = _probes(split)
