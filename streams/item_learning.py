@@ -56,10 +56,11 @@ titles' committed sums (one pipelined read per batch, off the batch's path, toge
 partition's offset key: that it reached the batch's last offset is how it knows the EXEC landed) and
 publishes ``q_i`` to the compacted ``item-vectors`` topic with ``source="online"`` when its cosine
 distance to ``pub`` (or, never published online, to ``q0``: what the catalog hook / bundle seed put
-there) exceeds the threshold. The record is at least once and always the committed state. Known gaps:
-a worker killed between a commit and its publication leaves that move unpublished until the title's
-next engagement (any worker then compares against ``pub``); two workers publishing one title at once
-may leave the older of two committed states on the topic until the next engagement.
+there) exceeds the threshold. The record is at least once and always the committed state. A worker killed
+between a commit and its publication leaves that move unpublished until a worker starts (each runs
+:meth:`OnlineItemPublisher.catch_up` once: every learning title against its ``pub``) or the title is
+engaged again. Known gap: two workers publishing one title at once may leave the older of two
+committed states on the topic until its next engagement.
 """
 
 from __future__ import annotations
@@ -337,6 +338,7 @@ class OnlineItemPublisher:
         self.give_up_s = give_up_s
         self._pending: list[_Pending] = []
         self._task: asyncio.Task[None] | None = None
+        self._catch_up: asyncio.Task[None] | None = None
 
     def note(self, info: BatchInfo, items: Mapping[str, int]) -> None:
         """Titles of a batch whose MULTI is being queued: publish them once it committed."""
@@ -346,6 +348,21 @@ class OnlineItemPublisher:
         self._pending.append(_Pending(info.topic, info.partition, info.last_offset, dict(items), loop.time()))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._drain())
+
+    def start_catch_up(self) -> None:
+        """Run :meth:`catch_up` in the background (the worker's factories are synchronous)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a tool building the effect for its pure parts): nothing to publish from
+
+        async def run() -> None:
+            try:
+                await self.catch_up()
+            except Exception as exc:  # publishing later engagements does not depend on it
+                log.warning("item_learning.catch_up_failed", error=repr(exc))
+
+        self._catch_up = loop.create_task(run())
 
     async def idle(self, timeout_s: float = 5.0) -> None:
         """Wait (at most ``timeout_s``) until nothing is pending: for tests and orderly shutdowns."""
@@ -394,9 +411,13 @@ class OnlineItemPublisher:
             else:
                 log.warning("item_learning.never_committed", topic=p.topic, partition=p.partition,
                             last_offset=p.last_offset, items=len(p.items))
+        return await self._publish({item: (ts, states[item]) for item, ts in ready.items()})
+
+    async def _publish(self, states: Mapping[str, tuple[int, Sequence[Any]]]) -> int:
+        """Publish the titles (``{item: (ts, HMGET reply)}``) that moved; mark them published; returns how many."""
         published: dict[str, NDArray[np.float32]] = {}
-        for item, ts in ready.items():
-            vector = self.decide(item, parse_learning_state(states[item], self.dim))
+        for item, (ts, raw) in states.items():
+            vector = self.decide(item, parse_learning_state(raw, self.dim))
             if vector is not None:
                 key, value = encode_item_vector(ItemVector(item, vector, self.bundle_version, SOURCE, ts))
                 await self.sender.add(self.topic, key, value)
@@ -410,6 +431,25 @@ class OnlineItemPublisher:
             PUBLISHED.inc(len(published))
             log.debug("item_learning.published", items=len(published))
         return len(published)
+
+    async def catch_up(self, chunk: int = 500) -> int:
+        """Publish every learning title whose committed vector moved beyond the threshold from ``pub``;
+        returns how many. Run once at start-up: it closes the gap a worker killed between a commit and
+        its publication leaves (any worker may run it; a repeat is harmless on the compacted topic). The
+        records carry ``ts`` 0: the newest engagement's time is not kept in Redis."""
+        fields = state_fields(self.dim)
+        marker = f"{self.prefix}:il:"
+        keys = [key async for key in self.redis.scan_iter(match=f"{marker}*", count=1000)]
+        done = 0
+        for start in range(0, len(keys), chunk):
+            part = [k.decode() if isinstance(k, bytes) else k for k in keys[start:start + chunk]]
+            pipe = self.redis.pipeline(transaction=False)
+            for key in part:
+                pipe.hmget(key, fields)
+            replies = await pipe.execute()
+            done += await self._publish({key[len(marker):]: (0, raw) for key, raw in zip(part, replies, strict=True)})
+        log.info("item_learning.catch_up", titles=len(keys), published=done)
+        return done
 
     def decide(self, item_id: str, state: tuple[ItemSums, bytes | None, bool, bytes | None]
                ) -> NDArray[np.float32] | None:

@@ -210,5 +210,6 @@ def make_effect(ctx: Any) -> ItemLearningEffect | None:
         online = OnlineItemPublisher(ctx.redis, ctx.producer, topic=ctx.settings.topic_item_vectors,
                                      bundle_version=ctx.bundle.version, dim=cf.dim, base=base, prefix=ctx.prefix,
                                      threshold=DEFAULT_THRESHOLD)
+        online.start_catch_up()
     return ItemLearningEffect(learner, space=users.space, prefix=ctx.prefix, publisher=online,
                               bulk=getattr(ctx, "bulk", False))

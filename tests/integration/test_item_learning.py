@@ -1,6 +1,7 @@
 """Online item learning through the worker, real Kafka and Redis: a new title engaged by several users
 is re-published on ``item-vectors`` (``source=online``) moved toward those users' vectors, by the
-written rule; a change below the threshold publishes nothing."""
+written rule; a change below the threshold publishes nothing; a committed move never published (a
+worker killed in between) is published by the start-up catch-up."""
 
 from __future__ import annotations
 
@@ -20,12 +21,17 @@ from streamrec.kafka_io import make_producer
 from streamrec.settings import Settings
 from streams.item_learning import (
     PRIOR_WEIGHT,
+    ItemSums,
+    OnlineItemPublisher,
     bytes_vector,
     cosine_distance,
+    increment_fields,
     learned_vector,
     learning_key,
     parse_learning_state,
     state_fields,
+    to_fixed,
+    vector_bytes,
 )
 from streams.item_vectors import DEFAULT_THRESHOLD
 
@@ -171,3 +177,43 @@ async def test_engaged_new_title_moves_toward_its_users_and_small_moves_publish_
     assert len(_online(second, "new-a")) == len(_online(first, "new-a")) == 1  # ... and published nothing
     np.testing.assert_allclose(_online(second, "new-b")[-1].vector, _rule(q0["new-b"], [vec[far]] * 5),
                                rtol=1e-5, atol=1e-6)
+
+
+async def test_catch_up_publishes_moves_committed_but_never_published(
+    stack: Settings, redis_client: aioredis.Redis
+) -> None:
+    """A worker killed between a batch's EXEC and its publication: the next worker's start-up catch-up
+    publishes the committed vector once; moves below the threshold and published ones stay quiet."""
+    from streams.worker import ensure_topics_retrying
+
+    settings = per_test_settings(stack, "catchup")
+    await ensure_topics_retrying(settings)
+    q0 = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    toward = np.array([0.0, 1.0, 0.0, 0.0])
+
+    def state(weight: float, pub: NDArray[np.float32] | None = None) -> dict[str, bytes | int]:
+        sums = ItemSums(int(to_fixed(weight)), 3, to_fixed(weight * toward), 0)
+        fields = increment_fields(sums)
+        out: dict[str, bytes | int] = {fields[j]: fields[j + 1] for j in range(0, len(fields), 2)}
+        out["q0"] = vector_bytes(q0)
+        if pub is not None:
+            out["pub"] = vector_bytes(pub)
+        return out
+
+    moved = learned_vector(q0, int(to_fixed(3.0)), to_fixed(3.0 * toward))
+    await redis_client.hset(learning_key("t-moved"), mapping=state(3.0))  # type: ignore[arg-type]
+    await redis_client.hset(learning_key("t-small"), mapping=state(0.05))  # type: ignore[arg-type]
+    await redis_client.hset(learning_key("t-done"), mapping=state(3.0, pub=moved))  # type: ignore[arg-type]
+    await redis_client.hset(learning_key("t-content-only"), mapping={"q0": vector_bytes(q0)})
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        publisher = OnlineItemPublisher(redis_client, producer, topic=settings.topic_item_vectors,
+                                        bundle_version="b1", dim=4, base=lambda _item: None)
+        assert await publisher.catch_up() == 1
+        assert await publisher.catch_up() == 0  # pub now holds what the topic has
+    finally:
+        await producer.stop()
+    records = await _vectors(settings, lambda rs: bool(_online(rs, "t-moved")))
+    assert [(r.item_id, r.source, r.bundle) for r in records] == [("t-moved", "online", "b1")]
+    np.testing.assert_array_equal(records[0].vector, moved)
