@@ -33,8 +33,13 @@ addition commutes, so workers of different partitions engaging one title in any 
 batching give the same sums, and a re-delivered batch is skipped with the offset. ``p_e`` is a
 float32 function of the user's events in log order (the user's partition), so it is batch-independent.
 
-Redis layout: ``{prefix}:il:{item}`` HASH
-------------------------------------------
+Redis layout: ``{prefix}:il:{space}:{item}`` HASH
+--------------------------------------------------
+``space``: the bundle's CF space (8 hex digits of :func:`streams.user_vectors.space_id`, as in the
+user vectors' values): a retrained bundle has another space, in which old sums of user vectors mean
+nothing, so its workers start new keys (the old ones are never read again; delete them with
+``SCAN MATCH sr:il:{old}:*`` when convenient).
+
 ====== =====================================================================================
 w      Σ w_e (fixed point)                       ─┐ interactions batches (HINCRBY, exact)
 n      number of engagements counted              │
@@ -92,8 +97,10 @@ PUBLISHED: Final = Counter("streamrec_worker_online_item_vectors_total",
                            "Online item vectors re-published to item-vectors (moved beyond the threshold).")
 
 
-def learning_key(item_id: str, prefix: str = "sr") -> str:
-    return f"{prefix}:il:{item_id}"
+def learning_key(item_id: str, prefix: str = "sr", space: int = 0) -> str:
+    """The title's hash in the CF space ``space`` (:func:`streams.user_vectors.space_id` of the bundle's item
+    vectors): sums of user vectors only add up within one space, so a retrained bundle starts afresh."""
+    return f"{prefix}:il:{space & 0xFFFFFFFF:08x}:{item_id}"
 
 
 def sum_field(k: int) -> str:
@@ -321,7 +328,7 @@ class OnlineItemPublisher:
     drains the pending titles and exits when none are left (so nothing lingers after the worker stops).
     """
 
-    def __init__(self, redis: Any, producer: Any, *, topic: str, bundle_version: str, dim: int,
+    def __init__(self, redis: Any, producer: Any, *, topic: str, bundle_version: str, dim: int, space: int,
                  base: Callable[[str], NDArray[np.float32] | None], prefix: str = "sr",
                  threshold: float = 0.05, prior: float = PRIOR_WEIGHT, give_up_s: float = 60.0) -> None:
         from streamrec.kafka_io import KeyedBatchSender
@@ -331,6 +338,7 @@ class OnlineItemPublisher:
         self.topic = topic
         self.bundle_version = bundle_version
         self.dim = dim
+        self.space = space
         self.base = base
         self.prefix = prefix
         self.threshold = threshold
@@ -396,7 +404,7 @@ class OnlineItemPublisher:
         for topic, partition in partitions:
             pipe.get(offset_key(self.prefix, topic, partition))
         for item in items:
-            pipe.hmget(learning_key(item, self.prefix), fields)
+            pipe.hmget(learning_key(item, self.prefix, self.space), fields)
         replies = await pipe.execute()
         stored = {tp: int(raw) if raw is not None else -1 for tp, raw in zip(partitions, replies, strict=False)}
         states = dict(zip(items, replies[len(partitions):], strict=True))
@@ -426,7 +434,7 @@ class OnlineItemPublisher:
             await self.sender.flush()
             marks = self.redis.pipeline(transaction=False)
             for item, vector in published.items():
-                marks.hset(learning_key(item, self.prefix), "pub", vector_bytes(vector))
+                marks.hset(learning_key(item, self.prefix, self.space), "pub", vector_bytes(vector))
             await marks.execute()
             PUBLISHED.inc(len(published))
             log.debug("item_learning.published", items=len(published))
@@ -438,7 +446,7 @@ class OnlineItemPublisher:
         its publication leaves (any worker may run it; a repeat is harmless on the compacted topic). The
         records carry ``ts`` 0: the newest engagement's time is not kept in Redis."""
         fields = state_fields(self.dim)
-        marker = f"{self.prefix}:il:"
+        marker = learning_key("", self.prefix, self.space)
         keys = [key async for key in self.redis.scan_iter(match=f"{marker}*", count=1000)]
         done = 0
         for start in range(0, len(keys), chunk):
@@ -519,7 +527,8 @@ class ItemLearningEffect:
             replies = replies[0] if replies else []  # the one MGET's values
         sums = self.sums(events, replies)
         self._cached = None
-        increments = {learning_key(item, self.prefix): increment_fields(inc) for item, inc in sums.items()}
+        increments = {learning_key(item, self.prefix, self.space): increment_fields(inc)
+                      for item, inc in sums.items()}
         if self.bulk:
             from streamrec.feature_store.redis_functions import hincr_many
 
@@ -542,9 +551,9 @@ def increment_fields(inc: ItemSums) -> list[Any]:
 
 
 def catalog_learning_writes(pipe: Any, item_id: str, content_vector: NDArray[np.floating] | None,
-                            removed: bool, prefix: str = "sr") -> None:
+                            removed: bool, prefix: str = "sr", space: int = 0) -> None:
     """The catalog hook's part: a learnable title's content vector (``q0``), or its removal."""
-    key = learning_key(item_id, prefix)
+    key = learning_key(item_id, prefix, space)
     if removed:
         pipe.hset(key, "gone", "1")
     elif content_vector is not None:

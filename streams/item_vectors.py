@@ -52,6 +52,7 @@ from streams.item_learning import (
     learning_key,
     vector_bytes,
 )
+from streams.user_vectors import space_id
 
 DEFAULT_THRESHOLD: Final = 0.05  # cosine distance
 
@@ -157,6 +158,7 @@ def make_catalog_hook(ctx: Any) -> Callable[[Any, Sequence[Any], Any], Awaitable
     if ctx.bundle is None or ctx.producer is None:
         return None
     publisher = ItemVectorPublisher.from_bundle(ctx.bundle, ctx.producer, topic=ctx.settings.topic_item_vectors)
+    space = space_id(publisher.cf)  # the bundle's CF space, as the user vectors and the learning effect name it
 
     async def hook(pipe: Any, events: Sequence[Any], info: Any) -> None:
         # Sent and acknowledged before the catalog batch's EXEC: at least once, and a repeat is
@@ -165,18 +167,19 @@ def make_catalog_hook(ctx: Any) -> Callable[[Any, Sequence[Any], Any], Awaitable
         for event in events:
             learns = False
             if isinstance(event, ItemRemove):
-                catalog_learning_writes(pipe, event.item_id, None, removed=True, prefix=ctx.prefix)
+                catalog_learning_writes(pipe, event.item_id, None, removed=True, prefix=ctx.prefix, space=space)
             elif isinstance(event, ItemUpsert):
                 vector, source = publisher.vector_for(event)
                 learns = source == "content"  # only content-projected titles learn online
                 if learns:
-                    catalog_learning_writes(pipe, event.item_id, vector, removed=False, prefix=ctx.prefix)
+                    catalog_learning_writes(pipe, event.item_id, vector, removed=False, prefix=ctx.prefix,
+                                            space=space)
             if await publisher.handle(event) and learns:
                 published[event.item_id] = publisher.last[event.item_id]
         await publisher.flush()
         for item_id, vector in published.items():
             # What the topic now holds: the online publisher's threshold compares against it.
-            pipe.hset(learning_key(item_id, ctx.prefix), "pub", vector_bytes(vector))
+            pipe.hset(learning_key(item_id, ctx.prefix, space), "pub", vector_bytes(vector))
 
     return hook
 
@@ -208,8 +211,8 @@ def make_effect(ctx: Any) -> ItemLearningEffect | None:
     online = None
     if ctx.producer is not None and ctx.redis is not None:
         online = OnlineItemPublisher(ctx.redis, ctx.producer, topic=ctx.settings.topic_item_vectors,
-                                     bundle_version=ctx.bundle.version, dim=cf.dim, base=base, prefix=ctx.prefix,
-                                     threshold=DEFAULT_THRESHOLD)
+                                     bundle_version=ctx.bundle.version, dim=cf.dim, space=users.space, base=base,
+                                     prefix=ctx.prefix, threshold=DEFAULT_THRESHOLD)
         online.start_catch_up()
     return ItemLearningEffect(learner, space=users.space, prefix=ctx.prefix, publisher=online,
                               bulk=getattr(ctx, "bulk", False))

@@ -34,6 +34,7 @@ from streams.item_learning import (
     vector_bytes,
 )
 from streams.item_vectors import DEFAULT_THRESHOLD
+from streams.user_vectors import space_id
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +99,10 @@ def _online(records: list[ItemVector], item: str) -> list[ItemVector]:
     return [r for r in records if r.item_id == item and r.source == "online"]
 
 
-async def _state(redis: aioredis.Redis, item: str, dim: int) -> tuple[NDArray[np.float32], int, int, NDArray[
-        np.int64]]:
-    sums, q0, gone, _ = parse_learning_state(await redis.hmget(learning_key(item), state_fields(dim)), dim)
+async def _state(redis: aioredis.Redis, item: str, dim: int, space: int) -> tuple[NDArray[np.float32], int, int,
+                                                                                   NDArray[np.int64]]:
+    raw = await redis.hmget(learning_key(item, space=space), state_fields(dim))
+    sums, q0, gone, _ = parse_learning_state(raw, dim)
     vector = bytes_vector(q0, dim)
     assert vector is not None and not gone
     return vector, sums.w, sums.n, sums.s
@@ -123,6 +125,7 @@ async def test_engaged_new_title_moves_toward_its_users_and_small_moves_publish_
     await ensure_topics_retrying(settings)
     bundle = open_bundle(small_bundle)
     cf = CFModel.load(bundle.file("cf.npz"))
+    space = space_id(cf.item_vectors)  # the learning keys' CF space
     user_ids: list[str] = bundle.json("user_ids")
     warm = [u for u, ok in zip(user_ids, cf.trained_users, strict=True) if ok]
     vec = {u: cf.user_vectors[user_ids.index(u)] for u in warm}  # plays of new titles leave these unchanged
@@ -133,9 +136,9 @@ async def test_engaged_new_title_moves_toward_its_users_and_small_moves_publish_
     async with running_worker(settings, artifacts=small_bundle):
         # The catalog hook stores each new title's content vector (q0) for every worker to start from.
         async def stored() -> bool:
-            return all([await redis_client.hexists(learning_key(t), "q0") for t in titles])
+            return all([await redis_client.hexists(learning_key(t, space=space), "q0") for t in titles])
         await _wait_for(stored, 60)
-        q0 = {t: (await _state(redis_client, t, cf.dim))[0] for t in titles}
+        q0 = {t: (await _state(redis_client, t, cf.dim, space))[0] for t in titles}
 
         # Phase 1: the six users nearest to one direction play new-a once each.
         direction = vec[warm[0]] / np.linalg.norm(vec[warm[0]])
@@ -151,7 +154,7 @@ async def test_engaged_new_title_moves_toward_its_users_and_small_moves_publish_
                     [(fans[0], _play(u, "new-a", T0 + 100 + n)) for n, u in enumerate(fans)])
         first = await _vectors(settings, lambda rs: bool(_online(rs, "new-a")))
         got = _online(first, "new-a")[-1]
-        _, w, n, s = await _state(redis_client, "new-a", cf.dim)
+        _, w, n, s = await _state(redis_client, "new-a", cf.dim, space)
         assert n == len(fans)
         # Published = the rule over the committed sums, and it moved toward the engaging users.
         np.testing.assert_array_equal(got.vector, learned_vector(q0["new-a"], w, s))
@@ -173,7 +176,7 @@ async def test_engaged_new_title_moves_toward_its_users_and_small_moves_publish_
             (far, _play(far, "new-b", T0 + 600 + k)) for k in range(5)]
         await _send(settings, settings.topic_interactions, plays)
         second = await _vectors(settings, lambda rs: bool(_online(rs, "new-b")))
-        assert (await _state(redis_client, "new-a", cf.dim))[2] == len(fans) + 1  # the small move was applied
+        assert (await _state(redis_client, "new-a", cf.dim, space))[2] == len(fans) + 1  # the small move was applied
     assert len(_online(second, "new-a")) == len(_online(first, "new-a")) == 1  # ... and published nothing
     np.testing.assert_allclose(_online(second, "new-b")[-1].vector, _rule(q0["new-b"], [vec[far]] * 5),
                                rtol=1e-5, atol=1e-6)
@@ -201,15 +204,15 @@ async def test_catch_up_publishes_moves_committed_but_never_published(
         return out
 
     moved = learned_vector(q0, int(to_fixed(3.0)), to_fixed(3.0 * toward))
-    await redis_client.hset(learning_key("t-moved"), mapping=state(3.0))  # type: ignore[arg-type]
-    await redis_client.hset(learning_key("t-small"), mapping=state(0.05))  # type: ignore[arg-type]
-    await redis_client.hset(learning_key("t-done"), mapping=state(3.0, pub=moved))  # type: ignore[arg-type]
-    await redis_client.hset(learning_key("t-content-only"), mapping={"q0": vector_bytes(q0)})
+    await redis_client.hset(learning_key("t-moved", space=7), mapping=state(3.0))  # type: ignore[arg-type]
+    await redis_client.hset(learning_key("t-small", space=7), mapping=state(0.05))  # type: ignore[arg-type]
+    await redis_client.hset(learning_key("t-done", space=7), mapping=state(3.0, pub=moved))  # type: ignore[arg-type]
+    await redis_client.hset(learning_key("t-content-only", space=7), mapping={"q0": vector_bytes(q0)})
     producer = make_producer(settings)
     await producer.start()
     try:
         publisher = OnlineItemPublisher(redis_client, producer, topic=settings.topic_item_vectors,
-                                        bundle_version="b1", dim=4, base=lambda _item: None)
+                                        bundle_version="b1", dim=4, space=7, base=lambda _item: None)
         assert await publisher.catch_up() == 1
         assert await publisher.catch_up() == 0  # pub now holds what the topic has
     finally:

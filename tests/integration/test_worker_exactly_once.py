@@ -341,23 +341,24 @@ async def _assert_item_learning(client: aioredis.Redis, world: World) -> None:
     users = effect.engagements(world.events).users
     want = effect.sums(world.events, [None] * len(users))  # nothing stored: every user from the bundle
     assert len(want) >= 5 and sum(s.n for s in want.values()) >= 50  # cold titles did learn
-    replies = await asyncio.gather(*(client.hmget(learning_key(item), state_fields(dim)) for item in want))
+    keys = [learning_key(item, space=effect.space) for item in want]
+    replies = await asyncio.gather(*(client.hmget(key, state_fields(dim)) for key in keys))
     for (item, sums), raw in zip(want.items(), replies, strict=True):
         assert int(raw[0]) == sums.w and int(raw[1]) == sums.n, item
         got_s = [int(x) if x is not None else 0 for x in raw[2:2 + dim]]
         assert got_s == sums.s.tolist(), item
     learnt = [k for k in await _keys(client, "sr:il:*") if await client.hexists(k, "w")]
-    assert learnt == sorted(learning_key(item) for item in want)
+    assert learnt == sorted(learning_key(item, space=effect.space) for item in want)
     # The catalog hook's part: content vectors of content-projected titles, removals.
     catalog = _Recorder()
     publisher = item_vectors.ItemVectorPublisher.from_bundle(world.bundle, None, topic="unused")
     for event in world.catalog:
         if isinstance(event, ItemRemove):
-            catalog_learning_writes(catalog, event.item_id, None, removed=True)
+            catalog_learning_writes(catalog, event.item_id, None, removed=True, space=effect.space)
         elif isinstance(event, ItemUpsert):
             vector, source = publisher.vector_for(event)
             if source == "content":
-                catalog_learning_writes(catalog, event.item_id, vector, removed=False)
+                catalog_learning_writes(catalog, event.item_id, vector, removed=False, space=effect.space)
     assert len(catalog.hashes) >= 10
     for key, fields in catalog.hashes.items():
         got_q0, got_gone = await client.hmget(key, ["q0", "gone"])

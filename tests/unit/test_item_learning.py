@@ -21,6 +21,7 @@ from streams.item_learning import (
     OnlineItemPublisher,
     cosine_distance,
     learned_vector,
+    learning_key,
     to_fixed,
     vector_bytes,
 )
@@ -223,7 +224,7 @@ def test_write_queues_the_batch_sums_per_title(bulk: bool) -> None:
     effect = ItemLearningEffect(learner, space=0, bulk=bulk)
     events = _random_log(300)
     users = effect.engagements(events).users
-    want = {f"sr:il:{item}": inc for item, inc in effect.sums(events, [None] * len(users)).items()}
+    want = {learning_key(item, space=0): inc for item, inc in effect.sums(events, [None] * len(users)).items()}
     assert want
     pipe = _Pipe()
     info = BatchInfo("interactions", 0, 0, len(events) - 1)
