@@ -62,6 +62,7 @@ from streams import metrics
 from streams.dead_letters import decode_records, send_dead_letters
 from streams.effects import BatchInfo, Effect, offset_key
 from streams.offsets import fresh_records, gap, parse_stored, resume_position
+from streams.redis_batch import BatchConnection, recorded
 
 log = get_logger(__name__)
 
@@ -232,6 +233,20 @@ def load_bundle(artifacts: Path | None) -> Any | None:
 # Redis plumbing
 
 
+@dataclass
+class _Prepared:
+    """A partition batch decoded, with its reads queued (:meth:`Worker._prepare_interactions`)."""
+
+    info: BatchInfo
+    events: list[InteractionEvent]
+    letters: list[Any]
+    store: Any
+    plan: Any
+    reads: Any  # a redis-py pipeline used as a recorder
+    counts: list[int]  # commands each effect queued on ``reads`` (its replies come first, in effect order)
+    n_store: int  # then the feature store's
+
+
 class _Fenced(Exception):
     """Another worker advanced the partition's offset while this batch was prepared."""
 
@@ -305,6 +320,7 @@ class Worker:
         self.catalog = CatalogTable()
         self.static = self.catalog.static()
         self._stores: dict[tuple[str, int], tuple[Any, int]] = {}
+        self._redis_warm = False
         self.bulk = False
         self._lock = asyncio.Lock()
         self._last: dict[Any, int] = {}
@@ -536,52 +552,76 @@ class Worker:
         return found[0]
 
     async def _apply_interactions(self, tp: Any, records: list[Any]) -> None:
+        """Three round trips on one connection (:mod:`streams.redis_batch`): WATCH + the stored offset,
+        every effect's and the features' reads, the MULTI."""
+        from redis.exceptions import WatchError
+
         key = offset_key(self.options.prefix, tp.topic, tp.partition)
-        async with self._offset_transaction(key) as (pipe, stored):
+        if not self._redis_warm:
+            self._redis_warm = True
+            await self._warm_redis()
+        async with BatchConnection(self.redis) as conn:
+            stored = parse_stored(await conn.watch(key))
             fresh = fresh_records(records, stored)
             skipped = len(records) - len(fresh)
             if skipped:
                 metrics.EVENTS.labels(tp.topic, "skipped").inc(skipped)
             if not fresh:
                 return
-            missing = gap(fresh, stored)
-            if missing:
+            prepared = self._prepare_interactions(tp, fresh)
+            replies = await conn.read(recorded(prepared.reads))
+            if gap(fresh, stored):
                 log.warning("worker.offset_gap", topic=tp.topic, partition=tp.partition, stored=stored,
                             first=fresh[0].offset)
-            info = BatchInfo(tp.topic, tp.partition, fresh[0].offset, fresh[-1].offset)
-            decoded = decode_records(fresh, interaction_decoder)
-            await self._dead_letters(tp.topic, decoded.letters)
-            events: list[InteractionEvent] = decoded.events
+            await self._dead_letters(tp.topic, prepared.letters)
             redis_started = time.perf_counter()
-            batch = EventBatch.from_events(events, self.static)
-            store = self._store(tp)
-            plan = store.plan(batch) if len(batch) else None
-            # One round trip for every read: each effect's, then the feature store's users.
-            read = self.redis.pipeline(transaction=False)
-            counts = [effect.read(read, events, info) if events else 0 for effect in self.effects]
-            n_store = store.queue_reads(read, plan) if plan is not None else 0
-            replies = await read.execute() if sum(counts) + n_store else []
+            events, info, plan, store = prepared.events, prepared.info, prepared.plan, prepared.store
             # One MULTI: the features first (the store finds its replies at the front), every effect's
             # writes, the offset.
-            pipe.multi()
+            writes = self.redis.pipeline(transaction=True)  # a recorder: BatchConnection sends it
             if plan is not None:
-                store.queue_writes(pipe, plan, replies[len(replies) - n_store:])
+                store.queue_writes(writes, plan, replies[len(replies) - prepared.n_store:])
             pos = 0
-            for effect, n in zip(self.effects, counts, strict=True):
-                effect.write(pipe, events, info, replies[pos:pos + n])
+            for effect, n in zip(self.effects, prepared.counts, strict=True):
+                effect.write(writes, events, info, replies[pos:pos + n])
                 pos += n
-            pipe.set(key, info.last_offset)
+            writes.set(key, info.last_offset)
             try:
-                written = await pipe.execute()
-            except BaseException:
+                written = await conn.commit(recorded(writes))
+            except BaseException as exc:
                 if plan is not None:
                     store.failed(plan)
+                if isinstance(exc, WatchError):
+                    raise _Fenced() from exc
                 raise
             if plan is not None:
                 store.committed(plan, written)
             metrics.REDIS_APPLY_SECONDS.observe(time.perf_counter() - redis_started)
             metrics.EVENTS.labels(tp.topic, "processed").inc(len(events))
             self.processed += len(events)
+
+    async def _warm_redis(self) -> None:
+        """Open, at once, the connections the concurrent batches will hold: setting one up is several round
+        trips, which a batch would otherwise spend between its WATCH and its EXEC."""
+        pool = self.redis.connection_pool
+        conns = await asyncio.gather(*(pool.get_connection() for _ in range(max(1, self.options.concurrency) + 1)),
+                                     return_exceptions=True)
+        for conn in conns:
+            if not isinstance(conn, BaseException):
+                await pool.release(conn)
+
+    def _prepare_interactions(self, tp: Any, records: Sequence[Any]) -> _Prepared:
+        """Decode ``records`` and queue every read their effects and features need (on a recorder)."""
+        info = BatchInfo(tp.topic, tp.partition, records[0].offset, records[-1].offset)
+        decoded = decode_records(records, interaction_decoder)
+        events: list[InteractionEvent] = decoded.events
+        batch = EventBatch.from_events(events, self.static)
+        store = self._store(tp)
+        plan = store.plan(batch) if len(batch) else None
+        reads = self.redis.pipeline(transaction=False)  # a recorder: BatchConnection sends it
+        counts = [effect.read(reads, events, info) if events else 0 for effect in self.effects]
+        n_store = store.queue_reads(reads, plan) if plan is not None else 0
+        return _Prepared(info, events, decoded.letters, store, plan, reads, counts, n_store)
 
     async def _apply_catalog(self, tp: Any, records: list[Any]) -> None:
         key = offset_key(self.options.prefix, tp.topic, tp.partition)
