@@ -96,7 +96,10 @@ def summarize(probes: Sequence[Probe]) -> dict[str, Any]:
     e2e = [p.e2e_s * 1000 for p in probes if p.e2e_s is not None]
     redis = [p.redis_s * 1000 for p in probes if p.redis_s is not None]
     rtts = [r * 1000 for p in probes for r in p.rtts_s]
-    out: dict[str, Any] = {"probes": len(probes), "visible": len(e2e), "timeouts": len(probes) - len(e2e)}
+    # A title gone before the worker committed the probe's record left for another reason: a sanity count, 0 expected.
+    early = sum(1 for p in probes if p.e2e_s is not None and p.redis_s is not None and p.e2e_s < p.redis_s)
+    out: dict[str, Any] = {"probes": len(probes), "visible": len(e2e), "timeouts": len(probes) - len(e2e),
+                           "visible_before_commit": early}
     if not e2e or not redis or not rtts:
         return out
     http_p50, http_p99 = statistics.median(rtts), percentile(rtts, 99)

@@ -210,7 +210,8 @@ def summarize_serving(raw: dict[str, Any]) -> Summary:
 def summarize_freshness(raw: dict[str, Any]) -> Summary:
     if "e2e_p50_ms" not in raw:
         return generic_summary(raw)
-    return Summary(_pick(raw, "e2e_p50_ms", "e2e_p99_ms", "e2e_max_ms", "probes", "timeouts", "rate"),
+    return Summary(_pick(raw, "e2e_p50_ms", "e2e_p99_ms", "e2e_max_ms", "probes", "timeouts", "visible_before_commit",
+                         "rate"),
                    _pick(raw, "floor_p50_ms", "redis_p50_ms", "http_rtt_p50_ms", "floor_p99_ms"),
                    _round(raw.get("ratio_p50")))
 
@@ -318,20 +319,41 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, waiting to be reaped, do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 def _stop_group(proc: subprocess.Popen[str], grace_s: float = 30.0) -> None:
-    """SIGTERM the command's process group (a benchmark's worker and server with it), SIGKILL after ``grace_s``."""
+    """SIGTERM the command's process group (a benchmark's worker and server with it), SIGKILL what is left after
+    ``grace_s``; returns once the whole group is gone, so nothing of it runs beside the next benchmark."""
     import signal
 
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)  # the group the command leads (start_new_session): only what it started
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_alive(proc.pid):
+                return
+            time.sleep(0.05)
+    proc.wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +385,8 @@ def run_command(name: str, argv: Sequence[str], ctx: BenchContext, timeout_s: fl
             timed_out = True
             _stop_group(proc)
         finally:
-            if proc.poll() is None:  # interrupted (Ctrl-C): take the benchmark's processes down with us
+            # Interrupted (Ctrl-C), or exited leaving a worker or server behind: stop them before anything else runs.
+            if proc.poll() is None or _group_alive(proc.pid):
                 _stop_group(proc, grace_s=5.0)
     seconds = time.perf_counter() - started
     stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")

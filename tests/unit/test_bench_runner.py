@@ -234,7 +234,10 @@ def test_freshness_script_loads_and_summarizes_probes() -> None:
     assert out["e2e_p50_ms"] == 700.0 and out["e2e_max_ms"] == 900.0
     assert out["redis_p50_ms"] == 400.0 and out["http_rtt_p50_ms"] == 20.0
     assert out["floor_p50_ms"] == 420.0 and out["ratio_p50"] == round(700.0 / 420.0, 2)
+    assert out["visible_before_commit"] == 0
     assert bench.summarize([bench.Probe("u", "i")])["timeouts"] == 1
+    early = bench.summarize([bench.Probe("u", "i", e2e_s=0.1, redis_s=0.2, rtts_s=[0.01])])
+    assert early["visible_before_commit"] == 1
 
 
 def test_plots_are_drawn_from_what_the_results_hold(tmp_path: Path) -> None:
