@@ -145,6 +145,22 @@ def test_a_timeout_stops_what_the_benchmark_started(tmp_path: Path, ctx: BenchCo
     assert state in {"gone", "Z"}, f"the benchmark's child {grandchild} survived the timeout ({state})"
 
 
+def test_a_process_left_behind_by_a_finished_benchmark_is_stopped(tmp_path: Path, ctx: BenchContext) -> None:
+    pid_file = tmp_path / "leftover.pid"
+    body = ("import subprocess, sys\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "print('{\"x\": 1}')\n")
+    result = run_benchmark(_spec("leaky", _script(tmp_path, "leaky", body)), ctx)
+    assert result.ok
+    leftover = int(pid_file.read_text())
+    try:
+        state = Path(f"/proc/{leftover}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in {"gone", "Z"}, f"the benchmark's leftover {leftover} still runs ({state})"
+
+
 def test_report_file_benchmarks_read_the_report_not_stdout(tmp_path: Path, ctx: BenchContext) -> None:
     report = tmp_path / "report.json"
     report.write_text('{"stale": 1}')  # left by an earlier run: must not be taken for this run's
