@@ -4,13 +4,21 @@ Runtime (see :mod:`streams.app` for why Faust is only the entry point): one aiok
 the group ``streamrec-workers`` (auto-commit off) on both topics, ``getmany`` per round, and each
 partition's records handled as ONE batch (:mod:`streams.effects`):
 
-1. ``WATCH sr:offset:{topic}:{partition}`` on the connection of the coming ``MULTI``, ``GET`` it;
-   records at or below it were applied already (a replay after a crash) and are skipped;
+1. ``WATCH sr:offset:{topic}:{partition}`` and ``GET`` it, on a connection held for the batch
+   (:mod:`streams.redis_batch`); records at or below it were applied already (a replay after a
+   crash) and are skipped;
 2. every record is decoded with the topic's decoder; invalid ones become dead letters
    (:mod:`streams.dead_letters`), produced and acknowledged before step 4 (at least once);
-3. every effect's ``read`` on one pipeline (one round trip);
-4. ``RedisFeatureStore.apply(batch, on_commit=...)``: the users' read, then one ``MULTI`` with the
-   features' writes, every effect's ``write`` and ``SET`` of the offset; ``EXEC``.
+3. every effect's ``read`` and the feature store's user read, in one round trip;
+4. one ``MULTI`` with the features' writes (:meth:`RedisFeatureStore.queue_writes`), every effect's
+   ``write`` and ``SET`` of the offset; ``EXEC``. Three round trips per batch in all.
+
+Throughput (``benchmarks/bench_worker.py``): the effects queue their writes as one ``FCALL`` per
+kind and batch (:mod:`streamrec.feature_store.redis_functions`, loaded at start; ``bulk``) instead of
+one command per key: redis-py costs ~20 µs of CPU per command, which was most of the worker's time.
+Freshness: the broker holds an empty fetch at most ``fetch_max_wait_ms`` (5 ms; aiokafka's 500 ms
+default delayed records of partitions left out of the fetch in flight), and the long-lived tables are
+frozen out of the garbage collector after start (its full collections paused the loop).
 
 Exactly once: the state and the offset commit atomically, and the ``WATCH`` fences zombies: a worker
 that lost the partition in a rebalance and still commits a batch finds the key changed by the new
@@ -40,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import inspect
 import signal
@@ -292,6 +301,8 @@ class WorkerOptions:
     concurrency: int = 4  # partition batches handled at once (their Redis round trips overlap)
     max_records: int = 2000  # records per getmany round (per partition batches are its slices)
     fetch_timeout_ms: int = 200
+    # How long the broker holds a fetch that found no new record (aiokafka's default is 500 ms).
+    fetch_max_wait_ms: int = 5
     metrics_port: int = 0
     rebuild: bool = False
     group_id: str = GROUP_ID
@@ -376,12 +387,17 @@ class Worker:
                  catalog_hooks=len(self.catalog_hooks))
         self.consumer = make_consumer(s, group_id=o.group_id, enable_auto_commit=False,
                                       auto_offset_reset="earliest", max_poll_records=o.max_records,
+                                      fetch_max_wait_ms=o.fetch_max_wait_ms,
                                       session_timeout_ms=o.session_timeout_ms,
                                       heartbeat_interval_ms=max(100, o.session_timeout_ms // 3))
         self.consumer.subscribe([s.topic_interactions, s.topic_catalog], listener=_Listener(self))
         await self.consumer.start()
         if metrics.serve(o.metrics_port):
             log.info("worker.metrics", port=o.metrics_port)
+        # The bundle, catalogue and effect tables are long-lived: out of the collector's sight, so that the
+        # full collections the per-batch garbage triggers do not walk them (pauses of 100+ ms otherwise).
+        gc.collect()
+        gc.freeze()
         log.info("worker.started", group=o.group_id, items=self.static.n_items, genres=self.static.n_genres)
 
     async def stop(self) -> None:

@@ -53,15 +53,22 @@ on average, at most ~0.9 KiB (20 genres and a full recent list, half of it the i
 Round trips: :meth:`RedisFeatureStore.apply` does two per batch: one pipelined ``GET`` of the
 batch's users (skipped when no event changes a user), then one ``MULTI``/``EXEC`` with every write
 (user values, item increments, deferred clean-ups, and whatever ``on_commit`` adds — the place for
-a consumed offset, so that state and offset commit together). :meth:`read` does one (``GET`` of
-the user and ``HMGET`` of each candidate). ``MULTI`` spans keys of different slots, which Redis
-Cluster refuses: there, pass ``transaction=False`` (each command stays atomic; a crash mid-batch
-then needs the replay from the last committed offset to be idempotent, which the user values are —
-they are overwritten — but the item increments are not).
+a consumed offset, so that state and offset commit together). The stream worker runs the same steps
+itself (:meth:`~RedisFeatureStore.plan`, :meth:`~RedisFeatureStore.queue_reads`,
+:meth:`~RedisFeatureStore.queue_writes`, :meth:`~RedisFeatureStore.committed`) to share its round
+trips with the other effects. :meth:`read` does one (``GET`` of the user and ``HMGET`` of each
+candidate). ``MULTI`` spans keys of different slots, which Redis Cluster refuses: there, pass
+``transaction=False`` (each command stays atomic; a crash mid-batch then needs the replay from the
+last committed offset to be idempotent, which the user values are — they are overwritten — but the
+item increments are not).
 
 Cost: the client, not Redis, is the bottleneck: redis-py spends ~20 µs per pipelined command
 (packing, and reading a ``QUEUED`` plus a result reply in a transaction), and a 1,000-event batch
-is ~2,000 item increments.
+is ~2,000 item increments. So with ``bulk=True`` (the worker's choice when the server runs Redis
+Functions) the users are read with one ``MGET`` and the writes are three ``FCALL`` s
+(:mod:`streamrec.feature_store.redis_functions`): the user values, and every item's increments with
+the old-epoch clean-up done inside Redis, right when a new epoch field appears (same stored values
+and the same reads; fields of old epochs just go one batch earlier).
 """
 
 from __future__ import annotations
