@@ -167,7 +167,7 @@ class RecommendationService:
 
             post = dataclasses.replace(post, **changes)
         store = RedisFeatureStore(redis, model.static, prefix=options.redis_prefix)
-        return _Served(model, store, post)
+        return _Served(model, store, post, FeatureReader(store, options.item_state_ttl_s))
 
     async def close(self) -> None:
         if self._watch_task is not None:
@@ -191,8 +191,8 @@ class RecommendationService:
         """Point the service at another Redis client (failover; tests redirect it to a dead port)."""
         old, self.redis = self.redis, client
         served = self._served
-        self._served = _Served(served.model, RedisFeatureStore(client, served.model.static,
-                                                               prefix=self.options.redis_prefix), served.post)
+        store = RedisFeatureStore(client, served.model.static, prefix=self.options.redis_prefix)
+        self._served = _Served(served.model, store, served.post, FeatureReader(store, self.options.item_state_ttl_s))
         with contextlib.suppress(Exception):
             await old.aclose()
 
@@ -254,7 +254,8 @@ class RecommendationService:
         if self._post_changes:
             import dataclasses
 
-            served = _Served(model, served.store, dataclasses.replace(served.post, **self._post_changes))
+            served = _Served(model, served.store, dataclasses.replace(served.post, **self._post_changes),
+                             served.reader)
         self._served = served  # the swap: one reference
         self.reloads += 1
         metrics.RELOADS.labels("ok").inc()

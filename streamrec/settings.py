@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     serving_features_timeout_ms: float = Field(
         50.0, gt=0, description="Budget of the feature stage's Redis read; past it, default features (degraded)."
     )
+    serving_item_state_ttl_s: float = Field(
+        1.0, ge=0, description="Seconds a candidate's item feature row is reused by a server process; 0: never."
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod

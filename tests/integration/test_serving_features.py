@@ -57,3 +57,32 @@ async def test_scripted_read_equals_the_store_read(redis_client: aioredis.Redis)
         assert same_snapshot(got, expected)
     assert got.items.counts.sum() > 0 and got.items.pop.sum() > 0  # real state, not all defaults
     assert (await reader.read("u0", [], now)).items.counts.shape[0] == 0
+
+
+async def test_item_rows_are_reused_within_the_ttl_and_the_user_is_always_fresh(
+    redis_client: aioredis.Redis,
+) -> None:
+    static = _static()
+    store = RedisFeatureStore(redis_client, static)
+    now = int(time.time() * 1000)
+    events = _events(now)
+    await store.apply(EventBatch.from_events(events[: len(events) // 2], static))
+    clock = [100.0]
+    reader = FeatureReader(store, ttl_s=1.0, clock=lambda: clock[0])
+    ids = ["i0", "i1", "i2", "i3", "i4", "i2"]
+    first = await reader.read("u0", ids, now)
+    assert same_snapshot(first, await store.read("u0", ids, now))
+    assert reader.fetched_rows == 5  # distinct ids, once
+
+    await store.apply(EventBatch.from_events(events[len(events) // 2:], static))
+    fresh = await store.read("u0", ids, now)
+    assert not np.array_equal(fresh.items.counts, first.items.counts)  # the items did move
+    clock[0] += 0.5  # within the TTL: item rows from the cache, the user's state from Redis
+    cached = await reader.read("u0", ids, now)
+    assert reader.fetched_rows == 5
+    assert np.array_equal(cached.items.counts, first.items.counts)
+    assert np.array_equal(cached.user.counts, fresh.user.counts)
+
+    clock[0] += 0.6  # past it: every row is read again and equals Redis exactly
+    assert same_snapshot(await reader.read("u0", ids, now), fresh)
+    assert reader.fetched_rows == 10
