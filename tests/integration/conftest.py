@@ -14,6 +14,9 @@ Fixtures:
 - ``stack_env``: environment variables that point a subprocess (the CLI, a worker) at it.
 - ``env_for``: the function behind ``stack_env``, for any ``Settings``.
 - ``stack_factory``: starts extra, separate stacks on other ports (stopped after the test).
+- ``small_bundle``: a copy, per test module, of one small trained bundle (trained once per session:
+  training is most of the worker and serving tests' set-up; a copy because some tests publish new
+  versions into it).
 
 Every test under ``tests/integration`` is marked ``integration``.
 """
@@ -159,3 +162,25 @@ async def redis_client(stack: Settings) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def _small_bundle_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    from models.train import train_bundle
+    from models.two_stage import TwoStageConfig
+    from streamrec.datasets.world import generate_world
+
+    data = tmp_path_factory.mktemp("small-world")
+    generate_world(data, users=120, items=600, events=8000, seed=9, days=7)
+    root = tmp_path_factory.mktemp("small-bundle")
+    train_bundle(data, root, TwoStageConfig(dim=16, rank_users=80, ranker_epochs=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_bundle(_small_bundle_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's small bundle root (with ``latest``), copied for this module."""
+    root = tmp_path_factory.mktemp("bundle") / "artifacts"
+    shutil.copytree(_small_bundle_source, root)
+    return root

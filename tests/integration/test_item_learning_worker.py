@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from numpy.typing import NDArray
@@ -35,20 +34,6 @@ from streams.item_learning import (
 )
 from streams.item_vectors import DEFAULT_THRESHOLD
 from streams.user_vectors import space_id
-
-
-@pytest.fixture(scope="module")
-def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
-    from streamrec.datasets.world import generate_world
-
-    data = tmp_path_factory.mktemp("world")
-    generate_world(data, users=120, items=600, events=8000, seed=9, days=7)
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    train_bundle(data, artifacts, TwoStageConfig(dim=16, rank_users=20, ranker_epochs=1))
-    return artifacts
 
 
 def _upsert(item: str, title: str, genres: list[str], tags: list[str]) -> bytes:

@@ -39,17 +39,8 @@ EVENTS = "/v1/events"
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
-    from streamrec.datasets.world import generate_world
-
-    data = tmp_path_factory.mktemp("http-world")
-    generate_world(data, users=120, items=600, events=8000, seed=11, days=7)
-    root = tmp_path_factory.mktemp("http-artifacts")
-    train_bundle(data, root, TwoStageConfig(dim=16, rank_users=80, ranker_epochs=1))
-    return root
+def artifacts(small_bundle: Path) -> Path:
+    return small_bundle
 
 
 def _play(user: str, item: str, n: int, **extra: Any) -> dict[str, Any]:

@@ -32,17 +32,8 @@ from streams.worker import ensure_topics_retrying
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
-    from streamrec.datasets.world import generate_world
-
-    data = tmp_path_factory.mktemp("serving-world")
-    generate_world(data, users=120, items=600, events=8000, seed=9, days=7)
-    root = tmp_path_factory.mktemp("serving-artifacts")
-    train_bundle(data, root, TwoStageConfig(dim=16, rank_users=80, ranker_epochs=1))
-    return root
+def artifacts(small_bundle: Path) -> Path:
+    return small_bundle
 
 
 @contextlib.asynccontextmanager

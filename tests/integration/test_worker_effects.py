@@ -67,20 +67,6 @@ async def test_worker_maintains_trending_sessions_and_new_releases(stack: Settin
     assert {item for item, _ in releases} == {f"i{n}" for n in range(5)}
 
 
-@pytest.fixture(scope="module")
-def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
-    from streamrec.datasets.world import generate_world
-
-    data = tmp_path_factory.mktemp("world")
-    generate_world(data, users=120, items=600, events=8000, seed=9, days=7)
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    train_bundle(data, artifacts, TwoStageConfig(dim=16, rank_users=80, ranker_epochs=1))
-    return artifacts
-
-
 async def test_worker_learns_user_vectors_and_publishes_new_title_vectors(
     stack: Settings, redis_client: aioredis.Redis, small_bundle: Path
 ):
