@@ -161,35 +161,6 @@ def _split_users(events_path: Path, n_probe: int) -> tuple[list[str], list[tuple
     return probe_users, background
 
 
-async def _ends(settings: Any, topic: str) -> dict[int, int]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
-    finally:
-        await consumer.stop()
-    return {tp.partition: end for tp, end in ends.items()}
-
-
-async def _wait_caught_up(client: Any, topic: str, ends: dict[int, int], proc: subprocess.Popen[bytes],
-                          timeout_s: float) -> None:
-    from streams.effects import offset_key
-
-    wanted = {p: end - 1 for p, end in ends.items() if end > 0}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        values = await client.mget([offset_key(PREFIX, topic, p) for p in wanted])
-        if all(v is not None and int(v) >= wanted[p] for p, v in zip(wanted, values, strict=True)):
-            return
-        if proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the worker did not catch up with the world's events")
-        await asyncio.sleep(0.05)
-
-
 async def _wait_ready(http: Any, base: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     import aiohttp
 
@@ -299,6 +270,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
     import redis.asyncio as aioredis
 
+    from streamrec.catch_up import end_offsets, wait_applied
     from streamrec.datasets.world import generate_world
     from streamrec.kafka_io import make_producer
     from streamrec.logs import configure_logging
@@ -336,7 +308,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await delete_state(client, PREFIX)
     await ensure_topics_retrying(scoped)
     await replay_log(world, scoped)
-    ends = await _ends(scoped, topic)
+    ends = await end_offsets(scoped, [topic])
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -353,7 +325,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                               "k": args.k, "poll_ms": args.poll_ms, "timeout_s": args.timeout_s,
                               "world_events": sum(ends.values())}
     try:
-        await _wait_caught_up(client, topic, ends, worker, args.startup_timeout_s)
+        await wait_applied(client, ends, args.startup_timeout_s, worker, prefix=PREFIX)
         server = _spawn([sys.executable, "-m", "streamrec.cli", "serve", "--artifacts", str(artifacts),
                          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, work / "server.log")
         await _wait_ready(http, base, server, args.startup_timeout_s)

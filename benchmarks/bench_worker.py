@@ -106,18 +106,6 @@ def _train_small_bundle(world: Path, artifacts: Path) -> Path:
     return artifacts
 
 
-async def _ends(settings, topic: str) -> dict[int, int]:  # type: ignore[no-untyped-def]
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
-    finally:
-        await consumer.stop()
-    return {tp.partition: end for tp, end in ends.items()}
-
-
 async def _raw_rate(settings, topic: str, n: int) -> float:  # type: ignore[no-untyped-def]
     from aiokafka import TopicPartition
 
@@ -223,6 +211,7 @@ async def main() -> None:
 
     import redis.asyncio as aioredis
 
+    from streamrec.catch_up import end_offsets
     from streamrec.datasets.world import generate_world
     from streamrec.logs import configure_logging
     from streamrec.replay import replay_log
@@ -250,7 +239,7 @@ async def main() -> None:
     topic = scoped.topic_interactions
     await ensure_topics_retrying(scoped)
     await replay_log(world, scoped)
-    ends = await _ends(scoped, topic)
+    ends = await end_offsets(scoped, [topic])
     total = sum(ends.values())
     raw = await _raw_rate(scoped, topic, total)
     result: dict[str, object] = {"events": total, "raw_events_per_s": round(raw)}

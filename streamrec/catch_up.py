@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from streamrec.settings import Settings
 
 
-async def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+async def end_offsets(settings: Settings, topics: Sequence[str] | None = None) -> dict[tuple[str, int], int]:
+    """End offset of every partition of ``topics`` (default: the workers' inputs, interactions and catalog)."""
     from aiokafka import TopicPartition
 
     from streamrec.kafka_io import make_consumer
@@ -25,13 +26,13 @@ async def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     await consumer.start()
     try:
         tps = []
-        for topic in (settings.topic_interactions, settings.topic_catalog):
+        for topic in topics if topics is not None else (settings.topic_interactions, settings.topic_catalog):
             partitions = consumer.partitions_for_topic(topic)
             if not partitions:
                 await consumer._client.force_metadata_update()  # a topic created moments ago
                 partitions = consumer.partitions_for_topic(topic) or set()
             tps += [TopicPartition(topic, p) for p in sorted(partitions)]
-        ends = await consumer.end_offsets(tps)
+        ends = await consumer.end_offsets(tps) if tps else {}
         return {(tp.topic, tp.partition): int(end) for tp, end in ends.items()}
     finally:
         await consumer.stop()

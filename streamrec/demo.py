@@ -14,29 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
 
-from streamrec.kafka_io import make_consumer
 from streamrec.settings import Settings
-
-
-async def topic_end_offsets(settings: Settings, topics: list[str]) -> dict[str, tuple[int, int]]:
-    """Per topic: (partition count, sum of end offsets) — what the broker holds right now."""
-    consumer = make_consumer(settings)
-    await consumer.start()
-    try:
-        result = {}
-        for topic in topics:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()  # a topic created moments ago is not cached yet
-                partitions = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            ends = await consumer.end_offsets(tps) if tps else {}
-            result[topic] = (len(tps), sum(ends.values()))
-        return result
-    finally:
-        await consumer.stop()
 
 
 def prepare_data(out: Path, movielens: Path | None, users: int, items: int, events: int, seed: int,
@@ -89,18 +68,19 @@ async def replay_once(data: Path, settings: Settings, progress: Callable[[int], 
     replay; a topic that is now shorter was recreated (a wiped stack), so the log is replayed again.
     """
     from models.bundle import fingerprint_files
+    from streamrec.catch_up import end_offsets
     from streamrec.replay import replay_log
 
     marker = settings.state_dir / "demo-replayed.json"
     topic = settings.topic_interactions
     fingerprint = fingerprint_files(_log_files(data))
-    _, end_now = (await topic_end_offsets(settings, [topic]))[topic]
+    end_now = sum((await end_offsets(settings, [topic])).values())
     if marker.exists():
         seen = orjson.loads(marker.read_bytes())
         if seen.get("fingerprint") == fingerprint and seen.get("topic") == topic and end_now >= seen.get("end", 0):
             return None
     report = await replay_log(data, settings, progress=progress)
-    _, end_after = (await topic_end_offsets(settings, [topic]))[topic]
+    end_after = sum((await end_offsets(settings, [topic])).values())
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_bytes(orjson.dumps({"fingerprint": fingerprint, "topic": topic, "end": end_after}))
     return report
