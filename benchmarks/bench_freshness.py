@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
+
+from streamrec.stack.probes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 8
@@ -116,12 +117,6 @@ def summarize(probes: Sequence[Probe]) -> dict[str, Any]:
         samples_ms=[round(v, 1) for v in e2e], floor_samples_ms=[round(v, 1) for v in redis],
     )
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _redis_url_with_db(url: str, db: int) -> str:
@@ -310,7 +305,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await replay_log(world, scoped)
     ends = await end_offsets(scoped, [topic])
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     worker = _spawn([sys.executable, "-m", "streams.worker", "--metrics-port", "0", "--artifacts", str(artifacts)],
                     env, work / "worker.log")

@@ -39,7 +39,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from streamrec.stack.probes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 P99_KNEE_MS = 50.0
@@ -173,12 +174,6 @@ async def run_rates(url_for: Callable[[int], str], rates: list[float], seconds: 
 
 
 # --- processes ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_http(url: str, seconds: float, want: int = 200) -> None:

@@ -25,6 +25,13 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it), for servers started by tests and benchmarks."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 @contextlib.contextmanager
 def quiet_aiokafka() -> Iterator[None]:
     """Silence aiokafka's connection errors while polling a broker that is expected to be down."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import orjson
 import pytest
 
 from streamrec.settings import Settings
+from streamrec.stack.probes import free_port
 
 STREAMREC = [sys.executable, "-m", "streamrec.cli"]
 
@@ -70,12 +70,6 @@ def _invalid(line: bytes) -> bool:
     return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_demo_runs_the_whole_system_and_down_leaves_nothing_behind(
     stack_factory: Callable[..., Settings], env_for: Callable[[Settings], dict[str, str]], tmp_path: Path
 ) -> None:
@@ -84,7 +78,7 @@ def test_demo_runs_the_whole_system_and_down_leaves_nothing_behind(
 
     # A stack of its own: `demo --down` stops the stack too, which must not be the session's.
     settings = stack_factory("demo", 19292, 19293, 16579)
-    env = {**env_for(settings), "STREAMREC_SERVER_PORT": str(_free_port())}
+    env = {**env_for(settings), "STREAMREC_SERVER_PORT": str(free_port())}
     args = ["demo", "--data", str(tmp_path / "demo"), "--users", "60", "--items", "300", "--events", "4000",
             "--artifacts", str(tmp_path / "artifacts"), "--show-users", "1", "--worker-metrics-port", "0"]
     done = run_cli(args, env, timeout=600)

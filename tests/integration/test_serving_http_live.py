@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from test_worker_dead_letters import per_test_settings
 from models.bundle import open_bundle
 from serving.app import create_app
 from streamrec.settings import Settings
+from streamrec.stack.probes import free_port
 from streams.worker import ensure_topics_retrying
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,18 +210,12 @@ async def test_api_key_guards_writes(stack: Settings, redis_client: Any, artifac
     assert [key for key, _ in await _read_topic(settings, settings.topic_interactions, 1)] == [b"u9"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_serve_command_runs_replicas_and_stops_on_sigterm(
     stack: Settings, stack_env: dict[str, str], redis_client: Any, artifacts: Path, tmp_path: Path
 ) -> None:
     settings = per_test_settings(stack, "http-serve")
     await ensure_topics_retrying(settings)
-    port = _free_port()
+    port = free_port()
     env = {**stack_env, "STREAMREC_TOPIC_CATALOG": settings.topic_catalog,
            "STREAMREC_TOPIC_ITEM_VECTORS": settings.topic_item_vectors,
            "STREAMREC_TOPIC_INTERACTIONS": settings.topic_interactions}
