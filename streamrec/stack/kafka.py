@@ -281,8 +281,16 @@ def write_configs(settings: Settings, layout: StackLayout) -> None:
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 characters)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 characters).
+
+    One id in 64 would start with ``-``, which ``kafka-storage format`` parses as an option
+    ("--cluster-id: expected one argument"; a CI run failed on it). Kafka's own
+    ``Uuid.randomUuid`` redraws such ids, and so do we.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def is_formatted(layout: StackLayout) -> bool:

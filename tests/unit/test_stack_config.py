@@ -7,6 +7,7 @@ import base64
 import os
 import subprocess
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,6 +101,16 @@ def test_cluster_id_is_a_kafka_uuid() -> None:
     assert len(cluster_id) == 22
     assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
     assert kafka.new_cluster_id() != cluster_id
+
+
+def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first draw encodes to an id starting with "-" (0xf8 -> "-" in URL-safe base64);
+    # kafka-storage would read it as an option, so it must be redrawn.
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" * 16)])
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(draws))
+    cluster_id = kafka.new_cluster_id()
+    assert not cluster_id.startswith("-")
+    assert base64.urlsafe_b64decode(cluster_id + "==") == b"\x01" * 16
 
 
 def test_jar_cache_counts_only_after_the_marker(settings: Settings) -> None:
