@@ -347,6 +347,9 @@ class OnlineItemPublisher:
         self._pending: list[_Pending] = []
         self._task: asyncio.Task[None] | None = None
         self._catch_up: asyncio.Task[None] | None = None
+        # The drain task and the start-up catch-up both publish through ``sender``: one at a time,
+        # so that each flush waits for the acks of its own records before marking them published.
+        self._publishing = asyncio.Lock()
 
     def note(self, info: BatchInfo, items: Mapping[str, int]) -> None:
         """Titles of a batch whose MULTI is being queued: publish them once it committed."""
@@ -423,6 +426,10 @@ class OnlineItemPublisher:
 
     async def _publish(self, states: Mapping[str, tuple[int, Sequence[Any]]]) -> int:
         """Publish the titles (``{item: (ts, HMGET reply)}``) that moved; mark them published; returns how many."""
+        async with self._publishing:
+            return await self._publish_locked(states)
+
+    async def _publish_locked(self, states: Mapping[str, tuple[int, Sequence[Any]]]) -> int:
         published: dict[str, NDArray[np.float32]] = {}
         for item, (ts, raw) in states.items():
             vector = self.decide(item, parse_learning_state(raw, self.dim))

@@ -104,16 +104,19 @@ class ItemVectorPublisher:
         content = self.content.embed([event.title], [event.genres], [event.tags], [event.cast], [year])
         return self.projection.project(content)[0], "content"
 
-    async def handle(self, event: CatalogEvent) -> bool:
+    async def handle(self, event: CatalogEvent, sender: KeyedBatchSender | None = None) -> bool:
         """Queue the record for one catalog event, if any; ``True`` when one was queued.
 
         Records go out in batches: call :meth:`flush` (e.g. once per consumed batch, before
-        committing the catalog offsets) to send them and wait for the broker's acks.
+        committing the catalog offsets) to send them and wait for the broker's acks. Concurrent
+        callers pass their own ``sender`` (``self.sender.fork()``) and flush that one, so each
+        waits for the acks of its own records.
         """
+        sender = sender if sender is not None else self.sender
         if isinstance(event, ItemRemove):
             self.last.pop(event.item_id, None)
             # KeyedBatchSender passes the value to the record batch, which takes None (a tombstone).
-            await self.sender.add(self.topic, event.item_id.encode(), None)  # type: ignore[arg-type]
+            await sender.add(self.topic, event.item_id.encode(), None)  # type: ignore[arg-type]
             return True
         vector, source = self.vector_for(event)
         if not np.any(vector):
@@ -123,7 +126,7 @@ class ItemVectorPublisher:
             return False
         self.last[event.item_id] = vector
         key, value = encode_item_vector(ItemVector(event.item_id, vector, self.bundle_version, source, event.ts))
-        await self.sender.add(self.topic, key, value)
+        await sender.add(self.topic, key, value)
         return True
 
     async def flush(self) -> None:
@@ -162,7 +165,9 @@ def make_catalog_hook(ctx: Any) -> Callable[[Any, Sequence[Any], Any], Awaitable
 
     async def hook(pipe: Any, events: Sequence[Any], info: Any) -> None:
         # Sent and acknowledged before the catalog batch's EXEC: at least once, and a repeat is
-        # harmless on a compacted topic keyed by item id.
+        # harmless on a compacted topic keyed by item id. The worker runs the catalog partitions'
+        # batches concurrently: each call flushes (and waits for) a sender of its own.
+        sender = publisher.sender.fork()
         published: dict[str, NDArray[np.float32]] = {}
         for event in events:
             learns = False
@@ -174,9 +179,9 @@ def make_catalog_hook(ctx: Any) -> Callable[[Any, Sequence[Any], Any], Awaitable
                 if learns:
                     catalog_learning_writes(pipe, event.item_id, vector, removed=False, prefix=ctx.prefix,
                                             space=space)
-            if await publisher.handle(event) and learns:
+            if await publisher.handle(event, sender) and learns:
                 published[event.item_id] = publisher.last[event.item_id]
-        await publisher.flush()
+        await sender.flush()
         for item_id, vector in published.items():
             # What the topic now holds: the online publisher's threshold compares against it.
             pipe.hset(learning_key(item_id, ctx.prefix, space), "pub", vector_bytes(vector))

@@ -44,11 +44,19 @@ DEAD_LETTERS: Final = Counter("streamrec_worker_dead_letters_total", "Dead lette
 FAILURES: Final = Counter(
     "streamrec_worker_batch_failures_total", "Batches that failed (Redis or Kafka errors) and are retried.", ["topic"]
 )
+RESTARTS: Final = Counter(
+    "streamrec_worker_restarts_total", "In-process restarts (new Kafka clients and effects) after a client died."
+)
+
+_served: set[int] = set()
 
 
 def serve(port: int) -> bool:
-    """Expose the metrics on ``port`` (0: disabled). Returns whether a server was started."""
+    """Expose the metrics on ``port`` (0: disabled; once per process and port: a restart keeps the
+    server). Returns whether a server was started."""
     if port <= 0:
         return False
-    start_http_server(port)
+    if port not in _served:
+        start_http_server(port)
+        _served.add(port)
     return True

@@ -414,13 +414,37 @@ class Worker:
         log.info("worker.stopped", processed=self.processed, rejected=self.rejected)
 
     async def run(self) -> None:
-        """Start, consume until :attr:`stopping` is set (SIGTERM), stop."""
+        """Start, consume until :attr:`stopping` is set (SIGTERM), stop.
+
+        A producer whose sender task died fails every later send (aiokafka does not recover it), so
+        every batch with a dead letter or an item vector would fail forever: the worker restarts
+        itself instead (new clients and effects; Redis' stored offsets make the redo exact).
+        """
+        from streamrec.kafka_io import producer_failure
+
         try:
             await self.start()
             while not self.stopping.is_set():
                 await self.round()
+                failure = producer_failure(self.producer)
+                if failure is not None and not self.stopping.is_set():
+                    await self.restart(f"producer failed: {failure!r}")
         finally:
             await self.stop()
+
+    async def restart(self, reason: str) -> None:
+        """Stop every client and start afresh (what a supervisor would do, without losing the process)."""
+        log.error("worker.restarting", reason=reason)
+        metrics.RESTARTS.inc()
+        await self.stop()
+        self.consumer = self.follower = self.producer = None
+        self.catalog = CatalogTable()
+        self.static = self.catalog.static()
+        self._stores.clear()
+        self._redis_warm = False
+        self._last.clear()
+        self._uncommitted.clear()
+        await self.start()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
