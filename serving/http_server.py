@@ -13,6 +13,7 @@ import multiprocessing.connection
 import os
 import signal
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import FrameType
 
@@ -33,6 +34,16 @@ def serve_one(settings: Settings, artifacts: Path | None, host: str, port: int, 
 
     configure_logging(settings.log_level, settings.log_json)
     app = create_app(settings, artifacts)
+
+    async def one_blas_thread(_app: web.Application) -> AsyncIterator[None]:
+        # After the service's start-up: loading the bundle loads scipy's own OpenBLAS, which a limit
+        # set before it would miss (streamrec/blas_threads.py).
+        from streamrec.blas_threads import limit_blas_threads
+
+        limit_blas_threads(settings.blas_threads)
+        yield
+
+    app.cleanup_ctx.append(one_blas_thread)
     from serving.service import NoBundleError
 
     log.info("starting server", host=host, port=port, pid=os.getpid(), reuse_port=reuse_port)

@@ -20,6 +20,8 @@ request saves one or more round trips.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +66,33 @@ class OnlineState:
     new_releases: list[tuple[str, int]] = field(default_factory=list)  # (item id, release ts), newest first
 
 
+class SharedReads:
+    """Per-process cache of the request-independent stage-1 reads (see the module docstring)."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: dict[tuple[Any, ...], tuple[float, int, Any]] = {}  # key -> (read at, now_ms, value)
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[Any, ...], now_ms: int) -> Any | None:
+        if self.ttl_s <= 0:
+            return None
+        entry = self._entries.get(key)
+        if entry is None or self._clock() - entry[0] > self.ttl_s or abs(now_ms - entry[1]) > self.ttl_s * 1000:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry[2]
+
+    def put(self, key: tuple[Any, ...], now_ms: int, value: Any) -> None:
+        if self.ttl_s > 0:
+            if len(self._entries) > 4096:  # scopes x generations: bounded, drop the lot now and then
+                self._entries.clear()
+            self._entries[key] = (self._clock(), now_ms, value)
+
+
 def _text(member: bytes | str) -> str:
     return member.decode() if isinstance(member, bytes) else member
 
@@ -83,9 +112,10 @@ def _pairs(reply: list[Any]) -> tuple[list[Any], NDArray[np.float64]]:
 async def read_online_state(
     redis: Any, user_id: str, scopes: RequestScopes, now_ms: int, *, trending_k: int, new_k: int,
     window: str = "24h", space: int | None = None, dim: int | None = None, prefix: str = "sr",
-    feature_user_key: str | None = None,
+    feature_user_key: str | None = None, shared: SharedReads | None = None,
 ) -> OnlineState:
-    """One pipeline with every stage-1 read (see the module docstring)."""
+    """One pipeline with every stage-1 read (see the module docstring); with ``shared``, the trending
+    lists and new releases it holds are not read again."""
     half_life = WINDOWS[window]
     current = generation(now_ms, half_life)
     gens = (current, current - 1)
@@ -93,17 +123,28 @@ async def read_online_state(
     pipe.get(vector_key(prefix, user_id))
     pipe.get(session_key(user_id, prefix))
     pipe.get(feature_user_key or f"{prefix}:u:{user_id}")
-    labels = scopes.names()
-    for _, scope in labels:
+    out = OnlineState()
+    to_read: list[tuple[str, tuple[Any, ...]]] = []  # (label, cache key) of the scopes read below
+    for label, scope in scopes.names():
+        key = ("trending", prefix, window, scope, current, trending_k)
+        cached = shared.get(key, now_ms) if shared is not None else None
+        if cached is not None:
+            out.trending[label] = cached
+            continue
+        to_read.append((label, key))
         for gen in gens:
             # Raw command: without the withscores kwarg redis-py leaves the reply a flat list, and the
             # scores are parsed below by numpy in C (its per-pair float() callback cost ~5 µs a pair).
             pipe.execute_command("ZREVRANGE", trend_key(window, scope, gen, prefix), 0, max(trending_k, 1) - 1,
                                  "WITHSCORES")
-    pipe.zrevrangebyscore(f"{prefix}:{NEW_RELEASES}", now_ms, "-inf", start=0, num=max(new_k, 1), withscores=True)
+    new_key = ("new_releases", prefix, new_k)
+    releases = shared.get(new_key, now_ms) if shared is not None else None
+    if releases is None:
+        pipe.zrevrangebyscore(f"{prefix}:{NEW_RELEASES}", now_ms, "-inf", start=0, num=max(new_k, 1),
+                              withscores=True)
     replies = await pipe.execute()
     vector, _ = unpack_user_vector(replies[0], space=space, dim=dim)
-    out = OnlineState(user_vector=vector)
+    out.user_vector = vector
     session = decode_session(replies[1])
     if session is not None:
         out.session_recent = [(str(i), int(t)) for i, t in session.rec]
@@ -115,16 +156,24 @@ async def read_online_state(
     out.recent = recent
     factors = [read_factor(g, now_ms, half_life) for g in gens]
     pos = 3
-    for label, _ in labels:
+    for label, key in to_read:
         combined: dict[str, float] = {}
         for factor in factors:
             members, scores = _pairs(replies[pos])
             if members:
                 for member, score in zip(members, (scores * factor).tolist(), strict=True):
-                    key = _text(member)
-                    combined[key] = combined.get(key, 0.0) + score
+                    name = _text(member)
+                    combined[name] = combined.get(name, 0.0) + score
             pos += 1
         ranked = sorted(combined.items(), key=lambda kv: (-kv[1], kv[0]))
         out.trending[label] = [(i, s) for i, s in ranked[:trending_k] if s > 0]
-    out.new_releases = [(_text(m), int(s)) for m, s in replies[pos]]
+        if shared is not None:
+            shared.put(key, now_ms, out.trending[label])
+    if releases is None:
+        releases = [(_text(m), int(s)) for m, s in replies[pos]]
+        if shared is not None:
+            shared.put(new_key, now_ms, releases)
+    out.new_releases = releases
+    # Scopes in the request's order (global first), whichever came from the cache.
+    out.trending = {label: out.trending[label] for label, _ in scopes.names()}
     return out

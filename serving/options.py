@@ -16,6 +16,7 @@ class ServingOptions:
     features_timeout_ms: float = 50.0  # stage 2 Redis read of the candidates' state
     redis_timeout_s: float = 0.25  # socket connect/read timeout of the pool: a dead Redis fails fast
     item_state_ttl_s: float = 1.0  # how long a candidate's feature row is reused (serving.feature_read); 0: never
+    shared_reads_ttl_s: float = 1.0  # trending lists / new releases reused this long (serving.online_reads); 0: never
     trending_window: str = "24h"  # streams.trending.WINDOWS key read for the popular source
     diversity: float | None = None  # MMR strength; None: the bundle's PostConfig
     original_boost: float | None = None

@@ -86,6 +86,10 @@ def user_context(model: ServingModel, user_id: str, online: OnlineState | None,
     return UserContext(items, weights, ts, vector, limit)
 
 
+_Dense = tuple[NDArray[np.float32], NDArray[np.int64]]
+_DENSE_MEMO: dict[tuple[int, int, int], tuple[list[tuple[str, float]], _Dense]] = {}
+
+
 def _dense_scores(n: int, rows: NDArray[np.int64], scores: list[float]) -> NDArray[np.float32]:
     out = np.zeros(n, np.float32)
     if len(rows):
@@ -106,9 +110,19 @@ def trending_arrays(model: ServingModel, online: OnlineState | None
     index = model.items.index
 
     def dense(pairs: list[tuple[str, float]]) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        # The lists come from serving.online_reads.SharedReads: the same list object for every request
+        # within its TTL, so its dense form is built once per list (and catalogue size), not per request.
+        memo_key = (id(pairs), id(index), n)
+        hit = _DENSE_MEMO.get(memo_key)
+        if hit is not None and hit[0] is pairs:
+            return hit[1]
         known = [(index[i], s) for i, s in pairs if i in index]
         rows = np.array([r for r, _ in known], np.int64)
-        return _dense_scores(n, rows, [s for _, s in known]), rows
+        result = _dense_scores(n, rows, [s for _, s in known]), rows
+        if len(_DENSE_MEMO) >= 64:
+            _DENSE_MEMO.clear()
+        _DENSE_MEMO[memo_key] = (pairs, result)  # holds the list: its id cannot be reused meanwhile
+        return result
 
     pop, _ = dense(online.trending["all"])
     ctx_parts = []

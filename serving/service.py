@@ -47,7 +47,7 @@ from serving import metrics
 from serving.feature_read import FeatureReader
 from serving.live_tail import LiveTail
 from serving.model_state import ServingModel
-from serving.online_reads import OnlineState, RequestScopes, read_online_state
+from serving.online_reads import OnlineState, RequestScopes, SharedReads, read_online_state
 from serving.options import ServingOptions, options_from_settings
 from serving.pipeline import (
     Stage1,
@@ -118,6 +118,8 @@ class RecommendationService:
         self._failed_version: str | None = None
         self._trending_cache: dict[str, list[tuple[str, float]]] = {}
         self._new_cache: list[tuple[str, int]] = []
+        # Trending lists and new releases, shared by every request for shared_reads_ttl_s (not model state).
+        self.shared_reads = SharedReads(options.shared_reads_ttl_s)
         self.reloads = 0
         self._post_changes: dict[str, Any] = {}
 
@@ -287,7 +289,8 @@ class RecommendationService:
             online = await asyncio.wait_for(read_online_state(
                 self.redis, req.user_id, scopes, now, trending_k=cfg.popular, new_k=2 * cfg.new_releases,
                 window=opts.trending_window, space=model.space, dim=model.dim, prefix=opts.redis_prefix,
-                feature_user_key=served.store.user_key(req.user_id)), opts.candidates_timeout_ms / 1000)
+                feature_user_key=served.store.user_key(req.user_id), shared=self.shared_reads),
+                opts.candidates_timeout_ms / 1000)
             if online.trending.get("all"):
                 self._trending_cache = {"all": online.trending["all"]}
             if online.new_releases:

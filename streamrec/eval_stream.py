@@ -429,7 +429,8 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
         budgets = dataclasses.replace(budgets, candidates_timeout_ms=config.stage_timeout_ms,
                                       features_timeout_ms=config.stage_timeout_ms,
                                       redis_timeout_s=config.stage_timeout_ms / 1000,
-                                      item_state_ttl_s=0.0)  # exact point-in-time rows for every probe
+                                      # exact point-in-time rows, trending and releases for every probe
+                                      item_state_ttl_s=0.0, shared_reads_ttl_s=0.0)
         services["online"] = await RecommendationService.start(online_settings, artifacts, tail_index=True,
                                                                watch_bundle=False, options=budgets)
         services["frozen"] = await RecommendationService.start(frozen_settings, artifacts, tail_index=False,

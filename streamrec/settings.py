@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         1.0, gt=0, description="Budget of one recommendation/similar call; past it the answer is degraded."
     )
+    blas_threads: int = Field(
+        1, ge=1, description="BLAS (numpy/OpenBLAS) threads per server or worker process; more processes scale "
+        "better than more threads here (streamrec/blas_threads.py)."
+    )
     serving_candidates_timeout_ms: float = Field(
         50.0, gt=0, description="Budget of the candidate stage's Redis read; past it, candidates from local state."
     )
@@ -95,6 +99,10 @@ class Settings(BaseSettings):
     )
     serving_item_state_ttl_s: float = Field(
         1.0, ge=0, description="Seconds a candidate's item feature row is reused by a server process; 0: never."
+    )
+    serving_shared_reads_ttl_s: float = Field(
+        1.0, ge=0, description="Seconds a server process reuses the trending lists and new releases (the same for "
+        "every request); 0: read them per request."
     )
 
     @field_validator("kafka_bootstrap")

@@ -311,6 +311,9 @@ class WorkerOptions:
     bulk: bool = True  # writes as Redis Functions when the server runs them (False: one command per key)
     session_timeout_ms: int = 10_000  # how soon the group notices a killed worker
     commit_interval_s: float = 1.0  # Kafka offset commits (monitoring only)
+    # BLAS threads of this process, set once the bundle (and with it scipy's OpenBLAS) is loaded; None:
+    # leave them (in-process use by tests and tools). See streamrec/blas_threads.py.
+    blas_threads: int | None = None
 
 
 class Worker:
@@ -363,6 +366,10 @@ class Worker:
         if self.bundle is not None:
             self.catalog = catalog_from_bundle(self.bundle)
             log.info("worker.bundle", version=self.bundle.version, items=len(self.catalog.item_ids))
+        if o.blas_threads is not None:
+            from streamrec.blas_threads import limit_blas_threads
+
+            limit_blas_threads(o.blas_threads)
         self.producer = make_producer(s, enable_idempotence=True)
         await self.producer.start()
         # The catalogue follower: every catalog partition, from the beginning, no group.

@@ -44,7 +44,7 @@ def worker(
     options = WorkerOptions(
         artifacts=artifacts or settings.artifacts, concurrency=concurrency, metrics_port=metrics_port,
         max_records=max_records, rebuild=rebuild, effects=not no_effects,
-        session_timeout_ms=session_timeout_ms, prefix=prefix,
+        session_timeout_ms=session_timeout_ms, prefix=prefix, blas_threads=settings.blas_threads,
     )
     try:
         import uvloop

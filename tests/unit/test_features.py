@@ -568,3 +568,15 @@ async def test_unknown_items_and_users_read_as_empty(static: ItemStatic) -> None
 def test_redis_store_refuses_a_decoding_client(static: ItemStatic) -> None:
     with pytest.raises(ValueError, match="decode_responses"):
         RedisFeatureStore(fakeredis.FakeAsyncRedis(decode_responses=True), static)
+
+
+def test_lookup_gives_known_and_unknown_ids_their_stable_hash() -> None:
+    from models.features.hashing import hash_strs
+
+    static = ItemStatic.build(["a", "b", "c"], [["Drama"], [], ["Comedy"]], np.zeros(3, np.int64),
+                              np.zeros(3, np.int64), np.zeros(3, np.int8), np.zeros(3, bool))
+    ids = ["c", "zz-new", "a", "a", "unknown-2"]
+    index, hashes = static.lookup(ids)
+    assert index.tolist() == [2, -1, 0, 0, -1]
+    np.testing.assert_array_equal(hashes, hash_strs(ids))
+    assert static.lookup([])[0].shape == (0,)

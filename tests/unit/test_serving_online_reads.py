@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from schemas.events import Context, Play
-from serving.online_reads import RequestScopes, read_online_state
+from serving.online_reads import RequestScopes, SharedReads, read_online_state
 from streams.trending import TrendingEffect, catalog_writes, read_new_releases, read_trending
 from streams.user_vectors import pack_user_vector, user_key
 
@@ -52,3 +52,43 @@ async def test_trending_new_releases_and_vector_in_one_read(redis: fakeredis.Fak
                                           space=78, dim=4)
     assert other_space.user_vector is None  # learnt against another bundle: ignored
     assert other_space.recent == [] and other_space.session_recent == []
+
+
+async def test_shared_reads_reuse_trending_and_releases_but_never_the_users_keys(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    clock = [100.0]
+    shared = SharedReads(ttl_s=1.0, clock=lambda: clock[0])
+    pipe = redis.pipeline(transaction=False)
+    TrendingEffect().write(pipe, [Play(event_id="e1", ts=NOW - 1000, user_id="u1", item_id="a", schema_version=1,
+                                       context=Context(country="NL"))], None, [])  # type: ignore[arg-type]
+    await pipe.execute()
+    scopes = RequestScopes(country="NL")
+
+    async def read(user: str, now: int = NOW) -> object:
+        return await read_online_state(redis, user, scopes, now, trending_k=10, new_k=3, window="1h", space=77,
+                                       dim=4, shared=shared)
+
+    first = await read("u1")
+    assert [i for i, _ in first.trending["all"]] == ["a"]
+    assert list(first.trending) == ["all", "country"]
+    # New trending counts and a user vector arrive: within the TTL the lists are reused, the user's key is not.
+    pipe = redis.pipeline(transaction=False)
+    TrendingEffect().write(pipe, [Play(event_id=f"e{n}", ts=NOW - 500, user_id="u2", item_id="b", schema_version=1)
+                                  for n in range(2, 6)], None, [])  # type: ignore[arg-type]
+    await pipe.execute()
+    await redis.set(user_key("sr", "u2"), pack_user_vector(np.ones(4, np.float32), 1, space=77))
+    second = await read("u2")
+    assert [i for i, _ in second.trending["all"]] == ["a"]  # cached
+    assert second.user_vector is not None  # always read
+    assert shared.hits == 3 and shared.misses == 3  # two scopes + releases: missed once, then hit
+    # Past the TTL, or for a request "as of" another time, they are read again.
+    clock[0] += 1.5
+    third = await read("u2")
+    assert third.trending["all"][0][0] == "b"
+    other_time = await read("u2", NOW - 3_600_000)
+    assert other_time.trending["all"] != third.trending["all"]
+    # ttl 0: nothing is kept.
+    off = SharedReads(ttl_s=0.0)
+    await read_online_state(redis, "u1", scopes, NOW, trending_k=10, new_k=3, window="1h", shared=off)
+    assert off.get(("new_releases", "sr", 3), NOW) is None
