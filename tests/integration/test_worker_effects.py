@@ -51,9 +51,10 @@ async def test_worker_maintains_trending_sessions_and_new_releases(stack: Settin
     plays += [(f"u{u}", _play_ctx(f"u{u}", "i1", T0 + 2000 + u, "tv", f"s{u}")) for u in range(2)]
     await _publish(settings, catalog, plays)
     async with running_worker(settings):
-        async def applied() -> bool:
+        async def applied() -> bool:  # the catalogue's batches too: they have no order with the plays'
             return bool(await read_session(redis_client, "u1")) and len(
-                await read_trending(redis_client, "1h", None, T0 + 3000, 5)) >= 2
+                await read_trending(redis_client, "1h", None, T0 + 3000, 5)) >= 2 and len(
+                await read_new_releases(redis_client, 10)) >= 5
         await _wait_for(applied)
     top = await read_trending(redis_client, "1h", None, T0 + 3000, 5)
     assert [item for item, _ in top[:2]] == ["i0", "i1"]

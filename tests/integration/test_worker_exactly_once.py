@@ -185,6 +185,30 @@ async def _wait_applied(client: aioredis.Redis, settings: Settings, at_least: in
         await asyncio.sleep(0.005)
 
 
+async def _wait_catalog_applied(client: aioredis.Redis, settings: Settings, seconds: float,
+                                procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
+    """Every catalog partition applied to its end. The tests' "all applied" waits count interactions;
+    the catalogue's batches have no order with them (a round may take interactions records first),
+    so a worker may still hold catalogue records when the last interaction is applied."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.topic_catalog, p) for p in range(settings.catalog_partitions)]
+        ends = {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
+    finally:
+        await consumer.stop()
+    deadline = time.monotonic() + seconds
+    while True:
+        stored = await client.mget([offset_key("sr", settings.topic_catalog, p) for p in ends])
+        if all(raw is not None and int(raw) >= end - 1 for raw, end in zip(stored, ends.values(), strict=True)):
+            return
+        for proc in procs:
+            assert proc.poll() is None, f"worker exited with {proc.returncode}"
+        tails = "\n".join(path.read_text()[-3000:] for path in logs)
+        assert time.monotonic() < deadline, f"catalog offsets {stored} never reached {ends}:\n{tails}"
+        await asyncio.sleep(0.05)
+
+
 def _last_assignment(log_path: Path, topic: str) -> int | None:
     lines = [line for line in log_path.read_text().splitlines() if "worker.assigned" in line]
     return lines[-1].count(f"'{topic}:") if lines else None
@@ -426,6 +450,7 @@ async def test_sigkilled_worker_restarts_to_exactly_once_state(
     proc = _spawn(env, tmp_path / "worker.log", world)
     try:
         await _wait_applied(redis_client, settings, total, 60, [proc])
+        await _wait_catalog_applied(redis_client, settings, 60, [proc], [tmp_path / "worker.log"])
     finally:
         _stop(proc)
     assert proc.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]
@@ -447,6 +472,7 @@ async def test_two_workers_one_killed_rebalance_exactly_once(
         a.send_signal(signal.SIGKILL)
         a.wait()
         await _wait_applied(redis_client, settings, total, 60, [b])  # b takes a's partitions over
+        await _wait_catalog_applied(redis_client, settings, 60, [b], [tmp_path / "a.log", tmp_path / "b.log"])
     finally:
         for proc in (a, b):
             if proc.poll() is None and proc is a:

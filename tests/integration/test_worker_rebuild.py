@@ -29,7 +29,9 @@ PARTITIONS = 4
 
 
 async def _applied(client: aioredis.Redis, settings: Settings) -> int:
+    """Records applied, catalogue included (its batches have no order with the interactions')."""
     keys = [offset_key("sr", settings.topic_interactions, p) for p in range(PARTITIONS)]
+    keys += [offset_key("sr", settings.topic_catalog, p) for p in range(settings.catalog_partitions)]
     return sum(int(v) + 1 for v in await client.mget(keys) if v is not None)
 
 
@@ -82,7 +84,9 @@ async def test_rebuild_after_flush_restores_the_same_state(
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
     try:
-        ends = await consumer.end_offsets([TopicPartition(settings.topic_interactions, p) for p in range(PARTITIONS)])
+        ends = await consumer.end_offsets([TopicPartition(settings.topic_interactions, p) for p in range(PARTITIONS)]
+                                          + [TopicPartition(settings.topic_catalog, p)
+                                             for p in range(settings.catalog_partitions)])
     finally:
         await consumer.stop()
     total = sum(ends.values())
