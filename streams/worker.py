@@ -327,21 +327,26 @@ class Worker:
         self.catalog_hooks: list[CatalogHook] = []
         self.stopping = asyncio.Event()
         self.redis: Any = None
+        self.bundle: Any = None
+        self.bulk = False
+        self._lock = asyncio.Lock()
+        self._committed_at = 0.0
+        self.processed = 0
+        self.rejected = 0
+        self._fresh_clients()
+
+    def _fresh_clients(self) -> None:
+        """No Kafka clients, an empty catalogue and no per-partition state: before :meth:`start`, and
+        again when :meth:`restart` replaces everything a dead client may have left behind."""
         self.consumer: Any = None
         self.follower: Any = None
         self.producer: Any = None
-        self.bundle: Any = None
         self.catalog = CatalogTable()
         self.static = self.catalog.static()
         self._stores: dict[tuple[str, int], tuple[Any, int]] = {}
         self._redis_warm = False
-        self.bulk = False
-        self._lock = asyncio.Lock()
         self._last: dict[Any, int] = {}
         self._uncommitted: set[Any] = set()
-        self._committed_at = 0.0
-        self.processed = 0
-        self.rejected = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -444,13 +449,7 @@ class Worker:
         log.error("worker.restarting", reason=reason)
         metrics.RESTARTS.inc()
         await self.stop()
-        self.consumer = self.follower = self.producer = None
-        self.catalog = CatalogTable()
-        self.static = self.catalog.static()
-        self._stores.clear()
-        self._redis_warm = False
-        self._last.clear()
-        self._uncommitted.clear()
+        self._fresh_clients()
         await self.start()
 
     def install_signal_handlers(self) -> None:
