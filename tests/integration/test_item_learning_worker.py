@@ -13,7 +13,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from numpy.typing import NDArray
-from test_worker_dead_letters import T0, _play, _wait_for, per_test_settings, running_worker
+from test_worker_dead_letters import T0, _play, _wait_for, per_test_settings, running_worker, send_records
 
 from models.item_vector_codec import ItemVector, decode_item_vector
 from streamrec.kafka_io import make_producer
@@ -40,17 +40,6 @@ def _upsert(item: str, title: str, genres: list[str], tags: list[str]) -> bytes:
     return orjson.dumps({"type": "item_upsert", "event_id": f"c-{item}", "ts": T0, "schema_version": 1,
                          "item_id": item, "title": title, "genres": genres, "tags": tags, "cast": [],
                          "release_ts": T0})
-
-
-async def _send(settings: Settings, topic: str, records: list[tuple[str, bytes]]) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send(topic, value, key=key.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def _vectors(settings: Settings, until: Callable[[list[ItemVector]], bool], seconds: float = 60) -> list[
@@ -116,7 +105,7 @@ async def test_engaged_new_title_moves_toward_its_users_and_small_moves_publish_
     vec = {u: cf.user_vectors[user_ids.index(u)] for u in warm}  # plays of new titles leave these unchanged
     titles = {"new-a": _upsert("new-a", "Night Harbour", ["Drama"], ["moody"]),
               "new-b": _upsert("new-b", "Sky Circus", ["Comedy"], ["light"])}
-    await _send(settings, settings.topic_catalog, list(titles.items()))
+    await send_records(settings, settings.topic_catalog, list(titles.items()))
 
     async with running_worker(settings, artifacts=small_bundle):
         # The catalog hook stores each new title's content vector (q0) for every worker to start from.
@@ -135,7 +124,7 @@ async def test_engaged_new_title_moves_toward_its_users_and_small_moves_publish_
         # a record batch), so exactly one decision, taken on all six plays. (Under their own keys the
         # plays land on several partitions, and the first committed part may be what gets published,
         # the rest staying below the threshold: correct, but not one exact value to compare with.)
-        await _send(settings, settings.topic_interactions,
+        await send_records(settings, settings.topic_interactions,
                     [(fans[0], _play(u, "new-a", T0 + 100 + n)) for n, u in enumerate(fans)])
         first = await _vectors(settings, lambda rs: bool(_online(rs, "new-a")))
         got = _online(first, "new-a")[-1]
@@ -159,7 +148,7 @@ async def test_engaged_new_title_moves_toward_its_users_and_small_moves_publish_
         # All under far's key (one partition, so the order holds); small_user has no other events.
         plays = [(far, _play(small_user, "new-a", T0 + 500))] + [
             (far, _play(far, "new-b", T0 + 600 + k)) for k in range(5)]
-        await _send(settings, settings.topic_interactions, plays)
+        await send_records(settings, settings.topic_interactions, plays)
         second = await _vectors(settings, lambda rs: bool(_online(rs, "new-b")))
         assert (await _state(redis_client, "new-a", cf.dim, space))[2] == len(fans) + 1  # the small move was applied
     assert len(_online(second, "new-a")) == len(_online(first, "new-a")) == 1  # ... and published nothing

@@ -20,12 +20,11 @@ import numpy as np
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from test_worker_dead_letters import _wait_for, per_test_settings, running_worker
+from test_worker_dead_letters import _wait_for, per_test_settings, running_worker, send_records
 
 from models.bundle import latest_version, open_bundle, set_latest
 from serving.options import ServingOptions
 from serving.service import NoBundleError, RecommendationService, RecommendRequest
-from streamrec.kafka_io import make_producer
 from streamrec.settings import Settings
 from streams.user_vectors import read_user_vector
 from streams.worker import ensure_topics_retrying
@@ -63,17 +62,6 @@ def _upsert(item: str, title: str, genres: list[str], ts: int, *, available: boo
     return orjson.dumps({"type": "item_upsert", "event_id": f"c-{item}-{ts}", "ts": ts, "schema_version": 1,
                          "item_id": item, "title": title, "genres": genres, "tags": ["heist", "space"],
                          "release_ts": ts if release_ts is None else release_ts, "available": available})
-
-
-async def _send(settings: Settings, topic: str, records: list[tuple[str, bytes]]) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send(topic, value, key=key.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def _caught_up(service: RecommendationService) -> bool:
@@ -115,7 +103,7 @@ async def test_known_user_online_state_exclusions_and_reasons(
     titles = dict(zip(item_ids, bundle.json("catalog")["titles"], strict=True))
     fresh = [i for i in item_ids if i not in set(history)][:3]
     now = _now()
-    await _send(settings, settings.topic_interactions,
+    await send_records(settings, settings.topic_interactions,
                 [(user, _play(user, item, now - 1000 + n)) for n, item in enumerate(fresh)])
     async with running_worker(settings, artifacts=artifacts):
         async def learned() -> bool:
@@ -146,7 +134,7 @@ async def test_known_user_online_state_exclusions_and_reasons(
 
         # A title made unavailable on the catalog topic leaves the answers within seconds.
         top = got[0]
-        await _send(settings, settings.topic_catalog,
+        await send_records(settings, settings.topic_catalog,
                     [(top, _upsert(top, titles[top], ["Drama"], now, available=False, release_ts=0))])
         row = service.model.items.index[top]
 
@@ -182,7 +170,7 @@ async def test_redis_down_answers_degraded_from_local_state(
     now = _now()
     settings = per_test_settings(stack, "srv-down")
     await ensure_topics_retrying(settings)
-    await _send(settings, settings.topic_interactions,
+    await send_records(settings, settings.topic_interactions,
                 [(f"viewer{n}", _play(f"viewer{n}", open_bundle(artifacts).json("item_ids")[7], now - 500 + n))
                  for n in range(3)])
     async with running_worker(settings, artifacts=artifacts):
@@ -239,7 +227,7 @@ async def test_new_title_on_catalog_is_served_within_seconds(
         before = service.model.cf_index.n_live
         now = _now()
         published = time.monotonic()
-        await _send(settings, settings.topic_catalog,
+        await send_records(settings, settings.topic_catalog,
                     [("brand-new-title", _upsert("brand-new-title", "Space Heist", ["Sci-Fi", "Action"], now))])
 
         async def served() -> bool:

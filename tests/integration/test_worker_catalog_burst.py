@@ -18,9 +18,9 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from test_worker_dead_letters import T0, _play, _wait_for, per_test_settings, running_worker
+from test_worker_dead_letters import T0, _play, _wait_for, per_test_settings, running_worker, send_records
 
-from streamrec.kafka_io import make_producer, producer_failure
+from streamrec.kafka_io import producer_failure
 from streamrec.settings import Settings
 from streams import metrics
 from streams.effects import offset_key
@@ -74,14 +74,7 @@ async def test_a_burst_of_new_titles_on_every_catalog_partition_publishes_each_v
             records.append((item.encode(), orjson.dumps({
                 "type": "item_upsert", "event_id": f"c-again-{n}", "ts": T0 + n, "schema_version": 1,
                 "item_id": item, "title": f"Known {item}", "genres": ["Drama"], "release_ts": T0})))
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send(settings.topic_catalog, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await send_records(settings, settings.topic_catalog, records)
     wanted = {f"new-{n}".encode() for n in range(n_titles)}
     failures_before = metrics.FAILURES.labels(settings.topic_catalog)._value.get()
     async with running_worker(settings, artifacts=small_bundle, concurrency=4) as worker:
@@ -100,16 +93,6 @@ async def test_a_worker_whose_producer_died_restarts_and_goes_on(
     await ensure_topics_retrying(settings)
     restarts_before = metrics.RESTARTS._value.get()
 
-    async def send(records: list[tuple[bytes, bytes]]) -> None:
-        producer = make_producer(settings)
-        await producer.start()
-        try:
-            for key, value in records:
-                await producer.send(settings.topic_interactions, value, key=key)
-            await producer.flush()
-        finally:
-            await producer.stop()
-
     async def applied(n: int) -> bool:
         stored = 0
         for p in range(settings.interactions_partitions):
@@ -117,7 +100,7 @@ async def test_a_worker_whose_producer_died_restarts_and_goes_on(
             stored += int(raw) + 1 if raw is not None else 0
         return stored >= n
 
-    await send([(b"u1", _play("u1", "i1", T0 + n)) for n in range(5)])
+    await send_records(settings, settings.topic_interactions, [(b"u1", _play("u1", "i1", T0 + n)) for n in range(5)])
     async with running_worker(settings) as worker:
         await _wait_for(lambda: applied(5), seconds=60)
         # Kill the producer the way the bug did: one built batch handed over twice.
@@ -136,7 +119,8 @@ async def test_a_worker_whose_producer_died_restarts_and_goes_on(
         await _wait_for(restarted, seconds=60)
         assert producer_failure(worker.producer) is None
         # The new clients work: more plays are applied, and an invalid record still becomes a dead letter.
-        await send([(b"u2", _play("u2", "i2", T0 + 100 + n)) for n in range(5)] + [(b"u3", b"{not json")])
+        plays = [(b"u2", _play("u2", "i2", T0 + 100 + n)) for n in range(5)]
+        await send_records(settings, settings.topic_interactions, [*plays, (b"u3", b"{not json")])
         await _wait_for(lambda: applied(11), seconds=60)
 
         async def dead_lettered() -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import orjson
 import pytest
@@ -41,6 +41,18 @@ async def running_worker(settings: Settings, **options: object) -> AsyncIterator
     finally:
         worker.stopping.set()
         await asyncio.wait_for(task, 30)
+
+
+async def send_records(settings: Settings, topic: str, records: Iterable[tuple[str | bytes, bytes]]) -> None:
+    """Produce ``(key, value)`` records to ``topic`` in order and wait until the broker has them all."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key.encode() if isinstance(key, str) else key)
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 def _play(user: str, item: str, ts: int) -> bytes:

@@ -11,10 +11,17 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
-from test_worker_dead_letters import T0, _play, _upsert, _wait_for, per_test_settings, running_worker
+from test_worker_dead_letters import (
+    T0,
+    _play,
+    _upsert,
+    _wait_for,
+    per_test_settings,
+    running_worker,
+    send_records,
+)
 
 from models.item_vector_codec import decode_item_vector
-from streamrec.kafka_io import make_producer
 from streamrec.settings import Settings
 from streams.session import read_session
 from streams.trending import read_new_releases, read_trending
@@ -22,16 +29,8 @@ from streams.user_vectors import read_user_vector
 
 
 async def _publish(settings: Settings, catalog: list[tuple[str, bytes]], plays: list[tuple[str, bytes]]) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        for key, value in catalog:
-            await producer.send_and_wait(settings.topic_catalog, value, key=key.encode())
-        for key, value in plays:
-            await producer.send(settings.topic_interactions, value, key=key.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await send_records(settings, settings.topic_catalog, catalog)  # on the broker before the plays
+    await send_records(settings, settings.topic_interactions, plays)
 
 
 def _play_ctx(user: str, item: str, ts: int, device: str, session: str) -> bytes:

@@ -128,6 +128,14 @@ def test_output_without_json_and_a_hang_are_failures(tmp_path: Path, ctx: BenchC
     assert not hang.ok and "timed out" in (hang.error or "")
 
 
+def _process_state(pid: int) -> str:
+    """The state letter of ``pid`` in /proc (``Z``: a zombie), or ``gone``."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
 def test_a_timeout_stops_what_the_benchmark_started(tmp_path: Path, ctx: BenchContext) -> None:
     pid_file = tmp_path / "grandchild.pid"
     body = ("import subprocess, sys, time\n"
@@ -138,10 +146,7 @@ def test_a_timeout_stops_what_the_benchmark_started(tmp_path: Path, ctx: BenchCo
     assert not result.ok and "timed out" in (result.error or "")
     grandchild = int(pid_file.read_text())
     # Gone, or at most a zombie waiting for init to reap it (its parent was killed first).
-    try:
-        state = Path(f"/proc/{grandchild}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        state = "gone"
+    state = _process_state(grandchild)
     assert state in {"gone", "Z"}, f"the benchmark's child {grandchild} survived the timeout ({state})"
 
 
@@ -154,10 +159,7 @@ def test_a_process_left_behind_by_a_finished_benchmark_is_stopped(tmp_path: Path
     result = run_benchmark(_spec("leaky", _script(tmp_path, "leaky", body)), ctx)
     assert result.ok
     leftover = int(pid_file.read_text())
-    try:
-        state = Path(f"/proc/{leftover}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        state = "gone"
+    state = _process_state(leftover)
     assert state in {"gone", "Z"}, f"the benchmark's leftover {leftover} still runs ({state})"
 
 
