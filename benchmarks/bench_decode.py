@@ -232,7 +232,7 @@ def hand_decode(raw: bytes) -> dict[str, Any]:
 
 def _sample_lines(n: int, log: Path | None) -> list[bytes]:
     if log is None:
-        from streamrec.datasets.world import generate_world
+        from tools.datasets.world import generate_world
 
         tmp = Path(tempfile.mkdtemp(prefix="bench-decode-"))
         generate_world(tmp, users=max(100, n // 100), items=2000, events=n, seed=7)

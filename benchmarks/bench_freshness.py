@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from streamrec.stack.probes import free_port
+from tools.stack.probes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 8
@@ -265,14 +265,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
     import redis.asyncio as aioredis
 
-    from streamrec.catch_up import end_offsets, wait_applied
-    from streamrec.datasets.world import generate_world
-    from streamrec.kafka_io import make_producer
-    from streamrec.logs import configure_logging
-    from streamrec.replay import replay_log
-    from streamrec.settings import get_settings
-    from streamrec.stack.process import terminate
+    from foundation.kafka_io import make_producer
+    from foundation.logs import configure_logging
+    from foundation.settings import get_settings
     from streams.worker import delete_state, ensure_topics_retrying
+    from tools.catch_up import end_offsets, wait_applied
+    from tools.datasets.world import generate_world
+    from tools.replay import replay_log
+    from tools.stack.process import terminate
 
     configure_logging("WARNING")
     settings = get_settings()

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_generate.py --events 1000000 [--repeats 3] [--users 2000] [--items 10000]
 
-Each repeat times :func:`streamrec.datasets.world.generate_world` end to end (catalogue included)
+Each repeat times :func:`tools.datasets.world.generate_world` end to end (catalogue included)
 into a fresh folder, then times the *I/O floor*: writing the same number of pre-encoded lines of
 the same average size into the same folder, in chunks of the size the generator writes, with the
 same buffering. The ratio says how much of the time is simulation and encoding rather than disk.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamrec.datasets.world import generate_world
+from tools.datasets.world import generate_world
 
 # The generator writes about this many lines per write() call at the default density.
 _LINES_PER_WRITE = 1400

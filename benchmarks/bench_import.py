@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamrec.datasets.movielens import import_movielens
+from tools.datasets.movielens import import_movielens
 
 _DEFAULT = Path(__file__).resolve().parents[1].parent / "shared/data/ml-latest-small"
 

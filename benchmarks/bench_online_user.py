@@ -3,7 +3,7 @@
     python benchmarks/bench_online_user.py [--seeds 2 3 4] [--users 300] [--items 1000]
         [--events 60000] [--days 30] [--dim 32] [--grid]
 
-For each seed: generate a world (:func:`streamrec.datasets.world.generate_world`, tastes drift),
+For each seed: generate a world (:func:`tools.datasets.world.generate_world`, tastes drift),
 fit ALS on the first half of its time span, and score every later first play of a title by the
 user's rank of it (:func:`models.online_user.drift_hit_rates`): ``frozen`` training vectors,
 ``online`` ones updated per event by :class:`models.online_user.OnlineUserModel`, and ``refold``
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.cf import fit_cf
 from models.dataset import load_log
 from models.online_user import OnlineUserModel, RiverOnlineUser, drift_hit_rates
-from streamrec.datasets.world import generate_world
+from tools.datasets.world import generate_world
 
 
 def per_event_cost(model: OnlineUserModel, n_events: int = 20_000, n_users: int = 2_000) -> dict[str, float]:

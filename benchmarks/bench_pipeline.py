@@ -38,12 +38,12 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from foundation.settings import Settings
 from models.bundle import open_bundle
 from models.features.state import EventBatch, ItemStates
 from schemas.decoder import interaction_decoder
 from serving.options import ServingOptions
 from serving.service import RecommendationService, RecommendRequest
-from streamrec.settings import Settings
 from streams.session import session_key
 from streams.trending import NEW_RELEASES, WINDOWS, TrendingEffect, generation, trend_key
 from streams.user_vectors import pack_user_vector, user_key
@@ -55,7 +55,7 @@ STAGES = ("candidates", "features", "ranking", "postprocess", "total")
 def _build(users: int, items: int, events: int) -> tuple[Path, Path]:
     from models.train import train_bundle
     from models.two_stage import TwoStageConfig
-    from streamrec.datasets.world import generate_world
+    from tools.datasets.world import generate_world
 
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     generate_world(root / "data", users=users, items=items, events=events, seed=5, days=14)

@@ -3,7 +3,7 @@
     streamrec stack up
     python benchmarks/bench_replay.py [--events 500000] [--repeats 3] [--log DIR]
 
-- ``replay``: ``streamrec.replay.replay_log`` end to end: read the file, validate every line,
+- ``replay``: ``tools.replay.replay_log`` end to end: read the file, validate every line,
   key, batch, publish with the idempotent producer and wait for every acknowledgement.
 - floor: the same (key, value) pairs, already in memory and already partitioned, appended to
   aiokafka batches and published by the same idempotent producer: no file, no validation.
@@ -24,10 +24,10 @@ from pathlib import Path
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streamrec.kafka_io import KeyedBatchSender, make_producer
-from streamrec.logs import configure_logging
-from streamrec.replay import ReplayOptions, replay_log
-from streamrec.settings import Settings, get_settings
+from foundation.kafka_io import KeyedBatchSender, make_producer
+from foundation.logs import configure_logging
+from foundation.settings import Settings, get_settings
+from tools.replay import ReplayOptions, replay_log
 
 
 async def _fresh_topic(settings: Settings, partitions: int = 8) -> str:
@@ -88,7 +88,7 @@ def _load_pairs(log: Path, events: int) -> list[tuple[bytes, bytes]]:
 async def main_async(args: argparse.Namespace) -> dict:
     settings = get_settings()
     if args.log is None:
-        from streamrec.datasets.world import generate_world
+        from tools.datasets.world import generate_world
 
         folder = Path(tempfile.mkdtemp(prefix="bench-replay-"))
         generate_world(folder, users=max(500, args.events // 200), items=10_000, events=args.events, seed=11)

@@ -60,7 +60,7 @@ from models.cf import CFModel, fit_cf
 from models.content import fit_content, fit_projection
 from models.dataset import EventLog, load_log
 from models.eval.split import make_split
-from streamrec.datasets.movielens import import_movielens
+from tools.datasets.movielens import import_movielens
 
 _DEFAULT = Path(__file__).resolve().parents[1].parent / "shared/data/ml-latest-small"
 

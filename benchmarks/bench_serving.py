@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from streamrec.stack.probes import free_port
+from tools.stack.probes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 P99_KNEE_MS = 50.0
@@ -230,10 +230,10 @@ async def measure_floor(settings: Any, artifacts: Path, user_ids: list[str], rep
     from models.features.hashing import hash_str
     from models.features.rows import RequestContext, feature_batch
     from models.features.state import ITEM_COUNT_NAMES, ItemStates, UserStates
+    from online_state.redis_store import RedisFeatureStore
     from serving.model_state import ServingModel
     from serving.online_reads import OnlineState
     from serving.pipeline import extra_dense, generate, user_context
-    from streamrec.feature_store.redis_store import RedisFeatureStore
 
     model = ServingModel.load(artifacts)
     user_id = user_ids[0]
@@ -297,9 +297,9 @@ def _cli(*args: str) -> list[str]:
 
 
 async def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
+    from foundation.settings import Settings
     from models.bundle import open_bundle
-    from streamrec.settings import Settings
-    from streamrec.stack import manager
+    from tools.stack import manager
 
     settings = Settings()
     artifacts = args.artifacts.resolve()
@@ -402,7 +402,7 @@ def serve_stub(framework: str, port: int) -> None:
     """The stub server of one framework, in this process (``--serve-stub``)."""
     import uvloop
 
-    from streamrec.settings import Settings
+    from foundation.settings import Settings
 
     settings = Settings(log_level="WARNING")
     if framework == "aiohttp-bare":

@@ -31,11 +31,11 @@ def main() -> None:
     if not args.path.exists():
         raise SystemExit(f"ml-latest-small not found at {args.path} (set STREAMREC_MOVIELENS_PATH)")
 
+    from foundation.logs import configure_logging
     from models.cf import fit_cf
     from models.dataset import load_log
     from models.train import train_bundle
-    from streamrec.datasets.movielens import import_movielens
-    from streamrec.logs import configure_logging
+    from tools.datasets.movielens import import_movielens
 
     configure_logging("WARNING")
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))

@@ -109,7 +109,7 @@ def _train_small_bundle(world: Path, artifacts: Path) -> Path:
 async def _raw_rate(settings, topic: str, n: int) -> float:  # type: ignore[no-untyped-def]
     from aiokafka import TopicPartition
 
-    from streamrec.kafka_io import make_consumer
+    from foundation.kafka_io import make_consumer
 
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
@@ -142,7 +142,7 @@ async def _applied(client, prefix: str, topic: str) -> dict[int, int]:  # type: 
 
 async def _freshness(settings, client, prefix: str, topic: str, values: list[tuple[bytes, bytes]],  # type: ignore[no-untyped-def]
                      rate: float, seconds: float) -> tuple[float, float, int]:
-    from streamrec.kafka_io import make_producer
+    from foundation.kafka_io import make_producer
 
     producer = make_producer(settings, linger_ms=1)
     await producer.start()
@@ -211,13 +211,13 @@ async def main() -> None:
 
     import redis.asyncio as aioredis
 
-    from streamrec.catch_up import end_offsets
-    from streamrec.datasets.world import generate_world
-    from streamrec.logs import configure_logging
-    from streamrec.replay import replay_log
-    from streamrec.settings import get_settings
-    from streamrec.stack.process import terminate
+    from foundation.logs import configure_logging
+    from foundation.settings import get_settings
     from streams.worker import delete_state, ensure_topics_retrying
+    from tools.catch_up import end_offsets
+    from tools.datasets.world import generate_world
+    from tools.replay import replay_log
+    from tools.stack.process import terminate
 
     configure_logging("WARNING")
     settings = get_settings()

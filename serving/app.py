@@ -33,6 +33,8 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from foundation.logs import get_logger
+from foundation.settings import Settings
 from schemas.events import is_catalog
 from serving.http_events import BodyError, EventPublisher, KafkaEventPublisher, PublisherUnavailable, decode_events
 from serving.http_metrics import (
@@ -45,8 +47,6 @@ from serving.http_metrics import (
 )
 from serving.http_validation import ParamError, check_id, parse_k, parse_recommend_params, request_id_from
 from serving.openapi import openapi_document
-from streamrec.logs import get_logger
-from streamrec.settings import Settings
 
 log = get_logger(__name__)
 

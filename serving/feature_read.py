@@ -7,7 +7,7 @@ budget. Here the same ``HMGET``s run inside Redis, in one read-only Lua script (
 script is loaded on first use) that returns every row packed as one msgpack string; msgspec unpacks
 it in C and numpy takes the integers. Keys, fields and the user's value come from the store itself
 (``user_key``, ``item_key``, the fields of ``now``'s epochs, its user decoder), so the layout stays
-defined in ``streamrec.feature_store.redis_store``; the result is the same ``StateSnapshot``.
+defined in ``online_state.redis_store``; the result is the same ``StateSnapshot``.
 
 Values travel as Lua numbers (doubles): exact for integers below 2**53, which the counters and the
 fixed-point decayed sums (2**20 scale, at most 2**8 growth within an epoch) stay far below.
@@ -35,8 +35,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.features.state import ITEM_COUNT_NAMES, ItemStates, UserStates
-from streamrec.feature_store.base import StateSnapshot
-from streamrec.feature_store.redis_store import RedisFeatureStore
+from online_state.feature_store import StateSnapshot
+from online_state.redis_store import RedisFeatureStore
 
 HMGET_MANY: Final = """
 local fields = ARGV

@@ -13,10 +13,10 @@ from typing import Any, Protocol
 
 import msgspec
 
+from foundation.logs import get_logger
+from foundation.settings import Settings
 from schemas.decoder import EventError, event_decoder
 from schemas.events import Event, encode, is_catalog, partition_key
-from streamrec.logs import get_logger
-from streamrec.settings import Settings
 
 log = get_logger(__name__)
 
@@ -101,7 +101,7 @@ class KafkaEventPublisher:
         self._starting = asyncio.get_running_loop().create_task(self._connect(), name="events-producer-start")
 
     async def _connect(self) -> None:
-        from streamrec.kafka_io import make_producer
+        from foundation.kafka_io import make_producer
 
         delay = 0.5
         while True:
@@ -125,7 +125,7 @@ class KafkaEventPublisher:
     async def publish(self, events: list[Event]) -> None:
         if self._producer is None:
             raise PublisherUnavailable("not connected to Kafka yet")
-        from streamrec.kafka_io import KeyedBatchSender
+        from foundation.kafka_io import KeyedBatchSender
 
         # One sender per request: records are packed into per-partition batches, one future per batch rather than
         # per record; the producer's accumulator keeps per-partition order across concurrent requests.

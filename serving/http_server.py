@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from types import FrameType
 
-from streamrec.logs import configure_logging, get_logger
-from streamrec.settings import Settings
+from foundation.logs import configure_logging, get_logger
+from foundation.settings import Settings
 
 log = get_logger(__name__)
 
@@ -37,8 +37,8 @@ def serve_one(settings: Settings, artifacts: Path | None, host: str, port: int, 
 
     async def one_blas_thread(_app: web.Application) -> AsyncIterator[None]:
         # After the service's start-up: loading the bundle loads scipy's own OpenBLAS, which a limit
-        # set before it would miss (streamrec/blas_threads.py).
-        from streamrec.blas_threads import limit_blas_threads
+        # set before it would miss (foundation/blas_threads.py).
+        from foundation.blas_threads import limit_blas_threads
 
         limit_blas_threads(settings.blas_threads)
         yield

@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from foundation.dead_letters import decode_records
+from foundation.logs import get_logger
+from foundation.settings import Settings
 from models.item_vector_codec import ItemVector, decode_item_vector
 from schemas.decoder import catalog_decoder
 from schemas.events import ItemRemove, ItemUpsert
 from serving import metrics
-from streamrec.logs import get_logger
-from streamrec.settings import Settings
-from streams.dead_letters import decode_records
 
 log = get_logger(__name__)
 
@@ -93,8 +93,8 @@ class LiveTail:
         self._consumers.clear()
 
     async def _open(self) -> None:
-        from streamrec.kafka_io import make_consumer
-        from streamrec.stack.topics import ensure_topics
+        from foundation.kafka_io import make_consumer
+        from foundation.topics import ensure_topics
 
         with contextlib.suppress(Exception):  # topics usually exist; creating them is the workers' job too
             await ensure_topics(self.settings, timeout_s=5.0)

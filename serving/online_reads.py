@@ -2,7 +2,7 @@
 
 The keys and value formats belong to the stream workers; this module only batches their reads and
 decodes with their helpers (``streams.user_vectors``, ``streams.session``, ``streams.trending``,
-``streamrec.feature_store.redis_store``), so a layout change stays in one place:
+``online_state.redis_store``), so a layout change stays in one place:
 
 - ``GET`` the online user vector (space-checked against the serving bundle),
 - ``GET`` the session (its recent items: exclusions and because-you-watched seeds),
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from streamrec.feature_store.redis_store import decode_user_blob
+from online_state.redis_store import decode_user_blob
 from streams.session import decode_session, session_key
 from streams.trending import NEW_RELEASES, WINDOWS, generation, read_factor, scope_name, trend_key
 from streams.user_vectors import unpack_user_vector

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from foundation.logs import get_logger
+from foundation.settings import Settings
 from models.bundle import BundleError, latest_version
 from models.dataset import DEVICE_CODE, MATURITY_ORDER
 from models.features.batch import FeatureBatch
@@ -43,6 +45,7 @@ from models.features.rows import RequestContext, feature_batch
 from models.features.spec import country_code
 from models.features.state import ITEM_COUNT_NAMES, ItemStates, UserStates
 from models.postprocess import PostConfig
+from online_state.redis_store import RedisFeatureStore
 from serving import metrics
 from serving.feature_read import FeatureReader
 from serving.live_tail import LiveTail
@@ -60,9 +63,6 @@ from serving.pipeline import (
     source_names,
     user_context,
 )
-from streamrec.feature_store.redis_store import RedisFeatureStore
-from streamrec.logs import get_logger
-from streamrec.settings import Settings
 
 log = get_logger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from foundation.logs import configure_logging
+from foundation.settings import get_settings
 from streamrec.commands import bench, data, demo, eval_stream, evaluate, inspect, serve, stack, train, worker
-from streamrec.logs import configure_logging
-from streamrec.settings import get_settings
 
 app = typer.Typer(
     name="streamrec",

@@ -31,8 +31,8 @@ import os
 
 import faust
 
-from streamrec.logs import get_logger
-from streamrec.settings import get_settings
+from foundation.logs import get_logger
+from foundation.settings import get_settings
 from streams.worker import Worker, WorkerOptions
 
 settings = get_settings()

@@ -80,11 +80,11 @@ import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import Counter
 
+from foundation.logs import get_logger
 from models.dataset import KIND
 from models.item_vector_codec import ItemVector, encode_item_vector
 from models.online_user import OnlineUserModel, online_weights
 from schemas.events import InteractionEvent, Rating
-from streamrec.logs import get_logger
 from streams.effects import BatchInfo, offset_key
 
 log = get_logger(__name__)
@@ -331,7 +331,7 @@ class OnlineItemPublisher:
     def __init__(self, redis: Any, producer: Any, *, topic: str, bundle_version: str, dim: int, space: int,
                  base: Callable[[str], NDArray[np.float32] | None], prefix: str = "sr",
                  threshold: float = 0.05, prior: float = PRIOR_WEIGHT, give_up_s: float = 60.0) -> None:
-        from streamrec.kafka_io import KeyedBatchSender
+        from foundation.kafka_io import KeyedBatchSender
 
         self.redis = redis
         self.sender = KeyedBatchSender(producer)
@@ -497,7 +497,7 @@ class ItemLearningEffect:
         self.space = space
         self.prefix = prefix
         self.publisher = publisher
-        self.bulk = bulk  # one FCALL for all increments (streamrec.feature_store.redis_functions, loaded)
+        self.bulk = bulk  # one FCALL for all increments (online_state.redis_functions, loaded)
         self._cached: tuple[Sequence[InteractionEvent], Engagements] | None = None
 
     def engagements(self, events: Sequence[InteractionEvent]) -> Engagements:
@@ -537,7 +537,7 @@ class ItemLearningEffect:
         increments = {learning_key(item, self.prefix, self.space): increment_fields(inc)
                       for item, inc in sums.items()}
         if self.bulk:
-            from streamrec.feature_store.redis_functions import hincr_many
+            from online_state.redis_functions import hincr_many
 
             # Amounts as decimal strings: HINCRBY parses them exactly (no Lua number rounding).
             hincr_many(pipe, list(increments), [([str(x) for x in fields], []) for fields in increments.values()])

@@ -37,12 +37,12 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from foundation.kafka_io import KeyedBatchSender
 from models.bundle import Bundle
 from models.cf import CFModel
 from models.content import ContentModel, ContentProjection
 from models.item_vector_codec import ItemVector, encode_item_vector
 from schemas.events import CatalogEvent, ItemRemove, ItemUpsert
-from streamrec.kafka_io import KeyedBatchSender
 from streams.item_learning import (
     ItemLearner,
     ItemLearningEffect,

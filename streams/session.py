@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from online_state.redis_functions import set_many
 from schemas.events import Impression, InteractionEvent, UserUpsert
-from streamrec.feature_store.redis_functions import set_many
 from streams.effects import BatchInfo
 from streams.trending import event_weights
 
@@ -131,7 +131,7 @@ class SessionEffect:
     prefix: str = "sr"
     ttl_s: int = SESSION_TTL_S
     name: str = "session"
-    bulk: bool = False  # one MGET and one FCALL per batch (streamrec.feature_store.redis_functions, loaded)
+    bulk: bool = False  # one MGET and one FCALL per batch (online_state.redis_functions, loaded)
 
     @staticmethod
     def users(events: Sequence[InteractionEvent]) -> list[str]:

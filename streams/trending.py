@@ -78,6 +78,7 @@ from numpy.typing import NDArray
 
 from models.dataset import KIND
 from models.feedback import feedback_weights
+from online_state.redis_functions import zincr_many
 from schemas.events import (
     Context,
     Impression,
@@ -86,7 +87,6 @@ from schemas.events import (
     ItemUpsert,
     UserUpsert,
 )
-from streamrec.feature_store.redis_functions import zincr_many
 from streams.effects import BatchInfo
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ class TrendingEffect:
     prefix: str = "sr"
     windows: tuple[str, ...] = tuple(WINDOWS)
     name: str = "trending"
-    bulk: bool = False  # one FCALL for the whole batch (streamrec.feature_store.redis_functions, loaded)
+    bulk: bool = False  # one FCALL for the whole batch (online_state.redis_functions, loaded)
 
     def read(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo) -> int:
         return 0  # increments need no prior state

@@ -29,8 +29,8 @@ from numpy.typing import NDArray
 
 from models.dataset import KIND
 from models.online_user import OnlineUserModel, online_weights
+from online_state.redis_functions import set_many
 from schemas.events import InteractionEvent, Rating
-from streamrec.feature_store.redis_functions import set_many
 from streams.effects import BatchInfo
 
 DEFAULT_TTL_S: Final = 400 * 86_400
@@ -95,7 +95,7 @@ class UserVectorEffect:
         bulk: bool = False,
     ) -> None:
         self.model = model
-        # bulk: one MGET and one FCALL per batch (streamrec.feature_store.redis_functions, loaded)
+        # bulk: one MGET and one FCALL per batch (online_state.redis_functions, loaded)
         self.bulk = bulk
         # read() and write() of one batch need the same signals: computed once (keyed by the events list)
         self._signals_of: dict[int, tuple[Sequence[InteractionEvent], Any]] = {}

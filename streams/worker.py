@@ -8,13 +8,13 @@ partition's records handled as ONE batch (:mod:`streams.effects`):
    (:mod:`streams.redis_batch`); records at or below it were applied already (a replay after a
    crash) and are skipped;
 2. every record is decoded with the topic's decoder; invalid ones become dead letters
-   (:mod:`streams.dead_letters`), produced and acknowledged before step 4 (at least once);
+   (:mod:`foundation.dead_letters`), produced and acknowledged before step 4 (at least once);
 3. every effect's ``read`` and the feature store's user read, in one round trip;
 4. one ``MULTI`` with the features' writes (:meth:`RedisFeatureStore.queue_writes`), every effect's
    ``write`` and ``SET`` of the offset; ``EXEC``. Three round trips per batch in all.
 
 Throughput (``benchmarks/bench_worker.py``): the effects queue their writes as one ``FCALL`` per
-kind and batch (:mod:`streamrec.feature_store.redis_functions`, loaded at start; ``bulk``) instead of
+kind and batch (:mod:`online_state.redis_functions`, loaded at start; ``bulk``) instead of
 one command per key: redis-py costs ~20 µs of CPU per command, which was most of the worker's time.
 Freshness: the broker holds an empty fetch at most ``fetch_max_wait_ms`` (5 ms; aiokafka's 500 ms
 default delayed records of partitions left out of the fetch in flight), and the long-lived tables are
@@ -60,15 +60,15 @@ from typing import Any, Final
 
 import numpy as np
 
+from foundation.dead_letters import decode_records, send_dead_letters
+from foundation.logs import get_logger
+from foundation.settings import Settings
 from models.dataset import MATURITY_ORDER
 from models.features.state import EventBatch, ItemStatic
+from online_state.redis_functions import is_missing_function, load_functions
 from schemas.decoder import catalog_decoder, interaction_decoder
 from schemas.events import CatalogEvent, InteractionEvent, ItemRemove, ItemUpsert
-from streamrec.feature_store.redis_functions import is_missing_function, load_functions
-from streamrec.logs import get_logger
-from streamrec.settings import Settings
 from streams import metrics
-from streams.dead_letters import decode_records, send_dead_letters
 from streams.effects import BatchInfo, Effect, offset_key
 from streams.offsets import fresh_records, gap, parse_stored, resume_position
 from streams.redis_batch import BatchConnection, recorded
@@ -95,7 +95,7 @@ class WorkerContext:
     prefix: str = PREFIX
     catalog: Any = None  # the live CatalogTable (grows as titles arrive; read it, never replace it)
     producer: Any = None  # the worker's started idempotent producer (for topics other than Redis)
-    # The Redis Functions of streamrec.feature_store.redis_functions are loaded: effects may queue their
+    # The Redis Functions of online_state.redis_functions are loaded: effects may queue their
     # writes as one FCALL per batch instead of one command per key (what the worker's throughput needs).
     bulk: bool = False
 
@@ -277,8 +277,8 @@ async def delete_state(client: Any, prefix: str = PREFIX) -> int:
 async def ensure_topics_retrying(settings: Settings, attempts: int = 20) -> None:
     """Create missing topics; retried, since a broker that just started refuses for a moment
     (KRaft: "All brokers are currently fenced")."""
-    from streamrec.stack.errors import StackError
-    from streamrec.stack.topics import ensure_topics
+    from foundation.topics import ensure_topics
+    from tools.stack.errors import StackError
 
     for attempt in range(attempts):
         try:
@@ -312,7 +312,7 @@ class WorkerOptions:
     session_timeout_ms: int = 10_000  # how soon the group notices a killed worker
     commit_interval_s: float = 1.0  # Kafka offset commits (monitoring only)
     # BLAS threads of this process, set once the bundle (and with it scipy's OpenBLAS) is loaded; None:
-    # leave them (in-process use by tests and tools). See streamrec/blas_threads.py.
+    # leave them (in-process use by tests and tools). See foundation/blas_threads.py.
     blas_threads: int | None = None
 
 
@@ -354,14 +354,14 @@ class Worker:
         import redis.asyncio as aioredis
         from aiokafka import TopicPartition
 
-        from streamrec.kafka_io import make_consumer, make_producer
+        from foundation.kafka_io import make_consumer, make_producer
         s, o = self.settings, self.options
         self.redis = aioredis.Redis.from_url(s.redis_url)
         await self.redis.ping()
         if o.rebuild:
             deleted = await delete_state(self.redis, o.prefix)
             log.warning("worker.rebuild", deleted_keys=deleted)
-        from streamrec.feature_store.redis_functions import functions_available
+        from online_state.redis_functions import functions_available
 
         self.bulk = o.bulk and await functions_available(self.redis)
         if o.bulk and not self.bulk:
@@ -372,7 +372,7 @@ class Worker:
             self.catalog = catalog_from_bundle(self.bundle)
             log.info("worker.bundle", version=self.bundle.version, items=len(self.catalog.item_ids))
         if o.blas_threads is not None:
-            from streamrec.blas_threads import limit_blas_threads
+            from foundation.blas_threads import limit_blas_threads
 
             limit_blas_threads(o.blas_threads)
         self.producer = make_producer(s, enable_idempotence=True)
@@ -432,7 +432,7 @@ class Worker:
         every batch with a dead letter or an item vector would fail forever: the worker restarts
         itself instead (new clients and effects; Redis' stored offsets make the redo exact).
         """
-        from streamrec.kafka_io import producer_failure
+        from foundation.kafka_io import producer_failure
 
         try:
             await self.start()
@@ -586,7 +586,7 @@ class Worker:
     def _store(self, tp: Any) -> Any:
         """The partition's feature store (its pending epoch clean-ups are per partition), rebuilt when the
         catalogue changed."""
-        from streamrec.feature_store.redis_store import RedisFeatureStore
+        from online_state.redis_store import RedisFeatureStore
 
         key = (tp.topic, tp.partition)
         found = self._stores.get(key)

@@ -3,7 +3,7 @@
 The ranking features are defined once, here: :mod:`.spec` (version, constants, layout),
 :mod:`.state` (the state known at time t and its update code), :mod:`.rows` (features from that
 state), :mod:`.offline` (point-in-time training rows by replaying a log through the same code).
-``streamrec.feature_store`` keeps the same state online in Redis.
+``online_state`` keeps the same state online in Redis.
 """
 
 from models.features.batch import FeatureBatch, FeatureLayout

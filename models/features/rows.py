@@ -1,7 +1,7 @@
 """Ranking features of one user and a list of candidates at time ``now``, from the state known then.
 
 :func:`feature_batch` is the single definition, vectorised over candidates; offline training rows
-(:mod:`models.features.offline`) and the server (through ``streamrec.feature_store``) both call it
+(:mod:`models.features.offline`) and the server (through ``online_state``) both call it
 on state from :mod:`models.features.state`. Counts use ``log1p`` and a fixed divisor so that
 columns are roughly in [0, 1.5]; rates are Bayesian averages with the priors in
 :mod:`models.features.spec`.

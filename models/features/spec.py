@@ -41,7 +41,7 @@ POP_HALF_LIVES: Final[tuple[tuple[str, int], ...]] = (("d", DAY_MS), ("w", 7 * D
 RECENT_ITEMS: Final = 20
 # A user idle for longer than this (event time) starts from an empty state: both the offline
 # replay and the online store apply the rule, so Redis can expire idle users (see
-# streamrec.feature_store.redis_store) without the two paths disagreeing.
+# online_state.redis_store) without the two paths disagreeing.
 USER_RETENTION_MS: Final = 365 * DAY_MS
 
 # --- smoothing priors (Bayesian averages: (count + strength * prior) / (trials + strength)) ----

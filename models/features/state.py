@@ -5,7 +5,7 @@ Features are functions of the state known at time ``t`` (:mod:`models.features.r
 built by *one* piece of code, applied to batches of events as numpy columns (:class:`EventBatch`):
 offline by :mod:`models.features.offline`, which replays an event log in time order into an
 :class:`InMemoryStore`, and online by the stream workers through
-``streamrec.feature_store`` (Redis). Both call :func:`apply_user_events` and :func:`item_deltas`,
+``online_state`` (Redis). Both call :func:`apply_user_events` and :func:`item_deltas`,
 so the numbers agree bit for bit.
 
 Decayed sums (a user's taste per genre, an item's popularity) are integers per *epoch* of

@@ -55,8 +55,8 @@ def run_all(
     """Run every benchmark in sequence against the local stack; one results.json, results.md and PNG plots."""
     import time
 
-    from streamrec.bench_runner import run_all as run
-    from streamrec.progress import stderr_console
+    from foundation.progress import stderr_console
+    from tools.bench.runner import run_all as run
 
     started = time.perf_counter()
 
@@ -82,7 +82,7 @@ def _load_script(name: str):  # type: ignore[no-untyped-def]
     import importlib.util
     import sys
 
-    from streamrec.bench_runner import REPO
+    from tools.bench.runner import REPO
 
     path = REPO / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"streamrec_benchmarks_{name}", path)

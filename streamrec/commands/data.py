@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streamrec.progress import progress_bar
+from foundation.progress import progress_bar
 
 
 def generate(
@@ -22,7 +22,7 @@ def generate(
     days: Annotated[float, typer.Option(min=0.01, help="Span of the log in days.")] = 30.0,
 ) -> None:
     """Generate a synthetic world with drifting tastes, sessions and new releases."""
-    from streamrec.datasets.world import generate_world
+    from tools.datasets.world import generate_world
 
     with progress_bar("generating events", total=events) as advance:
         summary = generate_world(
@@ -37,7 +37,7 @@ def import_movielens_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for catalog.jsonl and events.jsonl.")],
 ) -> None:
     """Convert MovieLens (ml-latest[-small], ml-100k or ml-1m layout) into the event-log format."""
-    from streamrec.datasets.movielens import MovieLensError, import_movielens
+    from tools.datasets.movielens import MovieLensError, import_movielens
 
     try:
         with progress_bar("importing MovieLens", total=None) as advance:
@@ -67,8 +67,8 @@ def replay(
     """Publish a recorded event log into Kafka, keyed and in per-user order, with an idempotent producer."""
     import asyncio
 
-    from streamrec.replay import Pace, ReplayOptions, replay_log, report_table
-    from streamrec.settings import get_settings
+    from foundation.settings import get_settings
+    from tools.replay import Pace, ReplayOptions, replay_log, report_table
 
     if sum(x is not None and x is not False for x in (speed, rate, max_ or None)) > 1:
         raise typer.BadParameter("choose one of --speed, --rate and --max")

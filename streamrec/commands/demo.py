@@ -29,14 +29,14 @@ def demo(
 
     from rich.console import Console
 
-    from streamrec.settings import get_settings
-    from streamrec.stack import StackError, manager
+    from foundation.settings import get_settings
+    from tools.stack import StackError, manager
 
     settings = get_settings()
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False)
     if down:
-        from streamrec.demo_apps import stop_apps
+        from tools.demo.apps import stop_apps
 
         for name, outcome in stop_apps(settings):
             out.print(f"{name:<6} {outcome}")
@@ -56,10 +56,10 @@ def _run(settings: Any, out: Any, err: Any, data: Path, movielens: Path | None, 
          events: int, seed: int, artifacts: Path, show_users: int, worker_metrics_port: int) -> None:
     import asyncio
 
-    from streamrec import demo_apps
-    from streamrec.demo import prepare_data, replay_once, train_once, wait_worker
-    from streamrec.progress import progress_bar
-    from streamrec.stack import manager
+    from foundation.progress import progress_bar
+    from tools.demo import apps as demo_apps
+    from tools.demo.steps import prepare_data, replay_once, train_once, wait_worker
+    from tools.stack import manager
 
     out.rule("[bold]1. local stack: Kafka (KRaft) + redis-server")
     started = asyncio.run(manager.up(settings, progress=lambda message: err.status(message, spinner="dots")))
@@ -116,8 +116,8 @@ def _show(settings: Any, out: Any, data: Path, n_users: int) -> None:
 
     from rich.table import Table
 
-    from streamrec.demo_apps import server_url
-    from streamrec.demo_show import pick_users, read_log_facts, run_stories
+    from tools.demo.apps import server_url
+    from tools.demo.show import pick_users, read_log_facts, run_stories
 
     facts = read_log_facts(data)
     stories = asyncio.run(run_stories(server_url(settings), facts, pick_users(facts, n_users),

@@ -1,5 +1,5 @@
 """`streamrec eval-stream`: prequential evaluation of real-time learning, online vs frozen (see
-:mod:`streamrec.eval_stream` for the protocol)."""
+:mod:`tools.eval_stream` for the protocol)."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ def eval_stream(
     from rich.console import Console
     from rich.table import Table
 
-    from streamrec.eval_stream import ARMS, StreamEvalConfig
-    from streamrec.eval_stream import eval_stream as run
-    from streamrec.progress import stderr_console
-    from streamrec.settings import get_settings
+    from foundation.progress import stderr_console
+    from foundation.settings import get_settings
+    from tools.eval_stream import ARMS, StreamEvalConfig
+    from tools.eval_stream import eval_stream as run
 
     if online_db == frozen_db:
         raise typer.BadParameter("the two arms need different Redis databases", param_hint="--frozen-db")

@@ -53,16 +53,16 @@ def evaluate(
 
     from rich.console import Console
 
+    from foundation.progress import stderr_console
     from models.dataset import load_log
     from models.eval.protocol import run_evaluation
     from models.eval.report import report_table
     from models.eval.split import SPLITS
-    from streamrec.progress import stderr_console
 
     if split not in SPLITS:
         raise typer.BadParameter(f"choose one of {', '.join(SPLITS)}", param_hint="--split")
     if artifacts is None:
-        from streamrec.settings import get_settings
+        from foundation.settings import get_settings
 
         artifacts = get_settings().artifacts
     available = system_factories(artifacts)

@@ -15,7 +15,7 @@ import typer
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from streamrec.settings import Settings
+    from foundation.settings import Settings
 
 app = typer.Typer(
     name="inspect",
@@ -23,7 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-# Names of the counts in ``sr:u:{user}``'s ``n`` array (see streamrec.feature_store.redis_store).
+# Names of the counts in ``sr:u:{user}``'s ``n`` array (see online_state.redis_store).
 USER_COUNT_NAMES = ("events", "play", "complete", "skip", "rating", "click", "add_to_list")
 
 
@@ -52,7 +52,7 @@ def _query_redis(query: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
     """Run ``query`` on a client of the configured Redis; an unreachable Redis is a clear error."""
     import asyncio
 
-    from streamrec.settings import get_settings
+    from foundation.settings import get_settings
 
     async def run() -> T:
         redis = _redis(get_settings())
@@ -81,7 +81,7 @@ def _user_features(raw: bytes | None) -> dict[str, Any] | None:
     if raw is None:
         return None
     from models.dataset import DEVICE_CODE
-    from streamrec.feature_store.redis_store import decode_user_blob
+    from online_state.redis_store import decode_user_blob
 
     blob = decode_user_blob(raw)
     device = {code: name for name, code in DEVICE_CODE.items()}.get(blob.dev)
@@ -238,8 +238,8 @@ async def latest_dead_letters(settings: Settings, limit: int, timeout_s: float =
 
     from aiokafka import TopicPartition
 
+    from foundation.kafka_io import make_consumer
     from schemas.topics import DLQ_HEADERS
-    from streamrec.kafka_io import make_consumer
 
     topic = settings.topic_dead_letters
     ids = await _partitions(settings, topic)
@@ -295,7 +295,7 @@ def dead_letters(
 
     from aiokafka.errors import KafkaError
 
-    from streamrec.settings import get_settings
+    from foundation.settings import get_settings
 
     settings = get_settings()
     try:

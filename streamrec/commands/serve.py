@@ -18,9 +18,9 @@ def serve(
         "--workers", min=1, help="Stateless replica processes sharing the port (SO_REUSEPORT).")] = 1,
 ) -> None:
     """Serve /v1/recommendations, /v1/items/{id}/similar, /v1/events, /healthz, /readyz, /metrics, /openapi.json."""
+    from foundation.logs import configure_logging
+    from foundation.settings import get_settings
     from serving.http_server import serve as run
-    from streamrec.logs import configure_logging
-    from streamrec.settings import get_settings
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)

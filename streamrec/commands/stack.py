@@ -21,8 +21,8 @@ def up() -> None:
 
     from rich.console import Console
 
-    from streamrec.settings import get_settings
-    from streamrec.stack import StackError, manager
+    from foundation.settings import get_settings
+    from tools.stack import StackError, manager
 
     settings = get_settings()
     err = Console(stderr=True, highlight=False)
@@ -45,8 +45,8 @@ def down() -> None:
 
     from rich.console import Console
 
-    from streamrec.settings import get_settings
-    from streamrec.stack import StackError, manager
+    from foundation.settings import get_settings
+    from tools.stack import StackError, manager
 
     out = Console(highlight=False, soft_wrap=True)
     try:
@@ -68,8 +68,8 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    from streamrec.settings import get_settings
-    from streamrec.stack import manager
+    from foundation.settings import get_settings
+    from tools.stack import manager
 
     current = asyncio.run(manager.status(get_settings()))
     if as_json:
@@ -93,13 +93,12 @@ def topics() -> None:
     """Create the topics on the configured Kafka (idempotent): for clusters `stack up` did not start."""
     import asyncio
 
-    from streamrec.settings import get_settings
-    from streamrec.stack import StackError
-    from streamrec.stack.topics import ensure_topics
+    from foundation.settings import get_settings
+    from foundation.topics import TopicSetupError, ensure_topics
 
     try:
         created = asyncio.run(ensure_topics(get_settings()))
-    except StackError as exc:
+    except TopicSetupError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"topics created: {', '.join(created) or 'none (all existed)'}")
 

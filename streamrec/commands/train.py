@@ -22,10 +22,10 @@ def train(
 
     import orjson
 
+    from foundation.progress import stderr_console
+    from foundation.settings import get_settings
     from models.train import train_bundle
     from models.two_stage import TwoStageConfig
-    from streamrec.progress import stderr_console
-    from streamrec.settings import get_settings
 
     artifacts = out or get_settings().artifacts
     config = TwoStageConfig(dim=dim, seed=seed, rank_users=rank_users, ranker_epochs=epochs)

@@ -35,8 +35,8 @@ def worker(
     """Consume the interactions and catalog topics and keep the online state in Redis, exactly once."""
     import asyncio
 
-    from streamrec.logs import configure_logging
-    from streamrec.settings import get_settings
+    from foundation.logs import configure_logging
+    from foundation.settings import get_settings
     from streams.worker import WorkerOptions, run_worker
 
     settings = get_settings()

@@ -8,7 +8,7 @@ tests fail; a stack left behind by an interrupted session is stopped (by its pid
 
 Fixtures:
 
-- ``stack``: the :class:`~streamrec.settings.Settings` of the running test stack (session).
+- ``stack``: the :class:`~foundation.settings.Settings` of the running test stack (session).
 - ``kafka_bootstrap``: its bootstrap string, ``"127.0.0.1:19092"``.
 - ``redis_client``: a ``redis.asyncio`` client on it, database flushed before each test.
 - ``stack_env``: environment variables that point a subprocess (the CLI, a worker) at it.
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from streamrec.settings import Settings
+from foundation.settings import Settings
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -82,7 +82,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 def start_fresh_stack(settings: Settings) -> None:
     """Stop a leftover stack in ``settings.state_dir``, wipe the folder, start a new stack."""
-    from streamrec.stack import manager
+    from tools.stack import manager
 
     missing = [tool for tool in ("java", "redis-server") if shutil.which(tool) is None]
     if missing:
@@ -100,7 +100,7 @@ def start_fresh_stack(settings: Settings) -> None:
 
 
 def stop_stack(settings: Settings) -> None:
-    from streamrec.stack import manager
+    from tools.stack import manager
 
     asyncio.run(manager.down(settings))
 
@@ -169,7 +169,7 @@ def _small_bundle_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     from models.train import train_bundle
     from models.two_stage import TwoStageConfig
-    from streamrec.datasets.world import generate_world
+    from tools.datasets.world import generate_world
 
     data = tmp_path_factory.mktemp("small-world")
     generate_world(data, users=120, items=600, events=8000, seed=9, days=7)

@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamrec.settings import Settings
-from streamrec.stack.probes import free_port
+from foundation.settings import Settings
+from tools.stack.probes import free_port
 
 STREAMREC = [sys.executable, "-m", "streamrec.cli"]
 
@@ -73,8 +73,8 @@ def _invalid(line: bytes) -> bool:
 def test_demo_runs_the_whole_system_and_down_leaves_nothing_behind(
     stack_factory: Callable[..., Settings], env_for: Callable[[Settings], dict[str, str]], tmp_path: Path
 ) -> None:
-    from streamrec.stack import process
-    from streamrec.stack.layout import StackLayout
+    from tools.stack import process
+    from tools.stack.layout import StackLayout
 
     # A stack of its own: `demo --down` stops the stack too, which must not be the session's.
     settings = stack_factory("demo", 19292, 19293, 16579)

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from streamrec.settings import Settings
+from foundation.settings import Settings
 
 
 def test_eval_stream_reports_both_arms_and_leaves_its_topics_gone(stack: Settings, stack_env: dict[str, str],

@@ -23,10 +23,10 @@ from redis.asyncio.connection import AbstractConnection
 from models.dataset import EventLog, load_log
 from models.features import ItemStatic, Request, RequestContext, build_rows, spec
 from models.features.state import log_country_codes
+from online_state import RedisFeatureStore
 from schemas.decoder import interaction_decoder
 from schemas.events import InteractionEvent
-from streamrec.datasets.world import generate_world
-from streamrec.feature_store import RedisFeatureStore
+from tools.datasets.world import generate_world
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ async def test_a_batch_is_one_read_and_one_transaction(
 async def test_memory_per_user_and_item(
     redis_client: aioredis.Redis, static: ItemStatic, events: list[InteractionEvent],
 ) -> None:
-    """The sizes promised in streamrec.feature_store.redis_store's docstring."""
+    """The sizes promised in online_state.redis_store's docstring."""
     store = RedisFeatureStore(redis_client, static)
     for batch in _batches(events, np.full(len(events), 500)):
         await store.apply_events(batch)

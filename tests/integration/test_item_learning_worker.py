@@ -15,9 +15,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from numpy.typing import NDArray
 from test_worker_dead_letters import T0, _play, _wait_for, per_test_settings, running_worker, send_records
 
+from foundation.kafka_io import make_producer
+from foundation.settings import Settings
 from models.item_vector_codec import ItemVector, decode_item_vector
-from streamrec.kafka_io import make_producer
-from streamrec.settings import Settings
 from streams.item_learning import (
     PRIOR_WEIGHT,
     ItemSums,

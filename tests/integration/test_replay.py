@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streamrec.replay import Pace, ReplayOptions, replay_log
-from streamrec.settings import Settings
+from foundation.settings import Settings
+from tools.replay import Pace, ReplayOptions, replay_log
 
 T0 = 1_767_225_600_000
 

@@ -8,9 +8,9 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from models.features.state import EventBatch, ItemStatic
+from online_state.redis_store import RedisFeatureStore
 from schemas.events import Click, Complete, Context, Impression, InteractionEvent, Play, Rating, Skip
 from serving.feature_read import FeatureReader, same_snapshot
-from streamrec.feature_store.redis_store import RedisFeatureStore
 
 DAY = 86_400_000
 

@@ -25,11 +25,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer
 from test_worker_dead_letters import per_test_settings
 
+from foundation.settings import Settings
 from models.bundle import open_bundle
 from serving.app import create_app
-from streamrec.settings import Settings
-from streamrec.stack.probes import free_port
 from streams.worker import ensure_topics_retrying
+from tools.stack.probes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_760_000_000_000

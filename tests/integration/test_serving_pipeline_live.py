@@ -22,10 +22,10 @@ import pytest
 import redis.asyncio as aioredis
 from test_worker_dead_letters import _wait_for, per_test_settings, running_worker, send_records
 
+from foundation.settings import Settings
 from models.bundle import latest_version, open_bundle, set_latest
 from serving.options import ServingOptions
 from serving.service import NoBundleError, RecommendationService, RecommendRequest
-from streamrec.settings import Settings
 from streams.user_vectors import read_user_vector
 from streams.worker import ensure_topics_retrying
 

@@ -14,10 +14,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streamrec.settings import Settings
-from streamrec.stack import manager, probes, process
-from streamrec.stack.layout import StackLayout
-from streamrec.stack.topics import DEAD_LETTER_RETENTION_MS, ensure_topics, topic_specs
+from foundation.settings import Settings
+from foundation.topics import DEAD_LETTER_RETENTION_MS, ensure_topics, topic_specs
+from tools.stack import manager, probes, process
+from tools.stack.layout import StackLayout
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 StackFactory = Callable[[str, int, int, int], Settings]

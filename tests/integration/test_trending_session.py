@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 import typer
 from typer.testing import CliRunner
 
+from foundation.settings import Settings
 from schemas.events import (
     AddToList,
     Click,
@@ -31,7 +32,6 @@ from schemas.events import (
     Skip,
     UserUpsert,
 )
-from streamrec.settings import Settings
 from streams.effects import BatchInfo, Effect
 from streams.session import SESSION_GAP_MS, SESSION_TTL_S, SessionEffect, read_session, session_key
 from streams.trending import (
@@ -274,8 +274,8 @@ async def test_memory_usage_per_member(redis_client: aioredis.Redis) -> None:
 
 
 def invoke(args: list[str], env: dict[str, str]) -> Any:
+    from foundation.settings import get_settings
     from streamrec.commands import inspect as inspect_cmd
-    from streamrec.settings import get_settings
 
     root = typer.Typer()
 
@@ -331,9 +331,9 @@ def test_inspect_trending_and_user(stack: Settings, stack_env: dict[str, str]) -
 
 
 def test_inspect_dead_letters(stack: Settings, stack_env: dict[str, str]) -> None:
+    from foundation.kafka_io import make_producer
+    from foundation.topics import TopicSetupError, ensure_topics
     from schemas.topics import dead_letter_headers
-    from streamrec.kafka_io import make_producer
-    from streamrec.stack.topics import TopicSetupError, ensure_topics
 
     topic = f"dead-inspect-{random.Random().randrange(10**9)}"
     settings = stack.model_copy(update={"topic_dead_letters": topic})

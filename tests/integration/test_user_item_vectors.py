@@ -11,6 +11,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from foundation.kafka_io import make_producer
+from foundation.settings import Settings
 from models.bundle import Bundle, open_bundle
 from models.cf import CFModel
 from models.item_vector_codec import ItemVector, decode_item_vector
@@ -18,12 +20,10 @@ from models.online_user import OnlineUserModel, online_weight
 from models.train import train_bundle
 from models.two_stage import TwoStageConfig
 from schemas.events import Complete, Impression, InteractionEvent, ItemRemove, ItemUpsert, Play, Rating, Skip
-from streamrec.datasets.world import generate_world
-from streamrec.kafka_io import make_producer
-from streamrec.settings import Settings
 from streams.effects import BatchInfo
 from streams.item_vectors import ItemVectorPublisher, publish_bundle_vectors
 from streams.user_vectors import UserVectorEffect, read_user_vector, space_id
+from tools.datasets.world import generate_world
 
 
 async def apply_batch(redis: Any, effect: UserVectorEffect, events: list[InteractionEvent], info: BatchInfo) -> None:

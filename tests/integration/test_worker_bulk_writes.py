@@ -1,4 +1,4 @@
-"""The worker's bulk writes (Redis Functions, streamrec.feature_store.redis_functions) store exactly what
+"""The worker's bulk writes (Redis Functions, online_state.redis_functions) store exactly what
 the one-command-per-key path stores: same events, two key prefixes, every key family compared."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from models.features.state import EventBatch, ItemStatic
+from online_state.redis_functions import functions_available
+from online_state.redis_store import RedisFeatureStore
 from schemas.events import Context, Play, Rating, Skip
-from streamrec.feature_store.redis_functions import functions_available
-from streamrec.feature_store.redis_store import RedisFeatureStore
 from streams.effects import BatchInfo
 from streams.session import SessionEffect
 from streams.trending import TrendingEffect

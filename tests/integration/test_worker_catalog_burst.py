@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from test_worker_dead_letters import T0, _play, _wait_for, per_test_settings, running_worker, send_records
 
-from streamrec.kafka_io import producer_failure
-from streamrec.settings import Settings
+from foundation.kafka_io import producer_failure
+from foundation.settings import Settings
 from streams import metrics
 from streams.effects import offset_key
 from streams.worker import ensure_topics_retrying

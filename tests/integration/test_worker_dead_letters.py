@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
+from foundation.kafka_io import make_producer
+from foundation.settings import Settings
 from schemas.topics import DLQ_HEADERS
-from streamrec.kafka_io import make_producer
-from streamrec.settings import Settings
 from streams.effects import offset_key
 from streams.worker import Worker, WorkerOptions, ensure_topics_retrying
 
@@ -151,7 +151,7 @@ async def test_worker_runs_without_bundle_and_knows_catalog_genres(
 ) -> None:
     """Titles come from the catalog topic when there is no bundle: the user's taste gets the genre."""
     settings = per_test_settings(stack, "nobundle")
-    from streamrec.feature_store.redis_store import decode_user_blob
+    from online_state.redis_store import decode_user_blob
     await ensure_topics_retrying(settings)
     producer = make_producer(settings)
     await producer.start()

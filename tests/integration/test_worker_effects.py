@@ -21,8 +21,8 @@ from test_worker_dead_letters import (
     send_records,
 )
 
+from foundation.settings import Settings
 from models.item_vector_codec import decode_item_vector
-from streamrec.settings import Settings
 from streams.session import read_session
 from streams.trending import read_new_releases, read_trending
 from streams.user_vectors import read_user_vector

@@ -47,25 +47,25 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from foundation.kafka_io import make_producer
+from foundation.settings import Settings
 from models.bundle import Bundle, open_bundle
 from models.dataset import KIND, load_log
 from models.features.state import EventBatch, ItemStatic
 from models.online_user import online_weights
+from online_state import RedisFeatureStore
+from online_state.memory_store import MemoryFeatureStore
 from schemas.decoder import EventError, catalog_decoder, interaction_decoder
 from schemas.events import CatalogEvent, ItemRemove, ItemUpsert, Rating
-from streamrec.datasets.world import generate_world
-from streamrec.feature_store import RedisFeatureStore
-from streamrec.feature_store.memory import MemoryFeatureStore
-from streamrec.kafka_io import make_producer
-from streamrec.replay import replay_log
-from streamrec.settings import Settings
-from streamrec.stack.process import terminate
 from streams import item_vectors, user_vectors
 from streams.effects import offset_key
 from streams.item_learning import catalog_learning_writes, learning_key, state_fields
 from streams.session import SessionEffect, decode_session, session_key
 from streams.trending import TrendingEffect, catalog_writes
 from streams.worker import ensure_topics_retrying
+from tools.datasets.world import generate_world
+from tools.replay import replay_log
+from tools.stack.process import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 8

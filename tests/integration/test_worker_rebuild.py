@@ -14,15 +14,15 @@ import numpy as np
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from foundation.settings import Settings
 from models.dataset import load_log
 from models.features.state import ItemStatic
-from streamrec.datasets.world import generate_world
-from streamrec.feature_store import RedisFeatureStore
-from streamrec.replay import replay_log
-from streamrec.settings import Settings
-from streamrec.stack.process import terminate
+from online_state import RedisFeatureStore
 from streams.effects import offset_key
 from streams.worker import ensure_topics_retrying
+from tools.datasets.world import generate_world
+from tools.replay import replay_log
+from tools.stack.process import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 4

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.bench_runner import (
+from tools.bench.runner import (
     BenchContext,
     BenchResult,
     BenchSpec,
@@ -260,7 +260,7 @@ def test_freshness_script_loads_and_summarizes_probes() -> None:
 
 def test_plots_are_drawn_from_what_the_results_hold(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from streamrec.bench_plots import write_plots
+    from tools.bench.plots import write_plots
 
     results = [
         BenchResult("replay", "c", 1.0, ok=True, figures={"replay_events_per_s": 9e4},

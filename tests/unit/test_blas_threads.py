@@ -7,7 +7,7 @@ import sys
 
 CHECK = """
 from threadpoolctl import threadpool_info
-from streamrec.blas_threads import limit_blas_threads
+from foundation.blas_threads import limit_blas_threads
 import numpy
 before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
 limit_blas_threads({n})

@@ -32,7 +32,7 @@ from models.candidates import (
 from models.cf import fit_cf
 from models.content import fit_content
 from models.dataset import EventLog, load_log
-from streamrec.datasets.world import generate_world
+from tools.datasets.world import generate_world
 
 N_ITEMS = 500
 

@@ -13,8 +13,8 @@ from models.cf import ALSParams, BPRParams, CFModel, confidence_matrix, fit_cf, 
 from models.dataset import KIND, EventLog, load_log
 from models.eval.split import make_split
 from models.feedback import feedback_weights
-from streamrec.datasets.world import WorldConfig, run_world
-from streamrec.datasets.world_users import WorldModel
+from tools.datasets.world import WorldConfig, run_world
+from tools.datasets.world_users import WorldModel
 
 # Drift off: a user-last split then tests taste, not how fast a model goes stale (the world's
 # regime shifts make the held-out 20% partly unpredictable from the first 80% by design).

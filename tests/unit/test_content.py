@@ -19,8 +19,8 @@ from models.content import (
     title_words,
 )
 from models.dataset import EventLog, load_log
-from streamrec.datasets.world import WorldConfig, run_world
-from streamrec.datasets.world_users import WorldModel
+from tools.datasets.world import WorldConfig, run_world
+from tools.datasets.world_users import WorldModel
 
 
 @pytest.fixture(scope="module")

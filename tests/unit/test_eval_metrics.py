@@ -32,7 +32,7 @@ from models.eval import (
 from models.eval.metrics import coverage, hit_matrix, intra_list_diversity, mean_reciprocal_rank, ranking_curves
 from models.eval.plots import write_plots
 from models.eval.split import Split
-from streamrec.datasets.world import generate_world
+from tools.datasets.world import generate_world
 
 # ---------------------------------------------------------------------------------------------
 # Metrics by hand

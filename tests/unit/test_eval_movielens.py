@@ -13,7 +13,7 @@ import pytest
 
 from models.dataset import load_log
 from models.eval import BASELINES, DEFAULT_SYSTEMS, run_evaluation
-from streamrec.datasets.movielens import import_movielens
+from tools.datasets.movielens import import_movielens
 
 REFERENCE_NDCG10 = {"popularity": 0.088, "itemknn": 0.119, "ease": 0.130}
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamrec.child_env import settings_env
-from streamrec.eval_stream import (
+from foundation.child_env import settings_env
+from foundation.settings import Settings
+from tools.eval_stream import (
     Probe,
     _Record,
     arm_metrics,
@@ -19,7 +20,6 @@ from streamrec.eval_stream import (
     series,
     split_records,
 )
-from streamrec.settings import Settings
 
 T0 = 1_767_225_600_000
 

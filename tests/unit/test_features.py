@@ -49,9 +49,9 @@ from models.features.state import (
     log_country_codes,
 )
 from models.feedback import feedback_weights
+from online_state import MemoryFeatureStore, RedisFeatureStore
 from schemas.decoder import interaction_decoder
-from streamrec.datasets.world import generate_world
-from streamrec.feature_store import MemoryFeatureStore, RedisFeatureStore
+from tools.datasets.world import generate_world
 
 DAY = spec.DAY_MS
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

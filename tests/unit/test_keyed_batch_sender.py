@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from streamrec.kafka_io import KeyedBatchSender, producer_failure
+from foundation.kafka_io import KeyedBatchSender, producer_failure
 
 
 class _Batch:

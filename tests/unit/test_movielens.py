@@ -13,8 +13,8 @@ import pytest
 
 from schemas.decoder import decode_event
 from schemas.events import Event, ItemUpsert, Rating, UserUpsert, encode
-from streamrec.datasets import movielens
-from streamrec.datasets.movielens import MovieLensError, detect_layout, import_movielens
+from tools.datasets import movielens
+from tools.datasets.movielens import MovieLensError, detect_layout, import_movielens
 
 
 def _year(year: int) -> int:

@@ -12,8 +12,8 @@ from models.cf import fit_cf
 from models.dataset import KIND, EventLog, load_log
 from models.item_vector_codec import ItemVector, decode_item_vector, encode_item_vector, tombstone
 from models.online_user import OnlineUserModel, RiverOnlineUser, drift_hit_rates, online_weight, online_weights
-from streamrec.datasets.world import generate_world
 from streams.user_vectors import pack_user_vector, space_id, unpack_user_vector
+from tools.datasets.world import generate_world
 
 
 def clustered_items(n_genres: int = 4, per_genre: int = 50, dim: int = 16, seed: int = 0) -> NDArray[np.float32]:

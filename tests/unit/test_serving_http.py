@@ -14,11 +14,11 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from foundation.settings import Settings
 from schemas.events import Event, ItemUpsert, Play
 from serving.app import create_app
 from serving.http_events import PublisherUnavailable, decode_events
 from serving.openapi import openapi_document, response_schema
-from streamrec.settings import Settings
 
 PLAY = {"type": "play", "event_id": "e1", "ts": 1_700_000_000_000, "schema_version": 1, "user_id": "u1",
         "item_id": "i1"}

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from streamrec.settings import ENV_PREFIX, Settings
+from foundation.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.env"

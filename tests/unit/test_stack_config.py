@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.settings import Settings
-from streamrec.stack import StackError, kafka, manager, process
-from streamrec.stack import redis as redis_service
-from streamrec.stack.layout import StackLayout
-from streamrec.stack.process import ProcessRecord, StopOutcome
-from streamrec.stack.topics import DEAD_LETTER_RETENTION_MS, topic_specs
+from foundation.settings import Settings
+from foundation.topics import DEAD_LETTER_RETENTION_MS, topic_specs
+from tools.stack import StackError, kafka, manager, process
+from tools.stack import redis as redis_service
+from tools.stack.layout import StackLayout
+from tools.stack.process import ProcessRecord, StopOutcome
 
 
 @pytest.fixture

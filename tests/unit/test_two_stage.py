@@ -26,7 +26,7 @@ from models.two_stage import (
     fit_retrieval,
     fit_two_stage,
 )
-from streamrec.datasets.world import generate_world
+from tools.datasets.world import generate_world
 
 SMALL = TwoStageConfig(dim=16, rank_users=120, ranker_epochs=3)
 

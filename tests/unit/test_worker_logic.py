@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from foundation.dead_letters import dead_letter, decode_records, send_dead_letters
 from schemas.decoder import catalog_decoder, interaction_decoder
 from schemas.topics import DLQ_HEADERS
-from streams.dead_letters import dead_letter, decode_records, send_dead_letters
 from streams.offsets import NOTHING_APPLIED, fresh_records, gap, parse_stored, resume_position
 from streams.worker import CatalogTable, default_effects
 
@@ -155,7 +155,7 @@ def test_catalog_table_matches_load_catalog(tmp_path: object) -> None:
 
     from models.dataset import load_catalog
     from models.features.state import ItemStatic
-    from streamrec.datasets.world import generate_world
+    from tools.datasets.world import generate_world
 
     out = Path(str(tmp_path))
     generate_world(out, users=10, items=80, events=300, seed=2)

@@ -27,9 +27,9 @@ from schemas.events import (
     UserUpsert,
     encode,
 )
-from streamrec.datasets.world import WorldConfig, WorldSummary, corrupt, generate_world, run_world
-from streamrec.datasets.world_catalog import GENRES
-from streamrec.datasets.world_users import COUNTRIES, COUNTRY_TZ, WorldModel
+from tools.datasets.world import WorldConfig, WorldSummary, corrupt, generate_world, run_world
+from tools.datasets.world_catalog import GENRES
+from tools.datasets.world_users import COUNTRIES, COUNTRY_TZ, WorldModel
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000

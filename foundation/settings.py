@@ -1,0 +1,155 @@
+"""One typed settings object for every streamrec process.
+
+Every field is read from an environment variable with the prefix ``STREAMREC_`` (for example
+``STREAMREC_KAFKA_BOOTSTRAP``) or from a ``.env``-style file named by ``STREAMREC_CONFIG``.
+``config.example.env`` at the repository root documents every field with its default; a test
+keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import topics
+
+ENV_PREFIX = "STREAMREC_"
+
+
+class Settings(BaseSettings):
+    """Settings shared by the stack manager, the workers, the server and the tools."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        env_file=os.environ.get(f"{ENV_PREFIX}CONFIG"),
+    )
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092",
+        description="Kafka bootstrap servers (host:port[,host:port]). `stack up` binds its broker to this port.",
+    )
+    kafka_controller_port: int = Field(
+        9093, ge=1, le=65535, description="KRaft controller port of the local broker started by `stack up`."
+    )
+    topic_interactions: str = Field(topics.INTERACTIONS, description="Interaction events, keyed by user id.")
+    topic_catalog: str = Field(topics.CATALOG, description="Catalog events, keyed by item id (compacted).")
+    topic_item_vectors: str = Field(topics.ITEM_VECTORS, description="Item vectors from workers (compacted).")
+    topic_dead_letters: str = Field(topics.DEAD_LETTERS, description="Invalid records with error and source.")
+    interactions_partitions: int = Field(8, ge=1, description="Partitions of the interactions topic.")
+    kafka_version: str = Field(
+        "4.1.1", description="Apache Kafka release (org.apache.kafka:kafka_2.13) that `stack up` runs."
+    )
+    catalog_partitions: int = Field(4, ge=1, description="Partitions of the catalog and item-vectors topics.")
+
+    # --- Redis -----------------------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL (redis:// or rediss://). `stack up` binds its redis-server to this port.",
+    )
+
+    # --- Local state and artifacts ---------------------------------------------------------
+    state_dir: Path = Field(
+        Path(".streamrec"), description="Git-ignored folder for the local stack's data, logs, pids and jars."
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "streamrec",
+        description="Cache shared by all checkouts: Kafka jars resolved from Maven Central (reused offline).",
+    )
+    artifacts: Path = Field(Path("artifacts"), description="Model bundle root (holds versions and `latest`).")
+
+    # --- Logging ---------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    log_json: bool = Field(False, description="Structured logs as JSON lines (true in containers).")
+
+    # --- Serving (HTTP) --------------------------------------------------------------------
+    server_host: str = Field("127.0.0.1", description="Address `streamrec serve` binds (0.0.0.0 in containers).")
+    server_port: int = Field(8000, ge=1, le=65535, description="Port `streamrec serve` listens on.")
+    api_key: str = Field(
+        "", description="Key required in the X-API-Key header of POST /v1/events; empty: writes need no key."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted; bigger ones get 413."
+    )
+    max_events_per_request: int = Field(
+        1000, ge=1, description="Most events one POST /v1/events may carry (a JSON array)."
+    )
+    events_publish_timeout_s: float = Field(
+        5.0, gt=0, description="How long POST /v1/events waits for Kafka's acknowledgement before answering 503."
+    )
+    request_timeout_s: float = Field(
+        1.0, gt=0, description="Budget of one recommendation/similar call; past it the answer is degraded."
+    )
+    blas_threads: int = Field(
+        1, ge=1, description="BLAS (numpy/OpenBLAS) threads per server or worker process; more processes scale "
+        "better than more threads here (foundation/blas_threads.py)."
+    )
+    serving_candidates_timeout_ms: float = Field(
+        50.0, gt=0, description="Budget of the candidate stage's Redis read; past it, candidates from local state."
+    )
+    serving_features_timeout_ms: float = Field(
+        50.0, gt=0, description="Budget of the feature stage's Redis read; past it, default features (degraded)."
+    )
+    serving_item_state_ttl_s: float = Field(
+        1.0, ge=0, description="Seconds a candidate's item feature row is reused by a server process; 0: never."
+    )
+    serving_shared_reads_ttl_s: float = Field(
+        1.0, ge=0, description="Seconds a server process reuses the trending lists and new releases (the same for "
+        "every request); 0: read them per request."
+    )
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlparse(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {value!r}")
+        return value
+
+    @field_validator("state_dir", "cache_dir", "artifacts")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    # --- Derived values (not settings of their own, so they cannot disagree) -------------------
+    @property
+    def kafka_port(self) -> int:
+        """Port of the first bootstrap server: the port the local broker listens on."""
+        return int(self.kafka_bootstrap.split(",")[0].rpartition(":")[2])
+
+    @property
+    def redis_port(self) -> int:
+        return urlparse(self.redis_url).port or 6379
+
+    @property
+    def redis_host(self) -> str:
+        return urlparse(self.redis_url).hostname or "127.0.0.1"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

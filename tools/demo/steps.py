@@ -1,0 +1,109 @@
+"""The steps of the one-command demo (``streamrec demo``) that are more than a call: making the log,
+training once per log, replaying once per stack, and waiting for the worker.
+
+Re-running the demo is cheap and safe: a log with the same parameters is reused, a bundle trained on
+the same files is reused (the manifest's data fingerprint), and a log already replayed into this
+stack is not published twice (that would count every event twice in the online state).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from foundation.settings import Settings
+
+
+def prepare_data(out: Path, movielens: Path | None, users: int, items: int, events: int, seed: int,
+                 progress: Any) -> dict[str, Any]:
+    """Generate a world (or import MovieLens) into ``out`` unless an identical one is already there."""
+    import dataclasses
+
+    marker = out / ".demo-source.json"
+    source = {"movielens": str(movielens) if movielens else None, "users": users, "items": items,
+              "events": events, "seed": seed}
+    if marker.exists() and orjson.loads(marker.read_bytes()) == source and (out / "events.jsonl").exists():
+        return {"reused": str(out)}
+    if movielens is not None:
+        from tools.datasets.movielens import import_movielens
+
+        summary: Any = import_movielens(movielens, out, progress=progress)
+    else:
+        from tools.datasets.world import generate_world
+
+        summary = generate_world(out, users=users, items=items, events=events, seed=seed, progress=progress)
+    marker.write_bytes(orjson.dumps(source))
+    return dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else {"summary": str(summary)}
+
+
+def _log_files(data: Path) -> list[Path]:
+    return [data / "catalog.jsonl", data / "events.jsonl"]
+
+
+def train_once(data: Path, artifacts: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The bundle of ``latest`` when it was trained on these very files, else a new one."""
+    import contextlib
+
+    from models.bundle import BundleError, fingerprint_files, open_bundle
+    from models.train import train_bundle
+
+    started = time.perf_counter()
+    fingerprint = fingerprint_files(_log_files(data))
+    with contextlib.suppress(BundleError, FileNotFoundError):
+        bundle = open_bundle(artifacts, verify=False)
+        if bundle.manifest.get("data_fingerprint") == fingerprint:
+            return {"version": bundle.version, "reused": True, "seconds": time.perf_counter() - started}
+    path, _ = train_bundle(data, artifacts, progress=progress)
+    return {"version": path.name, "reused": False, "seconds": time.perf_counter() - started}
+
+
+async def replay_once(data: Path, settings: Settings, progress: Callable[[int], None]) -> Any:
+    """Replay ``data`` unless this stack's topic already holds it (then ``None``).
+
+    The marker in the state dir records the log's fingerprint and the topic's end offset after the
+    replay; a topic that is now shorter was recreated (a wiped stack), so the log is replayed again.
+    """
+    from models.bundle import fingerprint_files
+    from tools.catch_up import end_offsets
+    from tools.replay import replay_log
+
+    marker = settings.state_dir / "demo-replayed.json"
+    topic = settings.topic_interactions
+    fingerprint = fingerprint_files(_log_files(data))
+    end_now = sum((await end_offsets(settings, [topic])).values())
+    if marker.exists():
+        seen = orjson.loads(marker.read_bytes())
+        if seen.get("fingerprint") == fingerprint and seen.get("topic") == topic and end_now >= seen.get("end", 0):
+            return None
+    report = await replay_log(data, settings, progress=progress)
+    end_after = sum((await end_offsets(settings, [topic])).values())
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_bytes(orjson.dumps({"fingerprint": fingerprint, "topic": topic, "end": end_after}))
+    return report
+
+
+async def wait_worker(settings: Settings, advance: Callable[[int], None], timeout_s: float = 900.0) -> float:
+    """Until the worker's offsets in Redis cover everything on the input topics; ``advance`` in percent."""
+    import redis.asyncio as aioredis
+
+    from tools.catch_up import end_offsets, wait_applied
+
+    shown = 0
+
+    def progress(applied: int, total: int) -> None:
+        nonlocal shown
+        pct = int(100 * applied / total) if total else 100
+        if pct > shown:
+            advance(pct - shown)
+            shown = pct
+
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        return await wait_applied(redis, await end_offsets(settings), timeout_s, progress=progress)
+    finally:
+        progress(1, 1)
+        await redis.aclose()

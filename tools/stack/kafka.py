@@ -1,0 +1,362 @@
+"""A single-node Apache Kafka broker in KRaft mode (combined broker + controller), run from jars.
+
+No Kafka distribution is installed: ``org.apache.kafka:kafka_2.13`` and its runtime dependencies are
+resolved from Maven Central with ``tools/stack/pom.xml`` into ``settings.cache_dir /
+"kafka-{version}"`` once (shared by every checkout, reused offline afterwards), and the broker runs
+on the machine's Java with ``java -cp 'libs/*' kafka.Kafka server.properties``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from foundation.logs import get_logger
+from foundation.settings import Settings
+from tools.stack.errors import StackError
+from tools.stack.layout import StackLayout
+from tools.stack.process import ProcessRecord, spawn_detached, tail
+
+log = get_logger(__name__)
+
+POM = Path(__file__).with_name("pom.xml")
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"  # what `kafka-storage.sh` runs
+LISTEN_HOST = "127.0.0.1"
+NODE_ID = 1
+COMPLETE_MARKER = "COMPLETE"
+
+# A modest heap: the machine is shared with redis, the workers and the server.
+BROKER_JVM_OPTIONS: tuple[str, ...] = (
+    "-Xms256m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-XX:-UsePerfData",
+    "-Djava.awt.headless=true",
+)
+# The storage tool runs for a second or two: favour JVM start-up time.
+TOOL_JVM_OPTIONS: tuple[str, ...] = ("-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:-UsePerfData")
+
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:[-.][0-9A-Za-z]+)*$")
+
+Progress = Callable[[str], AbstractContextManager[object]]
+
+
+def _no_progress(_message: str) -> AbstractContextManager[object]:
+    return contextlib.nullcontext()
+
+
+# --- Jars --------------------------------------------------------------------------------------
+
+
+def jar_cache_dir(settings: Settings) -> Path:
+    return settings.cache_dir.expanduser() / f"kafka-{settings.kafka_version}"
+
+
+def libs_dir(cache_dir: Path) -> Path:
+    return cache_dir / "libs"
+
+
+def jars_complete(cache_dir: Path, version: str) -> bool:
+    """True when a download into ``cache_dir`` finished (its marker is written last)."""
+    return (cache_dir / COMPLETE_MARKER).is_file() and (libs_dir(cache_dir) / f"kafka_2.13-{version}.jar").is_file()
+
+
+def _check_version(version: str) -> None:
+    if not _VERSION_RE.match(version):
+        raise StackError(f"kafka_version {version!r} does not look like a Kafka release such as 4.1.1")
+
+
+def ensure_jars(settings: Settings, progress: Progress = _no_progress) -> Path:
+    """The folder of broker jars for ``settings.kafka_version``, resolved from Maven Central if needed.
+
+    The download goes to a private temporary folder that is renamed into place only after Maven
+    succeeded and the marker file is written, so an interrupted download is simply redone.
+    """
+    version = settings.kafka_version
+    _check_version(version)
+    cache = jar_cache_dir(settings)
+    if jars_complete(cache, version):
+        return libs_dir(cache)
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError(
+            f"Kafka {version} jars are not cached in {cache} and `mvn` is not on PATH to fetch them; "
+            "install Maven (apt-get install -y maven) or copy a complete cache folder there"
+        )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    work = cache.parent / f".{cache.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        # Maven runs on a copy of the POM so that it writes nothing next to the source tree.
+        shutil.copyfile(POM, work / "pom.xml")
+        command = [
+            mvn, "-q", "-B", "-Dstyle.color=never",
+            "-f", str(work / "pom.xml"),
+            f"-Dkafka.version={version}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs_dir(work)}",
+            "-DincludeScope=runtime",
+        ]  # fmt: skip
+        started = time.monotonic()
+        with progress(f"Downloading Kafka {version} jars from Maven Central into {cache} ..."):
+            result = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+        if result.returncode != 0:
+            raise StackError(f"Maven could not resolve org.apache.kafka:kafka_2.13:{version}:\n{_maven_errors(result)}")
+        jars = sorted(libs_dir(work).glob("*.jar"))
+        if not (libs_dir(work) / f"kafka_2.13-{version}.jar").is_file():
+            raise StackError(f"Maven finished but kafka_2.13-{version}.jar is missing from {libs_dir(work)}")
+        size = sum(jar.stat().st_size for jar in jars)
+        (work / COMPLETE_MARKER).write_text(f"kafka {version}: {len(jars)} jars, {size} bytes\n")
+        if jars_complete(cache, version):  # another `stack up` finished the same download meanwhile
+            return libs_dir(cache)
+        shutil.rmtree(cache, ignore_errors=True)  # a half download from an older run
+        try:
+            work.rename(cache)
+        except OSError:
+            if not jars_complete(cache, version):  # not another process winning the race
+                raise
+        log.info(
+            "stack.kafka.jars_downloaded",
+            version=version,
+            jars=len(jars),
+            mbytes=round(size / 1e6, 1),
+            seconds=round(time.monotonic() - started, 1),
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return libs_dir(cache)
+
+
+_MAVEN_BOILERPLATE = ("-e switch", "-X switch", "] [Help 1] http", "For more information", "following articles")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _maven_errors(result: subprocess.CompletedProcess[str]) -> str:
+    """Maven's error lines without its generic advice."""
+    lines = [_ANSI.sub("", line).rstrip() for line in (result.stdout + result.stderr).splitlines()]
+    useful = [
+        line for line in lines if line.strip() not in {"", "[ERROR]"} and not any(b in line for b in _MAVEN_BOILERPLATE)
+    ]
+    return "\n".join(useful[-30:]) or f"mvn exited with status {result.returncode}"
+
+
+# --- Java --------------------------------------------------------------------------------------
+
+
+def required_java(version: str) -> int:
+    """Kafka 4.x brokers need Java 17; 3.x brokers run on 11."""
+    return 17 if int(version.split(".")[0]) >= 4 else 11
+
+
+def find_java() -> str:
+    """``$JAVA_HOME/bin/java`` when set, else ``java`` from PATH."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").is_file():
+        return str(Path(home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise StackError("`java` is not on PATH (and JAVA_HOME is unset): install a JDK 17, e.g. openjdk-17-jre")
+    return java
+
+
+def parse_java_major(version_output: str) -> int | None:
+    """The major version from ``java -version`` output ("1.8.0_392" -> 8, "17.0.15" -> 17)."""
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
+    if match is None:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def check_java(java: str, kafka_version: str) -> None:
+    result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60, check=False)
+    major = parse_java_major(result.stderr + result.stdout)
+    needed = required_java(kafka_version)
+    if major is None or major < needed:
+        raise StackError(
+            f"Kafka {kafka_version} needs Java {needed} or newer; {java} reports "
+            f"{(result.stderr or result.stdout).strip().splitlines()[:1]}"
+        )
+
+
+# --- Configuration -----------------------------------------------------------------------------
+
+
+def _escape(value: str) -> str:
+    """A value for a java.util.Properties file."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def server_properties(settings: Settings, layout: StackLayout) -> dict[str, str]:
+    port, controller_port = settings.kafka_port, settings.kafka_controller_port
+    return {
+        # KRaft, one node that is both broker and controller, with a static quorum of itself.
+        "process.roles": "broker,controller",
+        "node.id": str(NODE_ID),
+        "controller.quorum.voters": f"{NODE_ID}@{LISTEN_HOST}:{controller_port}",
+        "controller.listener.names": "CONTROLLER",
+        "listeners": f"PLAINTEXT://{LISTEN_HOST}:{port},CONTROLLER://{LISTEN_HOST}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{LISTEN_HOST}:{port}",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(layout.kafka_data),
+        # One broker: every replication factor and ISR minimum is 1.
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "8",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "8",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        # Development conveniences: no rebalance delay, topics only through `ensure_topics`.
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+        "delete.topic.enable": "true",
+        # A small machine.
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "num.recovery.threads.per.data.dir": "1",
+        "log.retention.hours": "168",
+    }
+
+
+def render_server_properties(settings: Settings, layout: StackLayout) -> str:
+    lines = ["# Generated by `streamrec stack up` on every start: change settings, not this file."]
+    lines += [f"{key}={_escape(value)}" for key, value in server_properties(settings, layout).items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_log4j2_properties(layout: StackLayout) -> str:
+    log_file = _escape(str(layout.kafka_server_log))
+    return f"""\
+# Generated by `streamrec stack up`: the broker's log goes to one rolled file under the state dir.
+status = warn
+# Kafka logs its own shutdown from a JVM shutdown hook: keep log4j2 running until the JVM exits.
+shutdownHook = disable
+appender.file.type = RollingFile
+appender.file.name = FILE
+appender.file.fileName = {log_file}
+appender.file.filePattern = {log_file}.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 50MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.state-change.name = state.change.logger
+logger.state-change.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
+def write_configs(settings: Settings, layout: StackLayout) -> None:
+    layout.make_dirs()
+    layout.kafka_config.write_text(render_server_properties(settings, layout))
+    layout.kafka_log4j_config.write_text(render_log4j2_properties(layout))
+
+
+# --- Storage and start -------------------------------------------------------------------------
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 characters).
+
+    One id in 64 would start with ``-``, which ``kafka-storage format`` parses as an option
+    ("--cluster-id: expected one argument"; a CI run failed on it). Kafka's own
+    ``Uuid.randomUuid`` redraws such ids, and so do we.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def is_formatted(layout: StackLayout) -> bool:
+    return (layout.kafka_data / "meta.properties").is_file()
+
+
+def _classpath(libs: Path) -> str:
+    return f"{libs}/*"
+
+
+def format_storage(layout: StackLayout, libs: Path, java: str) -> str | None:
+    """Format ``log.dirs`` for KRaft once (a formatted folder is kept); returns the new cluster id."""
+    if is_formatted(layout):
+        return None
+    cluster_id = new_cluster_id()
+    command = [
+        java, *TOOL_JVM_OPTIONS,
+        f"-Dlog4j2.configurationFile={layout.kafka_log4j_config}",
+        "-cp", _classpath(libs),
+        STORAGE_TOOL_CLASS, "format",
+        "--config", str(layout.kafka_config),
+        "--cluster-id", cluster_id,
+        "--ignore-formatted",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if result.returncode != 0:
+        output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-30:])
+        raise StackError(f"formatting Kafka storage in {layout.kafka_data} failed:\n{output}")
+    log.debug("stack.kafka.formatted", cluster_id=cluster_id, output=result.stdout.strip())
+    return cluster_id
+
+
+def broker_command(java: str, libs: Path, layout: StackLayout) -> list[str]:
+    return [
+        java, *BROKER_JVM_OPTIONS,
+        f"-Dlog4j2.configurationFile={layout.kafka_log4j_config}",
+        f"-Dkafka.logs.dir={layout.logs_dir}",
+        "-cp", _classpath(libs),
+        MAIN_CLASS, str(layout.kafka_config),
+    ]  # fmt: skip
+
+
+def start(settings: Settings, layout: StackLayout, libs: Path, java: str) -> ProcessRecord:
+    """Write the configs, format storage if new, start the broker detached; returns its pid record.
+
+    The caller writes the pid file and waits until the broker answers.
+    """
+    write_configs(settings, layout)
+    format_storage(layout, libs, java)
+    layout.kafka_stdout.write_text("")  # only this run's JVM output (the server log keeps history)
+    return spawn_detached(
+        broker_command(java, libs, layout),
+        name="kafka",
+        # The absolute config path is in the JVM's command line and unique to this state dir.
+        marker=str(layout.kafka_config),
+        port=settings.kafka_port,
+        log_file=layout.kafka_stdout,
+        cwd=layout.kafka_dir,
+    )
+
+
+def log_excerpt(layout: StackLayout, lines: int = 30) -> str:
+    """The end of the broker's logs, for error messages."""
+    parts = []
+    for path in (layout.kafka_stdout, layout.kafka_server_log):
+        text = tail(path, lines)
+        if text.strip():
+            parts.append(f"--- last lines of {path} ---\n{text}")
+    return "\n".join(parts) or f"(no output in {layout.logs_dir})"
