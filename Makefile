@@ -8,10 +8,11 @@ bootstrap:
 demo: bootstrap
 	.venv/bin/streamrec demo
 
-# The whole test suite (lint, unit, integration against a real Kafka broker and redis-server
-# that the test session starts on its own ports and stops at the end).
+# The whole test suite (lint, the import contracts of pyproject.toml, unit, integration against a
+# real Kafka broker and redis-server that the test session starts on its own ports and stops at the end).
 test: bootstrap
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q
 
 unit: bootstrap
@@ -22,6 +23,7 @@ integration: bootstrap
 
 lint: bootstrap
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
 
 down:
 	.venv/bin/streamrec stack down

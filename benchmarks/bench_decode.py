@@ -28,6 +28,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.decoder import EventError, event_decoder
+from tools.datasets.world import generate_world
 
 # --- pydantic v2 mirror of the contract -------------------------------------------------------
 
@@ -232,8 +233,6 @@ def hand_decode(raw: bytes) -> dict[str, Any]:
 
 def _sample_lines(n: int, log: Path | None) -> list[bytes]:
     if log is None:
-        from tools.datasets.world import generate_world
-
         tmp = Path(tempfile.mkdtemp(prefix="bench-decode-"))
         generate_world(tmp, users=max(100, n // 100), items=2000, events=n, seed=7)
         log = tmp / "events.jsonl"

@@ -7,7 +7,7 @@
 
 Set-up (not timed): a small generated world (or ``--log``), a small bundle trained on it (or
 ``--artifacts``), fresh topics, the world replayed into them, a stream worker (``python -m
-streams.worker``) caught up on it and ``streamrec serve`` on a free port, ready (``/readyz`` 200).
+streamrec.commands.worker``) caught up on it and ``streamrec serve`` on a free port, ready (``/readyz`` 200).
 Both are subprocesses, as deployed, and use their own Redis database (``--redis-db``, emptied of
 ``sr:*`` before and after) so the benchmark neither reads nor spoils the state of the stack's users.
 
@@ -45,13 +45,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
+import aiohttp
+import msgspec
+import orjson
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.table import Table
+
+from foundation.child_env import settings_env
+from foundation.kafka_io import make_producer
+from foundation.logs import configure_logging
+from foundation.settings import get_settings
+from foundation.topics import delete_topics, ensure_topics_retrying
+from models.config import TwoStageConfig
+from models.train import train_bundle
+from online_state.keys import DEFAULT_KEYS
+from schemas.events import Complete, Context
+from streams.rebuild import delete_state
+from tools.catch_up import end_offsets, wait_applied
+from tools.datasets.world import generate_world
+from tools.replay import replay_log
 from tools.stack.probes import free_port
+from tools.stack.process import terminate
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 8
-PREFIX = "sr"  # the server reads the worker's default key prefix
+KEYS = DEFAULT_KEYS  # the server reads the worker's default key layout
 
 
 @dataclass
@@ -119,16 +139,8 @@ def summarize(probes: Sequence[Probe]) -> dict[str, Any]:
     return out
 
 
-def _redis_url_with_db(url: str, db: int) -> str:
-    parts = urlparse(url)
-    return urlunparse(parts._replace(path=f"/{db}"))
-
-
 def _train_small_bundle(world: Path, artifacts: Path) -> Path:
     """A quick bundle (the server needs one; freshness does not depend on its quality)."""
-    from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
-
     train_bundle(world, artifacts, TwoStageConfig(dim=32, rank_users=200, ranker_epochs=1))
     return artifacts
 
@@ -136,8 +148,6 @@ def _train_small_bundle(world: Path, artifacts: Path) -> Path:
 def _split_users(events_path: Path, n_probe: int) -> tuple[list[str], list[tuple[bytes, bytes]]]:
     """(probe users: the most active ones, so they have a history the bundle knows; the background load:
     (key, line) of every other user's interaction)."""
-    import orjson
-
     lines = events_path.read_bytes().splitlines()
     counts: dict[str, int] = {}
     parsed: list[tuple[str, bytes]] = []
@@ -157,8 +167,6 @@ def _split_users(events_path: Path, n_probe: int) -> tuple[list[str], list[tuple
 
 
 async def _wait_ready(http: Any, base: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    import aiohttp
-
     deadline = time.monotonic() + timeout_s
     while True:
         with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
@@ -199,10 +207,6 @@ async def _background(producer: Any, topic: str, records: list[tuple[bytes, byte
 
 
 def _probe_event(user_id: str, item_id: str) -> bytes:
-    import msgspec
-
-    from schemas.events import Complete, Context
-
     event = Complete(event_id=f"fresh-{uuid.uuid4().hex}", ts=int(time.time() * 1000), schema_version=1,
                      user_id=user_id, item_id=item_id, watched_seconds=3600.0, duration_seconds=3600.0,
                      context=Context(device="tv", session_id=f"fresh-{uuid.uuid4().hex[:12]}"))
@@ -212,8 +216,6 @@ def _probe_event(user_id: str, item_id: str) -> bytes:
 async def _run_probe(http: Any, base: str, producer: Any, client: Any, topic: str, user_id: str, k: int,
                      poll_s: float, timeout_s: float) -> Probe | None:
     """One probe (``None`` when the user has no title stable across two answers to probe with)."""
-    from streams.effects import offset_key
-
     url = f"{base}/v1/recommendations/{user_id}?k={k}"
     first, rtt1 = await _recommended(http, url)
     second, rtt2 = await _recommended(http, url)
@@ -228,7 +230,7 @@ async def _run_probe(http: Any, base: str, producer: Any, client: Any, topic: st
 
     async def redis_visible() -> None:
         meta = await future
-        key = offset_key(PREFIX, topic, meta.partition)
+        key = KEYS.offset(topic, meta.partition)
         while time.perf_counter() < deadline:
             stored = await client.get(key)
             if stored is not None and int(stored) >= meta.offset:
@@ -262,18 +264,6 @@ def _tail(path: Path, n: int = 2000) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    import aiohttp
-    import redis.asyncio as aioredis
-
-    from foundation.kafka_io import make_producer
-    from foundation.logs import configure_logging
-    from foundation.settings import get_settings
-    from streams.worker import delete_state, ensure_topics_retrying
-    from tools.catch_up import end_offsets, wait_applied
-    from tools.datasets.world import generate_world
-    from tools.replay import replay_log
-    from tools.stack.process import terminate
-
     configure_logging("WARNING")
     settings = get_settings()
     tmp = tempfile.TemporaryDirectory(prefix="bench-freshness-")
@@ -288,27 +278,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("the world has no events left for the background load")
 
     tag = uuid.uuid4().hex[:8]
-    redis_url = _redis_url_with_db(settings.redis_url, args.redis_db)
-    scoped = settings.model_copy(update={
-        "topic_interactions": f"fresh-int-{tag}", "topic_catalog": f"fresh-cat-{tag}",
-        "topic_item_vectors": f"fresh-vec-{tag}", "topic_dead_letters": f"fresh-dlq-{tag}",
-        "interactions_partitions": PARTITIONS, "redis_url": redis_url,
-    })
+    scoped = settings.with_topic_prefix(f"fresh-{tag}").with_redis_db(args.redis_db).model_copy(
+        update={"interactions_partitions": PARTITIONS})
     topic = scoped.topic_interactions
-    env = {**os.environ, "STREAMREC_TOPIC_INTERACTIONS": topic, "STREAMREC_TOPIC_CATALOG": scoped.topic_catalog,
-           "STREAMREC_TOPIC_ITEM_VECTORS": scoped.topic_item_vectors,
-           "STREAMREC_TOPIC_DEAD_LETTERS": scoped.topic_dead_letters, "STREAMREC_REDIS_URL": redis_url,
-           "STREAMREC_INTERACTIONS_PARTITIONS": str(PARTITIONS), "STREAMREC_LOG_LEVEL": "WARNING"}
-    client = aioredis.Redis.from_url(redis_url)
-    await delete_state(client, PREFIX)
+    env = settings_env(scoped.model_copy(update={"log_level": "WARNING"}))
+    client = aioredis.Redis.from_url(scoped.redis_url)
+    await delete_state(client, KEYS)
     await ensure_topics_retrying(scoped)
     await replay_log(world, scoped)
     ends = await end_offsets(scoped, [topic])
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    worker = _spawn([sys.executable, "-m", "streams.worker", "--metrics-port", "0", "--artifacts", str(artifacts)],
-                    env, work / "worker.log")
+    worker = _spawn([sys.executable, "-m", "streamrec.commands.worker", "--metrics-port", "0",
+                     "--artifacts", str(artifacts)], env, work / "worker.log")
     server: subprocess.Popen[bytes] | None = None
     producer = make_producer(scoped, linger_ms=0)
     load_producer = make_producer(scoped, linger_ms=5)
@@ -320,7 +303,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                               "k": args.k, "poll_ms": args.poll_ms, "timeout_s": args.timeout_s,
                               "world_events": sum(ends.values())}
     try:
-        await wait_applied(client, ends, args.startup_timeout_s, worker, prefix=PREFIX)
+        await wait_applied(client, ends, args.startup_timeout_s, worker, keys=KEYS)
         server = _spawn([sys.executable, "-m", "streamrec.cli", "serve", "--artifacts", str(artifacts),
                          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, work / "server.log")
         await _wait_ready(http, base, server, args.startup_timeout_s)
@@ -357,32 +340,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if server is not None:
             terminate(server, timeout_s=30)
         terminate(worker, timeout_s=30)
-        await delete_state(client, PREFIX)
+        await delete_state(client, KEYS)
         await client.aclose()
-        await _drop_topics(settings, [topic, scoped.topic_catalog, scoped.topic_item_vectors,
-                                      scoped.topic_dead_letters])
+        with contextlib.suppress(Exception):  # cleaning up must not hide the error that got us here
+            await delete_topics(scoped)
         tmp.cleanup()
     result.update(summarize(probes))
     return result
 
 
-async def _drop_topics(settings: Any, names: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(names)
-    except Exception:  # a topic that was never created: nothing to drop
-        pass
-    finally:
-        await admin.close()
-
-
 def print_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"freshness: produce -> visible through GET /v1/recommendations, {os.cpu_count()} cores")
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import platform
 import statistics
 import sys
@@ -22,9 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from foundation.settings import get_settings
 from tools.datasets.movielens import import_movielens
-
-_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared/data/ml-latest-small"
 
 
 def _floor(path: Path) -> int:
@@ -50,8 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    default = Path(os.environ.get("STREAMREC_MOVIELENS_PATH", _DEFAULT))
-    parser.add_argument("--path", type=Path, default=default)
+    parser.add_argument("--path", type=Path, default=get_settings().movielens_path)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if not (args.path / "ratings.csv").is_file():

@@ -40,23 +40,27 @@ import numpy as np
 
 from foundation.settings import Settings
 from models.bundle import open_bundle
+from models.config import TwoStageConfig
+from models.features.hashing import hash_str
+from models.features.rows import RequestContext, feature_batch
 from models.features.state import EventBatch, ItemStates
+from models.recommend.pipeline import RecommendRequest, Snapshot, extra_dense, retrieve
+from models.train import train_bundle
+from online_state.keys import DEFAULT_KEYS
+from online_state.trending import WINDOWS, generation
+from online_state.user_vectors import pack_user_vector
 from schemas.decoder import interaction_decoder
 from serving.options import ServingOptions
-from serving.service import RecommendationService, RecommendRequest
-from streams.session import session_key
-from streams.trending import NEW_RELEASES, WINDOWS, TrendingEffect, generation, trend_key
-from streams.user_vectors import pack_user_vector, user_key
+from serving.service import RecommendationService
+from streams.effects import Batch, BatchInfo, Reads
+from streams.trending import TrendingEffect
+from tools.datasets.world import generate_world
 
 BLOCK = 20
 STAGES = ("candidates", "features", "ranking", "postprocess", "total")
 
 
 def _build(users: int, items: int, events: int) -> tuple[Path, Path]:
-    from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
-    from tools.datasets.world import generate_world
-
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     generate_world(root / "data", users=users, items=items, events=events, seed=5, days=14)
     train_bundle(root / "data", root / "artifacts", TwoStageConfig(dim=32, rank_users=200, ranker_epochs=2))
@@ -77,13 +81,13 @@ async def _load_redis(service: RecommendationService, data: Path) -> int:
         chunk = events[start:start + 2000]
         await store.apply(EventBatch.from_events(chunk, store.static))
         pipe = redis.pipeline(transaction=False)
-        trending.write(pipe, chunk, None, [])  # type: ignore[arg-type]
+        trending.write(pipe, Batch(BatchInfo("interactions", 0, 0, 0), chunk), Reads())
         await pipe.execute()
     model = service.model
     pipe = redis.pipeline(transaction=False)
     for user_id, row in model.user_index.items():
         if model.trained_users[row]:
-            pipe.set(user_key("sr", user_id), pack_user_vector(model.user_vectors[row], 1, model.space))
+            pipe.set(DEFAULT_KEYS.user_vector(user_id), pack_user_vector(model.user_vectors[row], 1, model.space))
     await pipe.execute()
     return len(events)
 
@@ -92,14 +96,15 @@ async def _raw_stage1(service: RecommendationService, user_id: str, now: int) ->
     """The stage-1 commands without decoding (the keys read_online_state reads, 4 scopes x 2 generations)."""
     window = service.options.trending_window
     gen = generation(now, WINDOWS[window])
+    keys = service._served.store.keys
     pipe = service.redis.pipeline(transaction=False)
-    pipe.get(user_key("sr", user_id))
-    pipe.get(session_key(user_id))
-    pipe.get(service._served.store.user_key(user_id))
+    pipe.get(keys.user_vector(user_id))
+    pipe.get(keys.session(user_id))
+    pipe.get(keys.user_state(user_id))
     for scope in ("all", "country:US", "device:tv", "hour:20"):
         for g in (gen, gen - 1):
-            pipe.execute_command("ZREVRANGE", trend_key(window, scope, g), 0, 149, "WITHSCORES")  # raw reply
-    pipe.zrevrangebyscore(f"sr:{NEW_RELEASES}", now, "-inf", start=0, num=200, withscores=True)
+            pipe.execute_command("ZREVRANGE", keys.trending(window, scope, g), 0, 149, "WITHSCORES")  # raw reply
+    pipe.zrevrangebyscore(keys.new_releases, now, "-inf", start=0, num=200, withscores=True)
     await pipe.execute()
 
 
@@ -109,15 +114,15 @@ async def _raw_features(service: RecommendationService, user_id: str, ids: list[
     one-HMGET-per-candidate pipeline of ``RedisFeatureStore.read``."""
     served = service._served
     store = served.store
-    fields, _ = store._item_fields(now)
+    fields, _ = store.item_fields(now)
     pipe = service.redis.pipeline(transaction=False)
-    pipe.get(store.user_key(user_id))
+    pipe.get(store.keys.user_state(user_id))
     if scripted:
         assert served.reader is not None
-        await served.reader._script(keys=[store.item_key(i) for i in ids], args=fields, client=pipe)
+        await served.reader.script(keys=[store.keys.item_state(i) for i in ids], args=fields, client=pipe)
     else:
         for item_id in ids:
-            pipe.hmget(store.item_key(item_id), fields)
+            pipe.hmget(store.keys.item_state(item_id), fields)
     await pipe.execute()
 
 
@@ -157,20 +162,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for s in STAGES:
                     stage[s].append(r["timings_ms"][s] / 1000)
             # Floors of the same size as the last request's candidate set.
-            from serving.pipeline import generate, user_context
-
             now = int(time.time() * 1000)
-            stage1 = generate(model, user_context(model, u, None), None, now)
+            stage1 = retrieve(model, RecommendRequest(u), Snapshot(), now)
             m = len(stage1.candidates)
             n_cands.append(m)
             ids = model.items.ids[stage1.candidates.items].tolist()
             vec = model.user_vectors[model.user_index[u]]
             snap = await service._served.store.read(u, ids, now)  # the reference reader
             assert isinstance(snap.items, ItemStates)
-            from models.features.hashing import hash_str
-            from models.features.rows import RequestContext, feature_batch
-            from serving.pipeline import extra_dense
-
             batch = feature_batch(hash_str(u), snap.user, snap.items, snap.static, RequestContext(), now,
                                   extra_dense(model, stage1))
             feed = {"dense": batch.dense, "wide": batch.wide, "cats": batch.cats}

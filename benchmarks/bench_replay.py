@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from foundation.kafka_io import KeyedBatchSender, make_producer
 from foundation.logs import configure_logging
 from foundation.settings import Settings, get_settings
+from tools.datasets.world import generate_world
 from tools.replay import ReplayOptions, replay_log
 
 
@@ -88,8 +89,6 @@ def _load_pairs(log: Path, events: int) -> list[tuple[bytes, bytes]]:
 async def main_async(args: argparse.Namespace) -> dict:
     settings = get_settings()
     if args.log is None:
-        from tools.datasets.world import generate_world
-
         folder = Path(tempfile.mkdtemp(prefix="bench-replay-"))
         generate_world(folder, users=max(500, args.events // 200), items=10_000, events=args.events, seed=11)
         log = folder / "events.jsonl"

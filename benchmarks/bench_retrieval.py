@@ -38,17 +38,16 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from foundation.settings import get_settings
 from models.ann import IndexParams, ItemIndex
 from models.candidates import (
+    SOURCES,
     CandidateConfig,
     Histories,
-    Retriever,
     ann_cf,
     because_you_watched,
     byw_per_seed,
-    candidates_for_users,
     content_based,
-    merge_candidates,
     new_releases,
     popular,
     popularity_scores,
@@ -57,12 +56,26 @@ from models.candidates import (
     user_histories,
 )
 from models.cf import CFModel, fit_cf
+from models.config import TwoStageConfig
 from models.content import fit_content, fit_projection
 from models.dataset import EventLog, load_log
-from models.eval.split import make_split
+from models.features.spec import feature_layout
+from models.features.state import ItemStatic
+from models.recommend.model import RecommenderModel
+from models.recommend.pipeline import RecommendRequest, Snapshot, retrieve
+from models.split import make_split
+from models.two_stage import Retrieval, recommender
 from tools.datasets.movielens import import_movielens
 
-_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared/data/ml-latest-small"
+
+def pipeline_model(log: EventLog, cf: CFModel, content: Any, projection: Any, cf_index: ItemIndex,
+                   neighbour_index: ItemIndex, popularity: NDArray[np.float32], config: CandidateConfig
+                   ) -> RecommenderModel:
+    """These parts as the recommend pipeline reads them (no ranker: retrieval only)."""
+    retrieval = Retrieval(cf, content, content.vectors, projection, cf.item_vectors, cf_index, neighbour_index,
+                          popularity, {})
+    layout = feature_layout(log.catalog.n_items, ItemStatic.from_catalog(log.catalog).n_genres)
+    return recommender(retrieval, log, TwoStageConfig(dim=cf.dim, candidates=config), layout, None)
 
 
 def user_last_split(log: EventLog) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
@@ -115,7 +128,7 @@ def median_us(fn: Callable[[int], Any], users: NDArray[np.int64]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path", type=Path, default=Path(os.environ.get("STREAMREC_MOVIELENS_PATH", _DEFAULT)))
+    parser.add_argument("--path", type=Path, default=get_settings().movielens_path)
     parser.add_argument("--requests", type=int, default=300, help="users sampled for per-request timings")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -181,12 +194,13 @@ def main() -> None:
     history = user_histories(log)
     popularity = popularity_scores(log, now, half_life_days=30.0)
     release = log.catalog.release_ts
-    retriever = Retriever(config=config, cf_index=ip_index, neighbour_index=cos_index, content=content.vectors,
-                          popularity=popularity, release_ts=release, available=log.catalog.available)
+    # The production path: the recommend pipeline over a model of these parts (what a bundle of them loads as).
+    model = pipeline_model(log, cf, content, proj, ip_index, cos_index, popularity, config)
     rng = np.random.default_rng(args.seed)
     users = rng.choice(np.flatnonzero(cf.trained_users), size=min(args.requests, int(cf.trained_users.sum())),
                        replace=False)
-    excl = {u: retriever.exclusion(history.of(u)[0]) for u in users.tolist()}
+    requests = {u: RecommendRequest(log.user_ids[u]) for u in users.tolist()}
+    excl = {u: model.exclusion(history.of(u)[0]) for u in users.tolist()}
     seeds = {u: recent_positives(*history.of(u), max_items=config.byw_seeds)[0] for u in users.tolist()}
     raw = ip_index._index  # the floor: hnswlib itself, no wrapper
     raw_cos = cos_index._index
@@ -219,26 +233,27 @@ def main() -> None:
 
         row("byw", lambda u: because_you_watched(cos_index, seeds[u], config.byw, exclude=excl[u]), byw_floor,
             config.byw)
-        found = {u: retriever.sources(uv[u], *history.of(u), now, exclude=excl[u]) for u in users.tolist()}
-        row("merge", lambda u: merge_candidates(found[u], exclude=excl[u], available=retriever.available))
-        row("generate_all", lambda u: retriever.generate(uv[u], *history.of(u), now))
+        row("retrieve_all", lambda u: retrieve(model, requests[u], Snapshot(), now))
         row("fold_in", lambda u: cf.fold_in(*history.of(u)[:2]))
-        row("exclusion_mask", lambda u: retriever.exclusion(history.of(u)[0]))
+        row("exclusion_mask", lambda u: model.exclusion(history.of(u)[0]))
     result["per_request"] = timings
-    result["candidates_per_request"] = round(float(np.mean([len(retriever.generate(uv[u], *history.of(u), now))
-                                                            for u in users[:50].tolist()])), 1)
+    result["candidates_per_request"] = round(float(np.mean([
+        len(retrieve(model, requests[u], Snapshot(), now).candidates) for u in users[:50].tolist()])), 1)
 
     # -- per-source candidate recall on the split -------------------------------------------------------
     split_cf = models["als"]
     split_now = int(train_log.ts.max())
-    split_retriever = Retriever(
-        config=config, cf_index=ItemIndex.build(split_cf.item_vectors),
-        neighbour_index=ItemIndex.build(split_cf.item_vectors, IndexParams(space="cosine")), content=content.vectors,
-        popularity=popularity_scores(train_log, split_now, half_life_days=30.0), release_ts=release,
-        available=log.catalog.available,
-    )
-    per_user = candidates_for_users(split_retriever, train_h, np.arange(log.n_users), split_now,
-                                    user_vectors=split_cf.user_vectors)
+    split_model = pipeline_model(
+        train_log, split_cf, content, proj, ItemIndex.build(split_cf.item_vectors),
+        ItemIndex.build(split_cf.item_vectors, IndexParams(space="cosine")),
+        popularity_scores(train_log, split_now, half_life_days=30.0), config)
+    per_user: dict[str, list[NDArray[np.int32]]] = {name: [] for name in (*SOURCES, "merged")}
+    for u in range(log.n_users):
+        cands = retrieve(split_model, RecommendRequest(log.user_ids[u]), Snapshot(), split_now).candidates
+        for name in SOURCES:
+            per_user[name].append(cands.items[cands.from_source(name)] if name in cands.source_names
+                                  else np.zeros(0, np.int32))
+        per_user["merged"].append(cands.items)
     recall: dict[str, dict[str, float]] = {}
     for name, lists in per_user.items():
         r = [np.isin(pos, lists[u]).mean() for u, pos in enumerate(positives) if len(pos)]

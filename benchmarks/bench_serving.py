@@ -41,14 +41,34 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
+import orjson
+import redis.asyncio as aioredis
+import uvloop
+from aiohttp import web
 
+from foundation.child_env import settings_env
+from foundation.settings import Settings, get_settings
+from models.bundle import open_bundle
+from models.features.hashing import hash_str
+from models.features.rows import RequestContext, feature_batch
+from models.features.state import ITEM_COUNT_NAMES, ItemStates, UserStates
+from models.recommend.model import RecommenderModel
+from models.recommend.pipeline import RecommendRequest, Snapshot, extra_dense, retrieve
+from online_state.feature_reads import FeatureReader
+from online_state.redis_store import RedisFeatureStore
+from serving.app import create_app
+from serving.http_metrics import REQUEST_SECONDS
+from serving.http_validation import ParamError, parse_recommend_request, request_id_from
+from tools.stack import manager
 from tools.stack.probes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,9 +116,6 @@ def cpu_seconds(pid: int | None) -> float:
 async def open_loop(url_for: Callable[[int], str], rate: float, seconds: float, *, poisson: bool = False,
                     timeout_s: float = 5.0, seed: int = 0, server_pid: int | None = None) -> RateResult:
     """Send ``rate * seconds`` GETs at scheduled instants; latency counts from each scheduled instant."""
-    import aiohttp
-    import orjson
-
     n = max(1, int(rate * seconds))
     rng = np.random.default_rng(seed)
     offsets = np.cumsum(rng.exponential(1.0 / rate, n)) if poisson else np.arange(n) / rate
@@ -177,8 +194,6 @@ async def run_rates(url_for: Callable[[int], str], rates: list[float], seconds: 
 
 
 async def wait_http(url: str, seconds: float, want: int = 200) -> None:
-    import aiohttp
-
     deadline = time.monotonic() + seconds
     last = "no answer"
     async with aiohttp.ClientSession() as session:
@@ -225,21 +240,10 @@ def _median_ms(fn: Callable[[], Any], reps: int) -> float:
 
 async def measure_floor(settings: Any, artifacts: Path, user_ids: list[str], reps: int) -> dict[str, Any]:
     """One ANN query, one ONNX batch of the candidates, one pipelined Redis read of their feature state."""
-    import redis.asyncio as aioredis
-
-    from models.features.hashing import hash_str
-    from models.features.rows import RequestContext, feature_batch
-    from models.features.state import ITEM_COUNT_NAMES, ItemStates, UserStates
-    from online_state.redis_store import RedisFeatureStore
-    from serving.model_state import ServingModel
-    from serving.online_reads import OnlineState
-    from serving.pipeline import extra_dense, generate, user_context
-
-    model = ServingModel.load(artifacts)
+    model = RecommenderModel.load(artifacts)
     user_id = user_ids[0]
     now = int(time.time() * 1000)
-    user = user_context(model, user_id, OnlineState(), None)
-    stage1 = generate(model, user, OnlineState(), now)
+    stage1 = retrieve(model, RecommendRequest(user_id), Snapshot(), now)
     rows = stage1.candidates.items
     ids = model.items.ids[rows].tolist()
     query = model.user_vectors[model.user_row(user_id) or 0][None, :]
@@ -256,14 +260,10 @@ async def measure_floor(settings: Any, artifacts: Path, user_ids: list[str], rep
     onnx_ms = _median_ms(lambda: model.ranker.score(batch), reps)
 
     redis = aioredis.Redis.from_url(settings.redis_url)
-    store = RedisFeatureStore(redis, model.static, prefix="sr")
+    store = RedisFeatureStore(redis, model.static)
     # Two ways to fetch the same keys: one pipelined HMGET per candidate, and the serving core's one-script read
-    # (serving.feature_read, when present). The floor takes the faster: a floor is what the fetch costs at best.
-    readers: dict[str, Any] = {"pipelined_hmget": store}
-    with contextlib.suppress(ImportError):
-        from serving.feature_read import FeatureReader
-
-        readers["script"] = FeatureReader(store)
+    # (online_state.feature_reads). The floor takes the faster: a floor is what the fetch costs at best.
+    readers: dict[str, Any] = {"pipelined_hmget": store, "script": FeatureReader(store)}
     redis_ms: dict[str, float] = {}
     try:
         for name, reader in readers.items():
@@ -285,29 +285,18 @@ async def measure_floor(settings: Any, artifacts: Path, user_ids: list[str], rep
 # --- the end-to-end run ---------------------------------------------------------------------------
 
 
-def _env(settings: Any) -> dict[str, str]:
-    return {**os.environ, "STREAMREC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "STREAMREC_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
-            "STREAMREC_REDIS_URL": settings.redis_url, "STREAMREC_STATE_DIR": str(settings.state_dir),
-            "STREAMREC_LOG_LEVEL": "WARNING"}
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamrec.cli", *args]
 
 
 async def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
-    from foundation.settings import Settings
-    from models.bundle import open_bundle
-    from tools.stack import manager
-
     settings = Settings()
     artifacts = args.artifacts.resolve()
     logs = settings.state_dir.resolve() / "bench-serving"
     logs.mkdir(parents=True, exist_ok=True)
     if args.stack_up:
         await manager.up(settings)
-    env = _env(settings)
+    env = settings_env(settings.model_copy(update={"log_level": "WARNING"}))
     try:
         # Set-up steps, before any timing: blocking the loop here costs nothing.
         subprocess.run(_cli("stack", "topics"), env=env, check=True, cwd=REPO, capture_output=True)  # noqa: ASYNC221
@@ -400,15 +389,9 @@ class _StubPublisher:
 
 def serve_stub(framework: str, port: int) -> None:
     """The stub server of one framework, in this process (``--serve-stub``)."""
-    import uvloop
-
-    from foundation.settings import Settings
-
     settings = Settings(log_level="WARNING")
     if framework == "aiohttp-bare":
         # The floor of any aiohttp server: one route, a constant 20-item body, no validation, service or metrics.
-        import orjson
-        from aiohttp import web
 
         body = orjson.dumps({"items": [{"item_id": f"item-{n}", "score": 0.5, "sources": ["ann"], "reason": "stub"}
                                        for n in range(20)], "degraded": False})
@@ -422,26 +405,18 @@ def serve_stub(framework: str, port: int) -> None:
         web.run_app(bare, host="127.0.0.1", port=port, access_log=None, print=None, loop=uvloop.new_event_loop())
         return
     if framework == "aiohttp":
-        from aiohttp import web
-
-        from serving.app import create_app
-
         async def stub_service(_settings: Any, _artifacts: Any) -> _StubService:
             return _StubService()
 
         app = create_app(settings, service_factory=stub_service, publisher_factory=lambda _s: _StubPublisher())
         web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=uvloop.new_event_loop())
         return
-    import orjson
+    # Lazy: Starlette and uvicorn are not dependencies; only --compare-frameworks runs them.
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
-
-    from serving.http_metrics import REQUEST_SECONDS
-    from serving.http_validation import ParamError, check_id, parse_recommend_params, request_id_from
-    from serving.service import RecommendRequest
 
     service = _StubService()
 
@@ -450,11 +425,8 @@ def serve_stub(framework: str, port: int) -> None:
         started = time.perf_counter()
         request_id = request_id_from(request.headers.get("x-request-id"))
         try:
-            user_id = check_id(request.path_params["user_id"], "user_id")
-            params = parse_recommend_params(request.query_params)
-            body = await service.recommend(RecommendRequest(
-                user_id=user_id, request_id=request_id, k=params.k, device=params.device, country=params.country,
-                hour=params.hour, session_id=params.session_id))
+            body = await service.recommend(parse_recommend_request(request.path_params["user_id"], request_id,
+                                                                   request.query_params))
             response = Response(orjson.dumps(body), media_type="application/json")
         except ParamError as exc:
             response = Response(orjson.dumps({"error": {"field": exc.field, "message": exc.message},
@@ -475,8 +447,6 @@ def serve_stub(framework: str, port: int) -> None:
 async def compare_frameworks(args: argparse.Namespace) -> dict[str, Any]:
     """Every server up at once (an idle one costs nothing); at each rate all are loaded back to back, the first one
     rotating, so a neighbour's load on this shared machine hits them alike."""
-    import tempfile
-
     names = ("aiohttp", "starlette", "aiohttp-bare")
     logs = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     ports = {name: free_port() for name in names}
@@ -485,7 +455,7 @@ async def compare_frameworks(args: argparse.Namespace) -> dict[str, Any]:
         pids = {}
         for name in names:
             cmd = [sys.executable, __file__, "--serve-stub", name, "--port", str(ports[name])]
-            pids[name] = stack.enter_context(process(cmd, dict(os.environ), logs / f"{name}.log")).pid
+            pids[name] = stack.enter_context(process(cmd, settings_env(get_settings()), logs / f"{name}.log")).pid
         for name in names:
             await wait_http(f"http://127.0.0.1:{ports[name]}/readyz", 60)
 
@@ -578,7 +548,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.serve_stub:
         serve_stub(args.serve_stub, args.port)
         return {}
-    import uvloop
 
     runner = compare_frameworks if args.compare_frameworks else end_to_end
     results = uvloop.run(runner(args))

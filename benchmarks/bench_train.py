@@ -14,28 +14,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+from foundation.logs import configure_logging
+from foundation.settings import get_settings
+from models.cf import fit_cf
+from models.dataset import load_log
+from models.train import train_bundle
+from tools.datasets.movielens import import_movielens
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path", type=Path, default=Path(os.environ.get("STREAMREC_MOVIELENS_PATH", DEFAULT)))
+    parser.add_argument("--path", type=Path, default=get_settings().movielens_path)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     if not args.path.exists():
         raise SystemExit(f"ml-latest-small not found at {args.path} (set STREAMREC_MOVIELENS_PATH)")
-
-    from foundation.logs import configure_logging
-    from models.cf import fit_cf
-    from models.dataset import load_log
-    from models.train import train_bundle
-    from tools.datasets.movielens import import_movielens
 
     configure_logging("WARNING")
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))

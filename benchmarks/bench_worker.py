@@ -8,12 +8,12 @@ topic measured in the same run, and freshness (produce -> state visible in Redis
 
 - the worker runs with a bundle (``--artifacts``, default: a small one trained on the generated
   world first, not timed), so every effect is on: features, trending, sessions, online user
-  vectors (needs the bundle's CF item vectors) and the item-vector catalog hook.
+  vectors (needs the bundle's CF item vectors) and the item-vector catalog effect.
 
 - ``raw``: one aiokafka consumer, ``getmany(max_records=2000)`` over the 8 partitions from the
   beginning, nothing done with the records (the floor of any consumer in Python).
-- ``worker``: ``python -m streams.worker`` (a separate process, as deployed) on the pre-filled
-  topics: decode, features + every registered effect, dead letters, offsets, one MULTI per partition
+- ``worker``: ``python -m streamrec.commands.worker`` (a separate process, as deployed) on the pre-filled
+  topics: decode, every effect of the list, dead letters, offsets, one MULTI per partition
   batch. Timed from the first applied batch to the last record's offset stored in Redis.
 - ``worker_cpu_us_per_event``: the worker process' CPU time (user + system) over the same span, per
   event: less sensitive than the rate to other load on a shared machine.
@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,16 +41,36 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+from foundation.child_env import settings_env
+from foundation.kafka_io import make_consumer, make_producer
+from foundation.logs import configure_logging
+from foundation.settings import Settings, get_settings
+from foundation.topics import delete_topics, ensure_topics_retrying
+from models.config import TwoStageConfig
+from models.train import train_bundle
+from online_state.keys import KeyLayout
+from streams.rebuild import delete_state
+from tools.catch_up import end_offsets
+from tools.datasets.world import generate_world
+from tools.replay import replay_log
+from tools.stack.process import terminate
+
 REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 8
 
 
-def _faust_floor_app() -> None:
-    """``python bench_worker.py _faust_floor worker -l warn``: counts BENCH_N records of BENCH_TOPIC."""
+def _faust_floor_app(topic_name: str, n: int) -> None:
+    """``python bench_worker.py _faust_floor TOPIC N worker -l warn``: counts N records of TOPIC."""
+    # Lazy: only --faust-floor runs Faust, in a child process of its own; the rest never needs it.
     import faust
 
-    topic_name, n = os.environ["BENCH_TOPIC"], int(os.environ["BENCH_N"])
-    bootstrap = os.environ["STREAMREC_KAFKA_BOOTSTRAP"]
+    bootstrap = get_settings().kafka_bootstrap.split(",")[0]
     app = faust.App(f"bench-faust-{uuid.uuid4().hex[:6]}", broker=f"kafka://{bootstrap}", value_serializer="raw",
                     topic_disable_leader=True, web_enabled=False, consumer_auto_offset_reset="earliest",
                     broker_max_poll_records=2000, stream_buffer_maxsize=20000)
@@ -67,7 +88,7 @@ def _faust_floor_app() -> None:
                 print(json.dumps({"faust_events_per_s": state["n"] / seconds}), flush=True)
                 os._exit(0)
 
-    sys.argv = [sys.argv[0], *sys.argv[2:]]
+    sys.argv = [sys.argv[0], *sys.argv[4:]]  # what follows `_faust_floor TOPIC N` is Faust's command line
     app.main()
 
 
@@ -76,20 +97,17 @@ def _spawn_worker(env: dict[str, str], prefix: str, concurrency: int, max_record
     # --profile: the worker under cProfile (written when it stops on SIGTERM).
     runner = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
     return subprocess.Popen(
-        [*runner, "-m", "streams.worker", "--metrics-port", "0", "--prefix", prefix,
+        [*runner, "-m", "streamrec.commands.worker", "--metrics-port", "0", "--prefix", prefix,
          "--concurrency", str(concurrency), "--max-records", str(max_records),
          *(["--artifacts", str(artifacts)] if artifacts else [])],
         cwd=REPO, env=env,
     )
 
 
-def _run_faust_floor(topic: str, n: int, bootstrap: str) -> dict[str, float]:
-    import re
-
+def _run_faust_floor(settings: Settings, topic: str, n: int) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, __file__, "_faust_floor", "worker", "-l", "warn"], cwd=REPO, capture_output=True,
-        text=True, timeout=600, check=False,
-        env={**os.environ, "BENCH_TOPIC": topic, "BENCH_N": str(n), "STREAMREC_KAFKA_BOOTSTRAP": bootstrap},
+        [sys.executable, __file__, "_faust_floor", topic, str(n), "worker", "-l", "warn"], cwd=REPO,
+        capture_output=True, text=True, timeout=600, check=False, env=settings_env(settings),
     )
     # Faust redirects print() into its logging (stderr).
     found = re.search(r'\{"faust_events_per_s": [0-9.e+]+\}', done.stdout + done.stderr)
@@ -99,18 +117,11 @@ def _run_faust_floor(topic: str, n: int, bootstrap: str) -> dict[str, float]:
 def _train_small_bundle(world: Path, artifacts: Path) -> Path:
     """A quick bundle of the world (the worker needs its CF item vectors for the online user vectors and
     its content model for the item-vector hook); the worker's cost does not depend on its quality."""
-    from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
-
     train_bundle(world, artifacts, TwoStageConfig(dim=64, rank_users=200, ranker_epochs=1))
     return artifacts
 
 
 async def _raw_rate(settings, topic: str, n: int) -> float:  # type: ignore[no-untyped-def]
-    from aiokafka import TopicPartition
-
-    from foundation.kafka_io import make_consumer
-
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
     try:
@@ -136,14 +147,13 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def _applied(client, prefix: str, topic: str) -> dict[int, int]:  # type: ignore[no-untyped-def]
-    values = await client.mget([f"{prefix}:offset:{topic}:{p}" for p in range(PARTITIONS)])
+    keys = KeyLayout(prefix)
+    values = await client.mget([keys.offset(topic, p) for p in range(PARTITIONS)])
     return {p: int(v) for p, v in enumerate(values) if v is not None}
 
 
 async def _freshness(settings, client, prefix: str, topic: str, values: list[tuple[bytes, bytes]],  # type: ignore[no-untyped-def]
                      rate: float, seconds: float) -> tuple[float, float, int]:
-    from foundation.kafka_io import make_producer
-
     producer = make_producer(settings, linger_ms=1)
     await producer.start()
     pending: list[tuple[float, asyncio.Future]] = []  # type: ignore[type-arg]
@@ -209,16 +219,6 @@ async def main() -> None:
     parser.add_argument("--profile", type=Path, help="write the worker's cProfile stats here")
     args = parser.parse_args()
 
-    import redis.asyncio as aioredis
-
-    from foundation.logs import configure_logging
-    from foundation.settings import get_settings
-    from streams.worker import delete_state, ensure_topics_retrying
-    from tools.catch_up import end_offsets
-    from tools.datasets.world import generate_world
-    from tools.replay import replay_log
-    from tools.stack.process import terminate
-
     configure_logging("WARNING")
     settings = get_settings()
     tmp = tempfile.TemporaryDirectory(prefix="bench-worker-")
@@ -230,11 +230,7 @@ async def main() -> None:
     if artifacts is None and not args.no_bundle:
         artifacts = _train_small_bundle(world, Path(tmp.name) / "artifacts")
     tag = uuid.uuid4().hex[:8]
-    scoped = settings.model_copy(update={
-        "topic_interactions": f"bench-int-{tag}", "topic_catalog": f"bench-cat-{tag}",
-        "topic_item_vectors": f"bench-vec-{tag}", "topic_dead_letters": f"bench-dlq-{tag}",
-        "interactions_partitions": PARTITIONS,
-    })
+    scoped = settings.with_topic_prefix(f"bench-{tag}").model_copy(update={"interactions_partitions": PARTITIONS})
     prefix = f"bench{tag}"
     topic = scoped.topic_interactions
     await ensure_topics_retrying(scoped)
@@ -244,9 +240,7 @@ async def main() -> None:
     raw = await _raw_rate(scoped, topic, total)
     result: dict[str, object] = {"events": total, "raw_events_per_s": round(raw)}
 
-    env = {**os.environ, "STREAMREC_TOPIC_INTERACTIONS": topic, "STREAMREC_TOPIC_CATALOG": scoped.topic_catalog,
-           "STREAMREC_TOPIC_ITEM_VECTORS": scoped.topic_item_vectors,
-           "STREAMREC_TOPIC_DEAD_LETTERS": scoped.topic_dead_letters, "STREAMREC_LOG_LEVEL": "WARNING"}
+    env = settings_env(scoped.model_copy(update={"log_level": "WARNING"}))
     client = aioredis.Redis.from_url(settings.redis_url)
     proc = _spawn_worker(env, prefix, args.concurrency, args.max_records, artifacts, args.profile)
     try:
@@ -267,8 +261,6 @@ async def main() -> None:
         result["worker_vs_raw"] = round(worker_rate / raw, 3)
         if not args.no_freshness:
             lines = (world / "events.jsonl").read_bytes().splitlines()[:50_000]
-            import orjson
-
             values = [(orjson.loads(line)["user_id"].encode(), line) for line in lines]
             rate = worker_rate * args.freshness_share
             p50, p99, sent = await _freshness(scoped, client, prefix, topic, values, rate, args.freshness_seconds)
@@ -276,25 +268,15 @@ async def main() -> None:
                           freshness_p50_ms=round(p50 * 1000, 1), freshness_p99_ms=round(p99 * 1000, 1))
     finally:
         terminate(proc, timeout_s=30)
-        await delete_state(client, prefix)
+        await delete_state(client, KeyLayout(prefix))
         await client.aclose()
 
     if args.faust_floor:
-        floor = _run_faust_floor(topic, total, settings.kafka_bootstrap.split(",")[0])
+        floor = _run_faust_floor(settings, topic, total)
         result.update({k: round(v) for k, v in floor.items()})
 
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic, scoped.topic_catalog, scoped.topic_item_vectors, scoped.topic_dead_letters])
-    finally:
-        await admin.close()
+    await delete_topics(scoped)
     tmp.cleanup()
-
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=f"stream worker, {total:,} events, {os.cpu_count()} cores")
     table.add_column("measure")
@@ -306,7 +288,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_faust_floor":
-        _faust_floor_app()
+    if len(sys.argv) > 3 and sys.argv[1] == "_faust_floor":
+        _faust_floor_app(sys.argv[2], int(sys.argv[3]))
     else:
         asyncio.run(main())

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from foundation.settings import Settings
 
@@ -69,8 +70,6 @@ class KeyedBatchSender:
     """
 
     def __init__(self, producer: AIOKafkaProducer, key_cache_size: int = 1_000_000) -> None:
-        from aiokafka.partitioner import DefaultPartitioner
-
         self._producer = producer
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import topics
@@ -29,6 +29,7 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
         env_file=os.environ.get(f"{ENV_PREFIX}CONFIG"),
+        populate_by_name=True,  # `java_home` is also read from JAVA_HOME, yet still set by its name
     )
 
     # --- Kafka -----------------------------------------------------------------------------
@@ -64,10 +65,27 @@ class Settings(BaseSettings):
         description="Cache shared by all checkouts: Kafka jars resolved from Maven Central (reused offline).",
     )
     artifacts: Path = Field(Path("artifacts"), description="Model bundle root (holds versions and `latest`).")
+    java_home: str = Field(
+        "", validation_alias=AliasChoices(f"{ENV_PREFIX}JAVA_HOME", "JAVA_HOME"),
+        description="JDK whose bin/java runs the broker of `stack up` (also read from JAVA_HOME); empty: java on PATH.",
+    )
+    movielens_path: Path = Field(
+        Path("../shared/data/ml-latest-small"),
+        description="MovieLens folder the tests and benchmarks read (never shipped: they skip without it); "
+        "relative to the working directory, the repository root.",
+    )
 
     # --- Logging ---------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(False, description="Structured logs as JSON lines (true in containers).")
+
+    # --- Stream worker ---------------------------------------------------------------------
+    worker_metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Port of a stream worker's Prometheus metrics; 0: none."
+    )
+    worker_concurrency: int = Field(
+        4, ge=1, description="Partition batches a stream worker handles at once (their Redis round trips overlap)."
+    )
 
     # --- Serving (HTTP) --------------------------------------------------------------------
     server_host: str = Field("127.0.0.1", description="Address `streamrec serve` binds (0.0.0.0 in containers).")
@@ -121,7 +139,7 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {value!r}")
         return value
 
-    @field_validator("state_dir", "cache_dir", "artifacts")
+    @field_validator("state_dir", "cache_dir", "artifacts", "movielens_path")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
@@ -147,6 +165,19 @@ class Settings(BaseSettings):
     @property
     def redis_host(self) -> str:
         return urlparse(self.redis_url).hostname or "127.0.0.1"
+
+    def with_topic_prefix(self, prefix: str) -> Settings:
+        """The same settings on topics of their own (``{prefix}-interactions``, ...), for a run that must
+        neither read nor pollute the deployment's topics."""
+        return self.model_copy(update={
+            "topic_interactions": f"{prefix}-{topics.INTERACTIONS}", "topic_catalog": f"{prefix}-{topics.CATALOG}",
+            "topic_item_vectors": f"{prefix}-{topics.ITEM_VECTORS}",
+            "topic_dead_letters": f"{prefix}-{topics.DEAD_LETTERS}",
+        })
+
+    def with_redis_db(self, db: int) -> Settings:
+        """The same settings on Redis database ``db`` (tools and benchmarks that keep their state apart)."""
+        return self.model_copy(update={"redis_url": urlunparse(urlparse(self.redis_url)._replace(path=f"/{db}"))})
 
 
 @lru_cache(maxsize=1)

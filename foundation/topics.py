@@ -6,7 +6,12 @@ run against any broker (with ``auto.create.topics.enable=false``) without a sepa
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
 from foundation.logs import get_logger
 from foundation.settings import Settings
@@ -50,9 +55,6 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
     Returns the names of the topics this call created (empty when all existed). Existing topics are
     left as they are; one with fewer partitions than configured is logged as a warning.
     """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
     specs = topic_specs(settings)
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -96,3 +98,28 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
     if created:
         log.info("stack.topics.created", topics=created)
     return created
+
+
+async def delete_topics(settings: Settings, names: Sequence[str] | None = None) -> None:
+    """Delete ``names`` (default: every topic of :func:`topic_specs`), for runs that made topics of their
+    own (``Settings.with_topic_prefix``). A topic that does not exist is no error."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-topics")
+    await admin.start()
+    try:
+        await admin.delete_topics(list(names) if names is not None else [s.name for s in topic_specs(settings)])
+    finally:
+        await admin.close()
+
+
+async def ensure_topics_retrying(settings: Settings, attempts: int = 20) -> None:
+    """:func:`ensure_topics`, retried once a second: a broker that just started refuses for a moment
+    (KRaft: "All brokers are currently fenced")."""
+    for attempt in range(attempts):
+        try:
+            await ensure_topics(settings)
+            return
+        except TopicSetupError as exc:
+            if attempt == attempts - 1:
+                raise
+            log.info("topics.retry", reason=str(exc))
+            await asyncio.sleep(1.0)

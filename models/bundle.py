@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from models.catalog import CatalogTable
+from models.features.spec import check_feature_spec
+
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -173,6 +176,24 @@ class Bundle:
     def json(self, name: str) -> Any:
         return orjson.loads(self.file(f"{name}.json").read_bytes())
 
+    def catalog_table(self) -> CatalogTable:
+        """The bundle's titles (``items.npz``, ``catalog.json``, ``item_ids.json``) as a catalogue table (tags and
+        cast are not kept in a bundle: a live upsert brings them)."""
+        items = self.arrays("items")
+        meta = self.json("catalog")
+        item_ids: list[str] = self.json("item_ids")
+        n = len(item_ids)
+        year = items["year"].astype(np.int64).tolist() if "year" in items else [0] * n
+        return CatalogTable(
+            item_ids=list(item_ids), index={item_id: row for row, item_id in enumerate(item_ids)},
+            titles=list(meta["titles"]), genres=[list(g) for g in meta["genres"]], tags=[[] for _ in range(n)],
+            cast=[[] for _ in range(n)], year=year, release_ts=items["release_ts"].astype(np.int64).tolist(),
+            first_seen_ts=items["first_seen_ts"].astype(np.int64).tolist(),
+            maturity=items["maturity"].astype(np.int64).tolist(),
+            is_original=items["is_original"].astype(bool).tolist(), available=items["available"].astype(bool).tolist(),
+            described=[True] * n,
+        )
+
     def bytes(self, name: str) -> bytes:
         return self.file(name).read_bytes()
 
@@ -204,7 +225,6 @@ def open_bundle(root: Path, version: str | None = None, *, verify: bool = True,
         raise BundleError(f"bundle {version} has format {manifest.get('format')}; this code reads {BUNDLE_FORMAT}")
     bundle = Bundle(path, manifest)
     if check_features:
-        from models.features.spec import check_feature_spec
 
         check_feature_spec(manifest.get("feature_spec_version"))
     if verify:

@@ -11,21 +11,20 @@ Sources take an optional ``exclude`` mask (already-watched, unavailable titles) 
 their budget with eligible titles instead of spending it on titles the merge would drop; HNSW
 sources over-fetch by at most one extra budget for that.
 
-For offline evaluation :func:`candidates_for_users` runs every source for many users and returns
-the per-source item arrays, so per-source candidate recall can be measured.
+The sources are composed for a request by :func:`models.recommend.pipeline.retrieve`, the one
+place that does it for the server, offline evaluation and the ranker's training.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from models.ann import ItemIndex
-from models.cf import CFModel
 from models.dataset import EventLog
 from models.feedback import feedback_weights
 
@@ -406,81 +405,16 @@ def popularity_scores(
 # -- one request, and many users offline ----------------------------------------------------------
 
 
-@dataclass
-class Retriever:
-    """The artefacts every source needs, for one model bundle (server: one per loaded bundle).
-
-    ``cf_index``: an ``"ip"`` :class:`ItemIndex` over CF item vectors (user retrieval);
-    ``neighbour_index``: a ``"cosine"`` one over the same vectors (because you watched);
-    ``content``: the L2-normalised content matrix (or an index over it); ``release_ts``: release
-    or first-seen timestamps for new releases. A missing artefact switches its source off.
-    """
-
-    config: CandidateConfig = field(default_factory=CandidateConfig)
-    cf_index: ItemIndex | None = None
-    neighbour_index: ItemIndex | None = None
-    content: ItemIndex | NDArray[np.float32] | None = None
-    content_vectors: NDArray[np.float32] | None = None  # for profiles when ``content`` is an index
-    popularity: NDArray[np.float32] | None = None
-    release_ts: NDArray[np.int64] | None = None
-    available: ItemMask | None = None
-    n_items: int = 0
-
-    def __post_init__(self) -> None:
-        if self.content_vectors is None and isinstance(self.content, np.ndarray):
-            self.content_vectors = self.content
-        if not self.n_items:
-            sizes = [len(a) for a in (self.popularity, self.release_ts, self.available, self.content_vectors)
-                     if a is not None]
-            self.n_items = max(sizes) if sizes else 0
-
-    def exclusion(self, history_items: NDArray[np.integer], extra: ItemMask | None = None) -> ItemMask:
-        """Already-touched titles plus unavailable ones, as one mask (shared by every source)."""
-        mask = as_mask(history_items, self.n_items)
-        if self.available is not None:
-            mask |= ~as_mask(self.available, self.n_items)
-        if extra is not None:
-            mask |= as_mask(extra, self.n_items)
-        return mask
-
-    def sources(
-        self, user_vector: NDArray[np.floating] | None, history_items: NDArray[np.integer],
-        history_weights: NDArray[np.floating], history_ts: NDArray[np.integer] | None, now: int,
-        *, context_popularity: NDArray[np.floating] | None = None, exclude: ItemMask | None = None,
-    ) -> dict[str, SourceResult]:
-        """Run every configured source for one user (``history_*``: time-ordered raw events)."""
-        cfg = self.config
-        if exclude is None:
-            exclude = self.exclusion(history_items)
-        out: dict[str, SourceResult] = {}
-        if self.cf_index is not None and user_vector is not None:
-            out["ann_cf"] = ann_cf(self.cf_index, user_vector, cfg.ann_cf, exclude)
-        if self.content is not None and self.content_vectors is not None:
-            profile = user_content_profile(self.content_vectors, history_items, history_weights, history_ts, now,
-                                           max_items=cfg.profile_items, half_life_days=cfg.profile_half_life_days)
-            out["content"] = content_based(self.content, profile, cfg.content, exclude)
-        if self.popularity is not None:
-            out["popular"] = popular(self.popularity, cfg.popular, context_popularity,
-                                     context_weight=cfg.context_weight, exclude=exclude)
-        if self.release_ts is not None:
-            out["new_releases"] = new_releases(self.release_ts, now, cfg.new_releases, cfg.new_window_days,
-                                               self.popularity, exclude)
-        if self.neighbour_index is not None:
-            seeds, _, _ = recent_positives(history_items, history_weights, history_ts, cfg.byw_seeds)
-            out["byw"] = because_you_watched(self.neighbour_index, seeds, cfg.byw, exclude=exclude)
-        return out
-
-    def generate(
-        self, user_vector: NDArray[np.floating] | None, history_items: NDArray[np.integer],
-        history_weights: NDArray[np.floating], history_ts: NDArray[np.integer] | None, now: int,
-        *, context_popularity: NDArray[np.floating] | None = None, exclude: ItemMask | None = None,
-    ) -> Candidates:
-        """All sources for one request, merged."""
-        if exclude is None:
-            exclude = self.exclusion(history_items)
-        found = self.sources(user_vector, history_items, history_weights, history_ts, now,
-                             context_popularity=context_popularity, exclude=exclude)
-        return merge_candidates(found, exclude=exclude, available=self.available)
+def exclusion(n_items: int, history_items: NDArray[np.integer], available: ItemMask | None = None,
+              extra: ItemMask | None = None) -> ItemMask:
+    """Already-touched titles, unavailable ones and ``extra`` (e.g. above the maturity limit), as one
+    mask shared by every source."""
+    mask = as_mask(history_items, n_items)
+    if available is not None:
+        mask |= ~as_mask(available, n_items)
+    if extra is not None:
+        mask |= as_mask(extra, n_items)
+    return mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,36 +439,3 @@ def user_histories(log: EventLog) -> Histories:
     ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return Histories(ptr, log.item[order].astype(np.int32),
                      feedback_weights(log.kind[order], log.value[order]), log.ts[order])
-
-
-def candidates_for_users(
-    retriever: Retriever, histories: Histories, users: NDArray[np.integer], now: int | NDArray[np.integer],
-    *, user_vectors: NDArray[np.floating] | None = None, cf: CFModel | None = None,
-) -> dict[str, list[Items]]:
-    """Every source's items (and the merged set under ``"merged"``) for each user in ``users``.
-
-    The CF vector of user ``u`` is ``user_vectors[u]`` when given, else (``cf`` given) the ALS
-    fold-in of ``u``'s history, as the server does for users unseen at training time. ``now`` is
-    one timestamp or one per user (e.g. each user's split time). A loop over users with each
-    source call vectorised: this is the offline path; the server calls :meth:`Retriever.generate`.
-    """
-    users = np.asarray(users, np.int64)
-    nows = np.broadcast_to(np.asarray(now, np.int64), users.shape)
-    out: dict[str, list[Items]] = {name: [] for name in (*SOURCES, "merged")}
-    n_hist = len(histories.ptr) - 1
-    for u, t in zip(users.tolist(), nows.tolist(), strict=True):
-        if u < n_hist:
-            items, weights, ts = histories.of(u)
-        else:
-            items, weights, ts = np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-        vec: NDArray[np.floating] | None = None
-        if user_vectors is not None:
-            vec = user_vectors[u] if u < len(user_vectors) else None
-        elif cf is not None:
-            vec = cf.fold_in(items, weights)
-        exclude = retriever.exclusion(items)
-        found = retriever.sources(vec, items, weights, ts, int(t), exclude=exclude)
-        for name in SOURCES:
-            out[name].append(found[name][0] if name in found else np.zeros(0, np.int32))
-        out["merged"].append(merge_candidates(found, exclude=exclude, available=retriever.available).items)
-    return out

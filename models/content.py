@@ -27,8 +27,8 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.sparse.linalg import svds
 
+from models.catalog import Catalog
 from models.cf import CFModel
-from models.dataset import Catalog
 
 FIELDS: Final[tuple[str, ...]] = ("g", "t", "c", "y", "w")  # genre, tag, cast, decade, title word
 # Genres and tags say most about what a title *is*; cast links titles only through shared actors;

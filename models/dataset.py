@@ -15,7 +15,8 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from schemas.decoder import EventError, catalog_decoder, interaction_decoder
+from models.catalog import Catalog, load_catalog
+from schemas.decoder import EventError, interaction_decoder
 from schemas.events import (
     DEVICES,
     MATURITY_ORDER,
@@ -23,8 +24,6 @@ from schemas.events import (
     Click,
     Complete,
     Impression,
-    ItemRemove,
-    ItemUpsert,
     Play,
     Progress,
     Rating,
@@ -44,30 +43,6 @@ _KIND_OF: Final[dict[type, int]] = {
 }
 DEVICE_CODE: Final[dict[str, int]] = {name: code + 1 for code, name in enumerate(DEVICES)}  # 0 = unknown
 NO_ITEM: Final = -1
-
-
-@dataclass
-class Catalog:
-    """Every title the log ever upserted, with its latest metadata."""
-
-    item_ids: list[str]
-    index: dict[str, int]
-    titles: list[str]
-    genres: list[list[str]]
-    tags: list[list[str]]
-    cast: list[list[str]]
-    year: NDArray[np.int32]  # 0 when unknown
-    release_ts: NDArray[np.int64]
-    first_seen_ts: NDArray[np.int64]  # ts of the first upsert: when the title entered the catalogue
-    maturity: NDArray[np.int8]  # index into MATURITY_ORDER
-    is_original: NDArray[np.bool_]
-    available: NDArray[np.bool_]  # false when unavailable or removed at the end of the log
-    genre_vocab: list[str]
-    genre_matrix: NDArray[np.float32]  # (items, genres) multi-hot
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
 
 
 @dataclass
@@ -125,55 +100,6 @@ class EventLog:
             impression_items=np.concatenate(items).astype(np.int32) if items else np.zeros(0, np.int32),
             user_maturity_limit=self.user_maturity_limit, rejected=self.rejected,
         )
-
-
-def load_catalog(path: Path) -> Catalog:
-    item_ids: list[str] = []
-    index: dict[str, int] = {}
-    latest: list[ItemUpsert | None] = []
-    first_seen: list[int] = []
-    removed: set[int] = set()
-    with path.open("rb") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                event = catalog_decoder.decode(line)
-            except EventError:
-                continue  # replay reports invalid lines; training only skips them
-            idx = index.get(event.item_id)
-            if isinstance(event, ItemRemove):
-                if idx is not None:
-                    removed.add(idx)
-                continue
-            if idx is None:
-                idx = index[event.item_id] = len(item_ids)
-                item_ids.append(event.item_id)
-                latest.append(None)
-                first_seen.append(event.ts)
-            latest[idx] = event
-            removed.discard(idx)
-    items = [e for e in latest if e is not None]
-    genre_vocab = sorted({g for e in items for g in e.genres})
-    genre_pos = {g: i for i, g in enumerate(genre_vocab)}
-    matrix = np.zeros((len(items), max(1, len(genre_vocab))), np.float32)
-    for i, e in enumerate(items):
-        for g in e.genres:
-            matrix[i, genre_pos[g]] = 1.0
-    maturity_pos = {m: i for i, m in enumerate(MATURITY_ORDER)}
-    available = np.array([e.available for e in items], bool)
-    if removed:
-        available[list(removed)] = False
-    return Catalog(
-        item_ids=item_ids, index=index, titles=[e.title for e in items], genres=[list(e.genres) for e in items],
-        tags=[list(e.tags) for e in items], cast=[list(e.cast) for e in items],
-        year=np.array([e.year or 0 for e in items], np.int32),
-        release_ts=np.array([e.release_ts for e in items], np.int64),
-        first_seen_ts=np.array(first_seen, np.int64),
-        maturity=np.array([maturity_pos[e.maturity_rating] for e in items], np.int8),
-        is_original=np.array([e.is_original for e in items], bool), available=available,
-        genre_vocab=genre_vocab, genre_matrix=matrix,
-    )
 
 
 def load_log(folder: Path) -> EventLog:

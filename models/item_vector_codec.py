@@ -23,6 +23,7 @@ characters per float, and an exact round trip. Imports nothing of ours.
 from __future__ import annotations
 
 import base64
+import zlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -74,3 +75,8 @@ def decode_item_vector(key: bytes, value: bytes | None) -> ItemVector | None:
         return ItemVector(item_id, vec, str(obj["bundle"]), str(obj["source"]), int(obj["ts"]))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"bad item-vectors record for key {key!r}: {exc}") from exc
+
+
+def space_id(item_vectors: NDArray[np.floating]) -> int:
+    """crc32 of the float32 bytes of a bundle's item vectors: the id of the space its user vectors live in."""
+    return zlib.crc32(np.ascontiguousarray(item_vectors, "<f4").tobytes())

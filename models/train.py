@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from models.bundle import BundleError, BundleWriter, fingerprint_files, open_bundle
-from models.candidates import CandidateConfig, user_histories
+from models.candidates import user_histories
+from models.config import TwoStageConfig, config_from_params
 from models.dataset import EventLog, load_log
 from models.features.spec import FEATURE_SPEC_VERSION
-from models.postprocess import PostConfig
-from models.two_stage import TwoStageConfig, TwoStageModel, fit_two_stage
+from models.two_stage import TwoStageModel, fit_two_stage
 
 
 def config_from_bundle(artifacts: Path | None) -> TwoStageConfig:
@@ -50,16 +50,6 @@ def config_from_bundle(artifacts: Path | None) -> TwoStageConfig:
     return config_from_params(params)
 
 
-def config_from_params(params: dict[str, Any]) -> TwoStageConfig:
-    fields = {f.name for f in dataclasses.fields(TwoStageConfig)}
-    values = {k: v for k, v in params.items() if k in fields}
-    if isinstance(values.get("candidates"), dict):
-        values["candidates"] = CandidateConfig(**values["candidates"])
-    if isinstance(values.get("post"), dict):
-        values["post"] = PostConfig(**values["post"])
-    return TwoStageConfig(**values)
-
-
 def write_bundle(writer: BundleWriter, log: EventLog, model: TwoStageModel) -> None:
     retrieval = model.retrieval
     catalog = log.catalog
@@ -68,10 +58,8 @@ def write_bundle(writer: BundleWriter, log: EventLog, model: TwoStageModel) -> N
     retrieval.cf.save(writer.path("cf.npz"))
     retrieval.content.save(writer.path("content.npz"))
     retrieval.projection.save(writer.path("projection.npz"))
-    retriever = retrieval.retriever
-    assert retriever.cf_index is not None and retriever.neighbour_index is not None
-    retriever.cf_index.save(writer.path("hnsw_cf.bin"))
-    retriever.neighbour_index.save(writer.path("hnsw_items.bin"))
+    retrieval.cf_index.save(writer.path("hnsw_cf.bin"))
+    retrieval.neighbour_index.save(writer.path("hnsw_items.bin"))
     writer.save_arrays(
         "items", popularity=retrieval.popularity, release_ts=catalog.release_ts, first_seen_ts=catalog.first_seen_ts,
         available=catalog.available, maturity=catalog.maturity, is_original=catalog.is_original,

@@ -10,58 +10,41 @@ Training (``fit_two_stage``):
 3. Retrieval (CF, content, projection, HNSW, popularity) is then refitted on the whole log for
    the bundle, and the ranker trained in step 1 is kept.
 
-Recommending offline (``TwoStageRecommender``) runs the same stages as the server: candidates
-from every source, feature rows for them, ONNX Runtime scores, post-processing.
+The ranker's training requests and offline recommendation (``TwoStageRecommender``, what ``streamrec
+eval`` measures) both go through :mod:`models.recommend.pipeline`, the functions the server calls; offline,
+the feature state comes from the log replayed up to each request instead of from Redis.
 """
 
 from __future__ import annotations
 
 import itertools
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from models.ann import IndexParams, ItemIndex
-from models.candidates import (
-    CandidateConfig,
-    Candidates,
-    Histories,
-    Retriever,
-    popularity_scores,
-    user_content_profile,
-    user_histories,
-)
+from models.candidates import Candidates, Histories, popularity_scores, user_histories
 from models.cf import CFModel, fit_cf
+from models.config import TwoStageConfig
 from models.content import ContentModel, ContentProjection, fit_content, fit_projection
-from models.dataset import EventLog
+from models.dataset import DEVICES, EventLog
 from models.features.batch import FeatureBatch, FeatureLayout
-from models.features.offline import Request, build_rows, context_at
+from models.features.offline import Replay, Request, build_rows, context_at
 from models.features.spec import FEATURE_SPEC_VERSION, feature_layout
 from models.features.state import ItemStatic
 from models.feedback import engagement
-from models.postprocess import PostConfig, apply_rules, mmr
+from models.ranker.scorer import RankerSession
+from models.recommend.model import RecommenderModel
+from models.recommend.pipeline import RankingState, RecommendRequest, Snapshot, extra_dense, rank_and_answer, retrieve
+from models.split import make_split
 
 Progress = Callable[[str], None]
-SOURCE_COLUMNS = {"ann_cf": "src_ann", "content": "src_content", "popular": "src_popular",
-                  "new_releases": "src_new", "byw": "src_byw"}
-
-
-@dataclass(frozen=True)
-class TwoStageConfig:
-    dim: int = 64
-    seed: int = 0
-    candidates: CandidateConfig = field(default_factory=CandidateConfig)
-    rank_users: int = 2000  # users whose split point becomes a ranker training request (at most)
-    valid_share: float = 0.15  # of those requests, held out for early stopping
-    ranker_epochs: int = 12
-    ranker_loss: str = "listwise"
-    post: PostConfig = field(default_factory=PostConfig)
-
-
 @dataclass
 class Retrieval:
     """The fitted first stage: CF and content models and the indexes over them."""
@@ -71,7 +54,8 @@ class Retrieval:
     content_vectors: NDArray[np.float32]
     projection: ContentProjection
     item_vectors: NDArray[np.float32]  # CF vectors, content-projected for titles without CF data
-    retriever: Retriever
+    cf_index: ItemIndex  # "ip": user -> items
+    neighbour_index: ItemIndex  # "cosine": item -> similar items
     popularity: NDArray[np.float32]
     metrics: dict[str, Any]
 
@@ -92,29 +76,31 @@ def fit_retrieval(log: EventLog, config: TwoStageConfig, progress: Progress | No
     cf_index = ItemIndex.build(cf.item_vectors, IndexParams(space="ip", seed=config.seed))
     neighbour_index = ItemIndex.build(cf.item_vectors, IndexParams(space="cosine", seed=config.seed))
     recall = cf_index.measure_recall(cf.user_vectors[cf.trained_users], n_queries=500)
-    popularity = popularity_scores(log)
-    available = log.catalog.available.copy()
-    release = np.maximum(log.catalog.release_ts, log.catalog.first_seen_ts)
-    retriever = Retriever(config=config.candidates, cf_index=cf_index, neighbour_index=neighbour_index,
-                          content=content_vectors, popularity=popularity, release_ts=release, available=available,
-                          n_items=log.catalog.n_items)
     metrics = {"hnsw": recall, "projection": projection.report, "cf_seconds": cf.seconds,
                "retrieval_seconds": time.perf_counter() - started}
-    return Retrieval(cf, content, content_vectors, projection, cf.item_vectors, retriever, popularity, metrics)
+    return Retrieval(cf, content, content_vectors, projection, cf.item_vectors, cf_index, neighbour_index,
+                     popularity_scores(log), metrics)
 
 
-def _extra_dense(retrieval: Retrieval, cands: Candidates, user_vector: NDArray[np.float32] | None,
-                 profile: NDArray[np.float32] | None) -> dict[str, NDArray[np.float32]]:
-    items = cands.items.astype(np.int64)
-    out: dict[str, NDArray[np.float32]] = {}
-    out["cf_score"] = (retrieval.item_vectors[items] @ user_vector).astype(np.float32) if user_vector is not None \
-        else np.zeros(len(items), np.float32)
-    out["content_score"] = (retrieval.content_vectors[items] @ profile).astype(np.float32) if profile is not None \
-        else np.zeros(len(items), np.float32)
-    filled = cands.score_matrix(0.0)
-    for col, name in enumerate(cands.source_names):
-        out[SOURCE_COLUMNS[name]] = filled[:, col]
-    return out
+def recommender(retrieval: Retrieval, log: EventLog, config: TwoStageConfig, layout: FeatureLayout,
+                ranker: RankerSession | None, histories: Histories | None = None) -> RecommenderModel:
+    """The fitted model as the recommend pipeline reads it (what its bundle would load as)."""
+    limits = log.user_maturity_limit if len(log.user_maturity_limit) == log.n_users else None
+    return RecommenderModel.from_fit(
+        log.catalog, log.user_ids, config=config, cf=retrieval.cf, content_model=retrieval.content,
+        content=retrieval.content_vectors, popularity=retrieval.popularity, cf_index=retrieval.cf_index,
+        neighbour_index=retrieval.neighbour_index, histories=histories or user_histories(log),
+        maturity_limit=limits, layout=layout, ranker=ranker)
+
+
+def request_at(log: EventLog, user: int, row: int, ts: int, k: int = 20) -> RecommendRequest:
+    """A request of log user ``user`` at ``ts`` in the context of event ``row`` (its device, country, hour)."""
+    context = context_at(log, row)
+    country = int(log.country[row])
+    return RecommendRequest(
+        user_id=log.user_ids[user], k=k, device=DEVICES[context.device - 1] if context.device > 0 else None,
+        country=log.countries[country - 1] if country > 0 else None,
+        hour=context.hour if context.hour >= 0 else None, now_ms=ts)
 
 
 @dataclass
@@ -128,17 +114,10 @@ class _Planned:
     extra: dict[str, NDArray[np.float32]]
 
 
-def _plan(retrieval: Retrieval, histories: Histories, log: EventLog, user: int, ts: int, context_row: int,
-          user_vector: NDArray[np.float32] | None) -> _Planned:
-    items, weights, hts = histories.of(user)
-    before = hts < ts  # point in time: only what the user did before the request
-    items, weights, hts = items[before], weights[before], hts[before]
-    exclude = retrieval.retriever.exclusion(items)
-    cands = retrieval.retriever.generate(user_vector, items, weights, hts, ts, exclude=exclude)
-    cfg = retrieval.retriever.config
-    profile = user_content_profile(retrieval.content_vectors, items, weights, hts, ts,
-                                   max_items=cfg.profile_items, half_life_days=cfg.profile_half_life_days)
-    return _Planned(user, ts, context_row, cands, _extra_dense(retrieval, cands, user_vector, profile))
+def _plan(model: RecommenderModel, log: EventLog, user: int, ts: int, context_row: int) -> _Planned:
+    """One ranker training request: the pipeline's candidates and retrieval columns at ``ts``."""
+    retrieved = retrieve(model, request_at(log, user, context_row, ts), Snapshot(), ts)
+    return _Planned(user, ts, context_row, retrieved.candidates, extra_dense(model, retrieved))
 
 
 def _rows(log: EventLog, plans: list[_Planned], static: ItemStatic) -> tuple[FeatureBatch, NDArray[np.int64]]:
@@ -171,23 +150,14 @@ class TwoStageModel:
     static: ItemStatic
     config: TwoStageConfig
     metrics: dict[str, Any]
-    _session: Any = None
-
-    @property
-    def session(self) -> Any:
-        if self._session is None:
-            from models.ranker.scorer import RankerSession
-
-            self._session = RankerSession(self.ranker_onnx)
-        return self._session
 
 
 def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
                   progress: Progress | None = None) -> TwoStageModel:
     """Train retrieval and the ranker on ``log`` (see the module docstring for the protocol)."""
-    from models.eval.split import make_split
-    from models.ranker import export_onnx, train_ranker
-    from models.ranker.train import grouped_ndcg
+    # Lazy: the ranker's training imports torch (the optional `train` extra, seconds to import).
+    from models.ranker.export import export_onnx
+    from models.ranker.train import grouped_ndcg, train_ranker
 
     config = config or TwoStageConfig()
     say = progress or (lambda _m: None)
@@ -207,13 +177,11 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
     if len(users) > config.rank_users:
         users = np.sort(rng.choice(users, config.rank_users, replace=False))
     say(f"candidates for {len(users)} ranker requests")
-    plans = []
-    for u in users.tolist():
-        row = first_held[u]
-        vec = inner_retrieval.cf.user_vectors[u] if inner_retrieval.cf.trained_users[u] else None
-        plans.append(_plan(inner_retrieval, histories, log, u, int(log.ts[row]), row, vec))
-    say("point-in-time feature rows")
     static = ItemStatic.from_catalog(log.catalog)
+    layout = feature_layout(log.catalog.n_items, static.n_genres)
+    inner_model = recommender(inner_retrieval, log, config, layout, None, histories)
+    plans = [_plan(inner_model, log, u, int(log.ts[first_held[u]]), first_held[u]) for u in users.tolist()]
+    say("point-in-time feature rows")
     batch, group = _rows(log, plans, static)
     label = np.zeros(len(batch), np.float32)
     for g, plan in enumerate(plans):
@@ -226,7 +194,6 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
     n_valid = max(1, int(len(plans) * config.valid_share))
     valid_groups = rng.permutation(len(plans))[:n_valid]
     is_valid = np.isin(group, valid_groups)
-    layout = feature_layout(log.catalog.n_items, static.n_genres)
     say(f"Wide & Deep on {len(batch):,} rows")
     train_rows, valid_rows = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
     model, history = train_ranker(
@@ -234,13 +201,9 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
         seed=config.seed, loss=config.ranker_loss,
         valid=(batch.take(valid_rows), label[valid_rows], group[valid_rows]),
     )
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(model, layout, Path(tmp) / "ranker.onnx")
         onnx_bytes = onnx_path.read_bytes()
-    from models.ranker.scorer import RankerSession
 
     valid_scores = RankerSession(onnx_bytes).score(batch.take(valid_rows))
     ranker_metrics = {
@@ -260,40 +223,47 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
 
 
 class TwoStageRecommender:
-    """The full pipeline for many users of one log, for offline evaluation."""
+    """The recommend pipeline for many users of one log (offline evaluation): each user is asked just
+    after their last event, with the feature state of the log replayed up to that moment."""
 
     def __init__(self, model: TwoStageModel, log: EventLog) -> None:
         self.model = model
         self.log = log
-        self.histories = user_histories(log)
+        self.recommender = recommender(model.retrieval, log, model.config, model.layout,
+                                       RankerSession(model.ranker_onnx))
 
-    def recommend(self, users: NDArray[np.integer], k: int, exclude: Any = None) -> NDArray[np.int32]:
-        """Top ``k`` per user, asked just after the user's last event of the log."""
-        model, log = self.model, self.log
+    def _requests(self, users: NDArray[np.integer], k: int) -> list[tuple[int, RecommendRequest]]:
+        log = self.log
         last_row = np.full(log.n_users, -1, np.int64)
         last_row[log.user] = np.arange(log.n_events)  # later rows overwrite: each user's last event
-        plans = []
+        end = int(log.ts.max()) + 1
+        out = []
         for u in np.asarray(users, np.int64).tolist():
             row = int(last_row[u]) if u < len(last_row) else -1
-            ts = int(log.ts[row]) + 1 if row >= 0 else int(log.ts.max()) + 1
-            cf = model.retrieval.cf
-            vec = cf.user_vectors[u] if u < len(cf.trained_users) and cf.trained_users[u] else None
-            plans.append(_plan(model.retrieval, self.histories, log, u, ts, max(row, 0), vec))
-        batch, group = _rows(log, plans, model.static)
-        scores = model.session.score(batch) if len(batch) else np.zeros(0, np.float32)
-        out = np.full((len(plans), k), -1, np.int32)
-        catalog = log.catalog
-        fallback = np.argsort(-model.retrieval.popularity, kind="stable").astype(np.int32)
-        for g, plan in enumerate(plans):
-            sel = np.flatnonzero(group == g)
-            items = plan.candidates.items
-            adjusted = apply_rules(scores[sel], is_original=catalog.is_original[items],
-                                   release_ts=catalog.release_ts[items], now=plan.ts, config=model.config.post)
-            picks = items[mmr(adjusted, catalog.genre_matrix[items], k, model.config.post.diversity,
-                              model.config.post.mmr_pool)]
-            if len(picks) < k:  # a thin candidate set is topped up with popular unseen titles
-                seen = set(self.histories.of(plan.user)[0].tolist()) | set(picks.tolist())
-                extra = [i for i in fallback[: k * 4 + len(seen)].tolist() if i not in seen][: k - len(picks)]
-                picks = np.concatenate([picks, np.array(extra, np.int32)])
+            ts = int(log.ts[row]) + 1 if row >= 0 else end
+            out.append((u, request_at(log, u, max(row, 0), ts, k)))
+        return out
+
+    def retrieve_all(self, users: NDArray[np.integer]) -> list[Candidates]:
+        """The pipeline's merged candidates of each user (for per-source candidate recall)."""
+        model = self.recommender
+        return [retrieve(model, request, Snapshot(), int(request.now_ms or 0)).candidates
+                for _, request in self._requests(users, 1)]
+
+    def recommend(self, users: NDArray[np.integer], k: int, exclude: Any = None) -> NDArray[np.int32]:
+        """Top ``k`` per user from :mod:`models.recommend.pipeline`, as the server answers."""
+        model = self.recommender
+        requests = self._requests(users, k)
+        replay = Replay(self.log, model.static)
+        out = np.full((len(requests), k), -1, np.int32)
+        for g in np.argsort([int(r.now_ms or 0) for _, r in requests], kind="stable").tolist():
+            user, request = requests[g]
+            now = int(request.now_ms or 0)
+            replay.advance(now)  # the state of every event before the request, nothing after
+            retrieved = retrieve(model, request, Snapshot(), now)
+            rows = retrieved.candidates.items.astype(np.int64)
+            state = RankingState(replay.store.read_user(user), replay.store.read_items(rows, now),
+                                 model.static.rows(rows))
+            picks = rank_and_answer(model, request, retrieved, state, now, model.config.post).answer.rows[:k]
             out[g, : len(picks)] = picks
         return out

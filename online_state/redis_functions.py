@@ -1,9 +1,9 @@
 """Bulk writes as Redis Functions: one ``FCALL`` applies a whole batch's writes of one kind.
 
-Why: redis-py spends ~20 µs of client CPU per queued command (packing, and in a ``MULTI`` reading a
-``QUEUED`` and a result reply), so a 2,000-event batch queued as its natural commands (an
-``HINCRBY`` per item and field, a ``ZINCRBY`` per trend key and item, a ``SET ... EX`` per user and
-value) spent most of the worker's time in the client. Here the same commands run inside Redis,
+Why: redis-py spends client CPU on every queued command (packing, and in a ``MULTI`` reading a
+``QUEUED`` and a result reply), so a batch queued as its natural commands (an ``HINCRBY`` per item
+and field, a ``ZINCRBY`` per trend key and item, a ``SET ... EX`` per user and value) spent most of
+the worker's time in the client (figures: ``benchmarks/bench_worker.py``). Here the same commands run inside Redis,
 from a payload packed by msgspec in C (``cmsgpack`` unpacks it on the server). Inside a ``MULTI``
 the calls commit with everything else: functions are atomic like any command, and the transaction
 with the stored offset stays the unit of exactly-once.

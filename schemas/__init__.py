@@ -1,6 +1,5 @@
-"""Data contracts of streamrec: event types, the validating decoder, topic names, JSON Schema.
-
-Imports nothing from ``streams``, ``serving``, ``models`` or ``streamrec``.
+"""Data contracts of streamrec: event types, the validating decoder, topic names and dead-letter
+headers, JSON Schema. The bottom layer: it imports nothing of ours (``lint-imports`` checks it).
 """
 
 from schemas.decoder import EventError, catalog_decoder, decode_event, event_decoder, interaction_decoder

@@ -6,11 +6,9 @@ carry a ``user_id`` (the Kafka key of the ``interactions`` topic); catalog event
 ``item_id`` (the key of the compacted ``catalog`` topic).
 
 The structs are msgspec ``Struct``s: the decoder in :mod:`schemas.decoder` validates while it
-parses (types, ranges, patterns, unknown fields), which measured fastest of the candidates we
-tried (``benchmarks/bench_decode.py``). JSON Schema files for producers in other languages are
-generated from these classes (``python -m schemas.jsonschema``).
-
-This package imports nothing from ``streams``, ``serving``, ``models`` or ``streamrec``.
+parses (types, ranges, patterns, unknown fields); ``benchmarks/bench_decode.py`` compares it with
+the alternatives. JSON Schema files for producers in other languages are generated from these
+classes (``python -m schemas.json_schema``).
 """
 
 from __future__ import annotations

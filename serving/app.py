@@ -1,18 +1,7 @@
 """The HTTP app (aiohttp on uvloop, orjson bodies): routes, validation, request ids, limits, metrics, lifecycle.
 
-Why aiohttp: ``benchmarks/bench_serving.py --compare-frameworks --rates 100,200,300,400 --seconds 5`` serves this
-request path (validation, a service call ranking 1,000 stub scores, a 20-item orjson body, the latency histogram)
-with this app and with Starlette 1.10 on uvicorn 0.54 (uvloop + httptools), one process each, loaded back to back
-at each rate. On the shared 2-core box (load average ~10 from other work) the server CPU per request was the same
-within noise (aiohttp 0.35-0.98 ms, median 0.56; Starlette 0.34-0.80 ms, median 0.53; two runs x four rates), and
-both fell over at 400 req/s where the Python load generator itself lagged by 0.3-0.6 s. Latency at 200 req/s over
-five runs: p50 aiohttp 4/10/41/9/14 ms vs Starlette 6/7/20/12/5 ms; p99 40/75/675/116/135 vs 89/39/114/83/47 ms:
-Starlette's tail was lower in 4 of 5 runs, but the client's own send lag (p99 13-56 ms) says those tails are the
-neighbours' load more than the framework's. With equal CPU cost, aiohttp wins on what is left: it is already
-installed (Faust needs it), one dependency fewer, and its test client drives the unit tests without a server process.
-Re-measure on a quiet machine before treating the tail difference as settled. A sixth run with the floor beside
-(a bare aiohttp route answering a constant body) at 100/200/300 req/s: CPU per request aiohttp app 0.66/0.73/0.49 ms,
-Starlette 0.66/0.55/0.45 ms, bare aiohttp 0.42/0.35/0.31 ms; p99 11.6/49/113 vs 15.9/59/78 vs 11.0/17/93 ms.
+aiohttp rather than Starlette: the same server CPU per request in the comparison the README reports
+(``benchmarks/bench_serving.py --compare-frameworks``), and it is already installed (Faust needs it).
 
 Every resource (the recommendation service with its Redis pool, ONNX session and index; the Kafka producer) is opened
 in the app's startup context, never at import, so ``create_app`` is cheap and tests can inject stubs. The guard
@@ -35,6 +24,7 @@ from aiohttp import web
 
 from foundation.logs import get_logger
 from foundation.settings import Settings
+from models.recommend.pipeline import RecommendRequest
 from schemas.events import is_catalog
 from serving.http_events import BodyError, EventPublisher, KafkaEventPublisher, PublisherUnavailable, decode_events
 from serving.http_metrics import (
@@ -45,8 +35,9 @@ from serving.http_metrics import (
     REQUEST_SECONDS,
     render_metrics,
 )
-from serving.http_validation import ParamError, check_id, parse_k, parse_recommend_params, request_id_from
+from serving.http_validation import ParamError, check_id, parse_k, parse_recommend_request, request_id_from
 from serving.openapi import openapi_document
+from serving.service import RecommendationService
 
 log = get_logger(__name__)
 
@@ -57,7 +48,9 @@ class Service(Protocol):
     @property
     def model_version(self) -> str: ...
 
-    async def recommend(self, req: Any) -> dict[str, Any]: ...
+    async def recommend(self, req: RecommendRequest) -> dict[str, Any]: ...
+
+    def fallback(self, req: RecommendRequest, reason: str, seconds: float) -> dict[str, Any]: ...
 
     async def similar(self, item_id: str, k: int) -> dict[str, Any] | None: ...
 
@@ -87,8 +80,6 @@ _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY  # the service may hand back numpy sca
 
 
 async def _default_service(settings: Settings, artifacts: Path | None) -> Service:
-    from serving.service import RecommendationService
-
     return await RecommendationService.start(settings, artifacts)
 
 
@@ -159,21 +150,12 @@ async def _call_service(request: web.Request, endpoint: str, call: Awaitable[Any
 
 
 async def recommend(request: web.Request) -> web.Response:
-    from serving.service import RecommendRequest
-
     started = time.perf_counter()
-    user_id = check_id(request.match_info["user_id"], "user_id")
-    params = parse_recommend_params(request.query)
+    req = parse_recommend_request(request.match_info["user_id"], request[REQUEST_ID], request.query)
     service = request.app[SERVICE]
-    req = RecommendRequest(user_id=user_id, request_id=request[REQUEST_ID], k=params.k, device=params.device,
-                           country=params.country, hour=params.hour, session_id=params.session_id,
-                           now_ms=params.now_ms)
     body, failed = await _call_service(request, "recommend", service.recommend(req))
-    if failed is not None:
-        # A degraded answer rather than a 5xx: the client shows its own default row.
-        body = {"user_id": user_id, "request_id": req.request_id, "model_version": service.model_version,
-                "items": [], "degraded": True,
-                "timings_ms": {"total": round((time.perf_counter() - started) * 1000, 3)}}
+    if failed is not None:  # the one fallback answer, degraded rather than a 5xx
+        body = service.fallback(req, failed, time.perf_counter() - started)
     return _json_response(body)
 
 
@@ -216,8 +198,8 @@ async def post_events(request: web.Request) -> web.Response:
     except PublisherUnavailable as exc:
         log.warning("events not published", error=str(exc), events=len(batch.events), request_id=request_id)
         return _error(503, "kafka", str(exc), request_id)
-    for event in batch.events:
-        EVENTS_ACCEPTED.labels(settings.topic_catalog if is_catalog(event) else settings.topic_interactions).inc()
+    for valid in batch.events:
+        EVENTS_ACCEPTED.labels(settings.topic_catalog if is_catalog(valid.event) else settings.topic_interactions).inc()
     return _json_response({"accepted": len(batch.events), "refused": refused, "request_id": request_id}, 202)
 
 

@@ -3,6 +3,8 @@
 The body is one event object or a JSON array of them. msgspec cuts an array into its raw elements without building
 Python objects, and each element goes through the contract decoder of ``schemas/`` on its own, so every refusal names
 its index and the JSON path of the offending field (``$.context.local_hour``), exactly as a worker would dead-letter it.
+A valid event is published as the bytes the client sent (the policy of ``streamrec replay`` too): what reaches Kafka
+is what was validated, never a re-encoding of it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any, Protocol
 
 import msgspec
 
+from foundation.kafka_io import KeyedBatchSender, make_producer
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from schemas.decoder import EventError, event_decoder
-from schemas.events import Event, encode, is_catalog, partition_key
+from schemas.events import Event, is_catalog, partition_key
 
 log = get_logger(__name__)
 
@@ -34,9 +37,17 @@ class Refusal:
         return {"index": self.index, "field": self.field, "reason": self.reason}
 
 
+@dataclass(frozen=True, slots=True)
+class ValidEvent:
+    """A valid event and the exact bytes it was decoded from (what is published)."""
+
+    event: Event
+    original: bytes
+
+
 @dataclass(slots=True)
 class DecodedBatch:
-    events: list[Event] = field(default_factory=list)
+    events: list[ValidEvent] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     is_batch: bool = False
 
@@ -72,14 +83,15 @@ def decode_events(body: bytes, max_events: int) -> DecodedBatch:
         batch = DecodedBatch(is_batch=False)
     for index, raw in enumerate(raws):
         try:
-            batch.events.append(event_decoder.decode(raw))
+            original = bytes(raw)
+            batch.events.append(ValidEvent(event_decoder.decode(original), original))
         except EventError as exc:
             batch.refused.append(Refusal(index, exc.field, exc.reason))
     return batch
 
 
 class EventPublisher(Protocol):
-    async def publish(self, events: list[Event]) -> None: ...
+    async def publish(self, events: list[ValidEvent]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -101,8 +113,6 @@ class KafkaEventPublisher:
         self._starting = asyncio.get_running_loop().create_task(self._connect(), name="events-producer-start")
 
     async def _connect(self) -> None:
-        from foundation.kafka_io import make_producer
-
         delay = 0.5
         while True:
             producer = make_producer(self._settings, linger_ms=1)
@@ -122,10 +132,9 @@ class KafkaEventPublisher:
     def connected(self) -> bool:
         return self._producer is not None
 
-    async def publish(self, events: list[Event]) -> None:
+    async def publish(self, events: list[ValidEvent]) -> None:
         if self._producer is None:
             raise PublisherUnavailable("not connected to Kafka yet")
-        from foundation.kafka_io import KeyedBatchSender
 
         # One sender per request: records are packed into per-partition batches, one future per batch rather than
         # per record; the producer's accumulator keeps per-partition order across concurrent requests.
@@ -133,8 +142,9 @@ class KafkaEventPublisher:
         topics = (self._settings.topic_interactions, self._settings.topic_catalog)
         try:
             async with asyncio.timeout(self._settings.events_publish_timeout_s):
-                for event in events:
-                    await sender.add(topics[is_catalog(event)], partition_key(event).encode(), encode(event))
+                for valid in events:
+                    event = valid.event
+                    await sender.add(topics[is_catalog(event)], partition_key(event).encode(), valid.original)
                 await sender.flush()
         except (TimeoutError, LookupError, OSError) as exc:
             raise PublisherUnavailable(f"Kafka did not acknowledge the events: {exc or 'timeout'}") from exc

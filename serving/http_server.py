@@ -17,8 +17,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from types import FrameType
 
+import uvloop
+from aiohttp import web
+
+from foundation.blas_threads import limit_blas_threads
 from foundation.logs import configure_logging, get_logger
 from foundation.settings import Settings
+from serving.app import create_app
+from serving.service import NoBundleError
 
 log = get_logger(__name__)
 
@@ -27,24 +33,16 @@ SHUTDOWN_TIMEOUT_S = 10.0
 
 def serve_one(settings: Settings, artifacts: Path | None, host: str, port: int, reuse_port: bool) -> None:
     """Serve in this process until SIGTERM/SIGINT."""
-    import uvloop
-    from aiohttp import web
-
-    from serving.app import create_app
-
     configure_logging(settings.log_level, settings.log_json)
     app = create_app(settings, artifacts)
 
     async def one_blas_thread(_app: web.Application) -> AsyncIterator[None]:
         # After the service's start-up: loading the bundle loads scipy's own OpenBLAS, which a limit
         # set before it would miss (foundation/blas_threads.py).
-        from foundation.blas_threads import limit_blas_threads
-
         limit_blas_threads(settings.blas_threads)
         yield
 
     app.cleanup_ctx.append(one_blas_thread)
-    from serving.service import NoBundleError
 
     log.info("starting server", host=host, port=port, pid=os.getpid(), reuse_port=reuse_port)
     try:

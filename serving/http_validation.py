@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from models.recommend.pipeline import RecommendRequest
 from schemas.events import DEVICES
 
 K_MIN: Final = 1
@@ -32,16 +33,6 @@ class ParamError(Exception):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
-
-
-@dataclass(frozen=True, slots=True)
-class RecommendParams:
-    k: int
-    device: str | None
-    country: str | None
-    hour: int | None
-    session_id: str | None
-    now_ms: int | None = None
 
 
 # Request clock bounds: epoch ms from 1970 to 2100 (what the event schema accepts for `ts`).
@@ -73,10 +64,12 @@ def parse_k(query: Mapping[str, str]) -> int:
     return k
 
 
-def parse_recommend_params(query: Mapping[str, str]) -> RecommendParams:
-    """``k`` 1..200 (default 20), ``device`` one of the schema's devices, ``country`` ISO 3166 alpha-2 (any case,
-    answered upper-case), ``hour`` 0..23, ``session_id`` 1..128 characters, ``now`` epoch ms (the request's clock, for
-    replays of recorded logs; default the wall clock). Empty values count as absent."""
+def parse_recommend_request(user_id: str, request_id: str, query: Mapping[str, str]) -> RecommendRequest:
+    """The request object the pipeline takes, from the path's ``user_id`` and the query: ``k`` 1..200 (default 20),
+    ``device`` one of the schema's devices, ``country`` ISO 3166 alpha-2 (any case, answered upper-case), ``hour``
+    0..23, ``now`` epoch ms (the request's clock, for replays of recorded logs; default the wall clock). Empty
+    values count as absent."""
+    check_id(user_id, "user_id")
     device = query.get("device") or None
     if device is not None and device not in DEVICES:
         raise ParamError("device", f"must be one of {', '.join(DEVICES)}, got {device[:40]!r}")
@@ -85,12 +78,9 @@ def parse_recommend_params(query: Mapping[str, str]) -> RecommendParams:
         if not _COUNTRY.match(country):
             raise ParamError("country", f"must be an ISO 3166-1 alpha-2 code such as US, got {country[:40]!r}")
         country = country.upper()
-    session_id = query.get("session_id") or None
-    if session_id is not None:
-        check_id(session_id, "session_id")
-    return RecommendParams(
-        k=parse_k(query), device=device, country=country, hour=_int(query, "hour", 0, 23, None), session_id=session_id,
-        now_ms=_int(query, "now", 0, NOW_MAX, None),
+    return RecommendRequest(
+        user_id=user_id, request_id=request_id, k=parse_k(query), device=device, country=country,
+        hour=_int(query, "hour", 0, 23, None), now_ms=_int(query, "now", 0, NOW_MAX, None),
     )
 
 

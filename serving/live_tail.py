@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundation.dead_letters import decode_records
+from foundation.kafka_io import make_consumer
 from foundation.logs import get_logger
 from foundation.settings import Settings
+from foundation.topics import ensure_topics
 from models.item_vector_codec import ItemVector, decode_item_vector
 from schemas.decoder import catalog_decoder
 from schemas.events import ItemRemove, ItemUpsert
@@ -93,9 +95,6 @@ class LiveTail:
         self._consumers.clear()
 
     async def _open(self) -> None:
-        from foundation.kafka_io import make_consumer
-        from foundation.topics import ensure_topics
-
         with contextlib.suppress(Exception):  # topics usually exist; creating them is the workers' job too
             await ensure_topics(self.settings, timeout_s=5.0)
         s = self.settings

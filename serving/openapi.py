@@ -190,7 +190,6 @@ def _paths() -> dict[str, Any]:
                     _query("country", {"type": "string", "pattern": "^[A-Za-z]{2}$"},
                            "ISO 3166-1 alpha-2 country (any case)."),
                     _query("hour", {"type": "integer", "minimum": 0, "maximum": 23}, "Local hour of the user."),
-                    _query("session_id", _ID, "Current session, for session features."),
                     _query("now", {"type": "integer", "minimum": 0, "maximum": 4_102_444_800_000},
                            "The request's clock in epoch ms (default: the wall clock). For replays and "
                            "backtests of a recorded log: decays, recency and new releases as of that time."),

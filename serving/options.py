@@ -1,36 +1,42 @@
-"""Knobs of the serving pipeline, read from the settings' serving block when it has them.
+"""Knobs of one server's recommendation service: the ``STREAMREC_SERVING_*`` settings plus the in-code knobs.
 
-The HTTP layer's settings block (``STREAMREC_SERVING_*``) may or may not define every field here; a
-missing one keeps the default below, so the pipeline runs with any settings object.
+Every knob that is a setting takes its default from :class:`foundation.settings.Settings` (declared once
+there); the others (post-processing overrides, the bundle poll interval) are fixed here and changed by
+tests and benchmarks through the constructor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import Any
+
+from foundation.settings import Settings
+from online_state.keys import DEFAULT_PREFIX
+
+# The settings whose names are ``serving_<field>``: their defaults are the settings' own.
+FROM_SETTINGS = ("candidates_timeout_ms", "features_timeout_ms", "item_state_ttl_s", "shared_reads_ttl_s")
+
+
+def _setting_default(name: str) -> Any:
+    return Settings.model_fields[f"serving_{name}"].default
 
 
 @dataclass(frozen=True, slots=True)
 class ServingOptions:
-    candidates_timeout_ms: float = 50.0  # stage 1 budget (Redis read + every source)
-    features_timeout_ms: float = 50.0  # stage 2 Redis read of the candidates' state
+    candidates_timeout_ms: float = _setting_default("candidates_timeout_ms")  # stage 1 budget (Redis read + sources)
+    features_timeout_ms: float = _setting_default("features_timeout_ms")  # stage 2 Redis read of the candidates
+    item_state_ttl_s: float = _setting_default("item_state_ttl_s")  # a candidate's feature row is reused this long
+    shared_reads_ttl_s: float = _setting_default("shared_reads_ttl_s")  # trending lists / new releases reused
     redis_timeout_s: float = 0.25  # socket connect/read timeout of the pool: a dead Redis fails fast
-    item_state_ttl_s: float = 1.0  # how long a candidate's feature row is reused (serving.feature_read); 0: never
-    shared_reads_ttl_s: float = 1.0  # trending lists / new releases reused this long (serving.online_reads); 0: never
-    trending_window: str = "24h"  # streams.trending.WINDOWS key read for the popular source
+    trending_window: str = "24h"  # online_state.trending.WINDOWS key read for the popular source
     diversity: float | None = None  # MMR strength; None: the bundle's PostConfig
     original_boost: float | None = None
     new_release_boost: float | None = None
     freshness_half_life_days: float | None = None
     bundle_poll_s: float = 1.0  # how often `latest` is checked
-    redis_prefix: str = "sr"
+    redis_prefix: str = DEFAULT_PREFIX  # of every Redis key (online_state.keys.KeyLayout)
 
 
-def options_from_settings(settings: Any) -> ServingOptions:
-    """``ServingOptions`` from ``settings.serving_<field>`` attributes where present."""
-    values = {}
-    for f in fields(ServingOptions):
-        value = getattr(settings, f"serving_{f.name}", None)
-        if value is not None:
-            values[f.name] = value
-    return ServingOptions(**values)
+def options_from_settings(settings: Settings) -> ServingOptions:
+    """The settings' ``serving_*`` values over the defaults."""
+    return replace(ServingOptions(), **{name: getattr(settings, f"serving_{name}") for name in FROM_SETTINGS})

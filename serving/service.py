@@ -1,86 +1,56 @@
-"""The serving core: ``RecommendationService`` (the contract the HTTP layer codes against).
+"""The serving core: ``RecommendationService`` reads the online state and answers with THE pipeline.
 
-One request (``recommend``):
+One request (``recommend``): one pipelined Redis read of the user's online state (:mod:`online_state.reads`)
+under ``candidates_timeout_ms``; :func:`models.recommend.pipeline.retrieve`; one round trip for the
+candidates' feature state (:class:`online_state.feature_reads.FeatureReader`) under ``features_timeout_ms``;
+:func:`models.recommend.pipeline.rank_and_answer`. Offline evaluation calls the same two pipeline functions.
 
-1. candidates — ONE pipelined Redis read (:mod:`serving.online_reads`: online user vector, session,
-   recent items, trending for the request's context, new releases) under ``candidates_timeout_ms``,
-   then every source in memory (:func:`serving.pipeline.generate`), merged with source bits;
-2. features — ONE round trip for the user's and the candidates' feature state
-   (:class:`serving.feature_read.FeatureReader`: the store's keys, one server-side script instead of
-   one ``HMGET`` per candidate) under ``features_timeout_ms``, then
-   :func:`models.features.rows.feature_batch`, the one feature definition;
-3. ranking — ONNX Runtime over the whole batch (one ``run``; one intra-op thread);
-4. post-processing — boosts, freshness, MMR, reasons.
-
-Degrading, not failing: a Redis read that fails or times out is replaced by what the process has
-(the last trending / new-releases answer, the bundle's history and vector of the user, empty
-feature state) and the answer says ``"degraded": true``; a ranker failure falls back to source
-ranks; anything else unexpected still returns the cached popular titles. Unknown users get the
-cold-start mix (trending, new releases) and are not degraded.
-
-Live index and hot reload: :class:`serving.live_tail.LiveTail` applies ``catalog`` and
-``item-vectors`` records to the current model; a watcher polls the bundle's ``latest`` every
-``bundle_poll_s``, builds the new :class:`~serving.model_state.ServingModel` in a thread, replays
-the tailed state onto it and swaps one reference. Requests hold the model they started with.
+Degrading, not failing: a Redis read that fails or times out is replaced by what the process has (the last
+trending and new-release lists, the bundle's history and vector of the user, the features' defaults) and the
+answer says ``"degraded": true``; a ranker failure falls back to source ranks; anything else unexpected gets
+the one fallback answer (:meth:`RecommendationService.fallback`). Live index and hot reload: the
+:class:`serving.live_tail.LiveTail` applies ``catalog`` and ``item-vectors`` records to the current model; a
+watcher loads a new ``latest`` bundle in a thread and swaps one reference. A request keeps its model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis.asyncio as aioredis
 
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from models.bundle import BundleError, latest_version
-from models.dataset import DEVICE_CODE, MATURITY_ORDER
-from models.features.batch import FeatureBatch
-from models.features.hashing import hash_str
-from models.features.rows import RequestContext, feature_batch
-from models.features.spec import country_code
-from models.features.state import ITEM_COUNT_NAMES, ItemStates, UserStates
 from models.postprocess import PostConfig
+from models.recommend.model import RecommenderModel
+from models.recommend.pipeline import (
+    RankingState,
+    RecommendRequest,
+    Retrieved,
+    rank_and_answer,
+    retrieve,
+    source_counts,
+    top_up,
+    unknown_state,
+)
+from online_state.feature_codec import StoredUser
+from online_state.feature_reads import FeatureReader
+from online_state.keys import KeyLayout
+from online_state.reads import RequestScopes, SharedReads, read_online_state
 from online_state.redis_store import RedisFeatureStore
 from serving import metrics
-from serving.feature_read import FeatureReader
 from serving.live_tail import LiveTail
-from serving.model_state import ServingModel
-from serving.online_reads import OnlineState, RequestScopes, SharedReads, read_online_state
 from serving.options import ServingOptions, options_from_settings
-from serving.pipeline import (
-    Stage1,
-    extra_dense,
-    fallback_scores,
-    generate,
-    postprocess,
-    reasons,
-    source_counts,
-    source_names,
-    user_context,
-)
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class RecommendRequest:
-    user_id: str
-    request_id: str
-    k: int = 20  # 1..200, validated by the HTTP layer
-    device: str | None = None  # as in schemas (tv, mobile, web, tablet, ...)
-    country: str | None = None  # ISO 3166 alpha-2
-    hour: int | None = None  # local hour 0..23
-    session_id: str | None = None
-    maturity_limit: str | None = None  # the profile's limit (MATURITY_ORDER); None: the bundle's, else none
-    # The request's time (epoch ms); None: the wall clock. Replays and backtests of a recorded log
-    # (eval-stream, the demo) ask "as of" the log's time, so that decays, recency and the new-release
-    # window read the state as the workers wrote it (event time), not months later.
-    now_ms: int | None = None
 
 
 class NoBundleError(RuntimeError):
@@ -95,7 +65,7 @@ def _now_ms() -> int:
 class _Served:
     """The current model and what belongs to it (swapped as one reference)."""
 
-    model: ServingModel
+    model: RecommenderModel
     store: RedisFeatureStore
     post: PostConfig
     reader: FeatureReader | None = None
@@ -116,9 +86,8 @@ class RecommendationService:
         self.tail: LiveTail | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._failed_version: str | None = None
-        self._trending_cache: dict[str, list[tuple[str, float]]] = {}
-        self._new_cache: list[tuple[str, int]] = []
-        # Trending lists and new releases, shared by every request for shared_reads_ttl_s (not model state).
+        # Trending lists and new releases, shared by every request for shared_reads_ttl_s (not model state),
+        # and the last ones read, for answers while Redis cannot be read.
         self.shared_reads = SharedReads(options.shared_reads_ttl_s)
         self.reloads = 0
         self._post_changes: dict[str, Any] = {}
@@ -132,12 +101,10 @@ class RecommendationService:
 
         ``options`` defaults to the settings' ``serving_*`` fields (see :mod:`serving.options`).
         """
-        import redis.asyncio as aioredis
-
         options = options or options_from_settings(settings)
         root = Path(artifacts if artifacts is not None else settings.artifacts)
         try:
-            model = await asyncio.to_thread(ServingModel.load, root)
+            model = await asyncio.to_thread(RecommenderModel.load, root)
         except (BundleError, FileNotFoundError) as exc:
             raise NoBundleError(f"no model bundle to serve under {root}: {exc} (run `streamrec train`)") from exc
         # Short socket timeouts: a dead or hung Redis must fail inside the stage budget, not after seconds.
@@ -158,17 +125,15 @@ class RecommendationService:
         return service
 
     @staticmethod
-    def _serve(model: ServingModel, redis: Any, options: ServingOptions) -> _Served:
+    def _serve(model: RecommenderModel, redis: Any, options: ServingOptions) -> _Served:
         post = model.config.post
         changes = {"diversity": options.diversity, "original_boost": options.original_boost,
                    "new_release_boost": options.new_release_boost,
                    "freshness_half_life_days": options.freshness_half_life_days}
         changes = {k: v for k, v in changes.items() if v is not None}
         if changes:
-            import dataclasses
-
             post = dataclasses.replace(post, **changes)
-        store = RedisFeatureStore(redis, model.static, prefix=options.redis_prefix)
+        store = RedisFeatureStore(redis, model.static, keys=KeyLayout(options.redis_prefix))
         return _Served(model, store, post, FeatureReader(store, options.item_state_ttl_s))
 
     async def close(self) -> None:
@@ -183,8 +148,6 @@ class RecommendationService:
 
     def set_post(self, **changes: Any) -> None:
         """Change post-processing knobs at runtime (diversity, boosts, freshness) for later requests."""
-        import dataclasses
-
         self._post_changes.update(changes)  # kept across hot reloads
         served = self._served
         self._served = _Served(served.model, served.store, dataclasses.replace(served.post, **changes), served.reader)
@@ -193,7 +156,7 @@ class RecommendationService:
         """Point the service at another Redis client (failover; tests redirect it to a dead port)."""
         old, self.redis = self.redis, client
         served = self._served
-        store = RedisFeatureStore(client, served.model.static, prefix=self.options.redis_prefix)
+        store = RedisFeatureStore(client, served.model.static, keys=served.store.keys)
         self._served = _Served(served.model, store, served.post, FeatureReader(store, self.options.item_state_ttl_s))
         with contextlib.suppress(Exception):
             await old.aclose()
@@ -203,7 +166,7 @@ class RecommendationService:
         return self._served.model.version
 
     @property
-    def model(self) -> ServingModel:
+    def model(self) -> RecommenderModel:
         return self._served.model
 
     # -- live index and hot reload ---------------------------------------------------------------------
@@ -236,8 +199,8 @@ class RecommendationService:
         seq = self.tail.state.seq if self.tail is not None else 0
         live = self.tail.state.since(0) if self.tail is not None else ([], [])
 
-        def build() -> ServingModel:
-            model = ServingModel.load(self.artifacts, version)
+        def build() -> RecommenderModel:
+            model = RecommenderModel.load(self.artifacts, version)
             return model.with_live_state(*live)
 
         try:
@@ -254,8 +217,6 @@ class RecommendationService:
         old = self.model_version
         served = self._serve(model, self.redis, self.options)
         if self._post_changes:
-            import dataclasses
-
             served = _Served(model, served.store, dataclasses.replace(served.post, **self._post_changes),
                              served.reader)
         self._served = served  # the swap: one reference
@@ -268,128 +229,77 @@ class RecommendationService:
     # -- requests -----------------------------------------------------------------------------------
 
     async def recommend(self, req: RecommendRequest) -> dict[str, Any]:
-        """The response body (see the module docstring); never raises for a valid request."""
+        """The response body; never raises for a valid request."""
         served = self._served  # this request's model, whatever a reload swaps in meanwhile
         t0 = time.perf_counter()
         try:
             return await self._recommend(served, req, t0)
-        except Exception as exc:  # last line of defence: still answer, from the cached trending titles
+        except Exception as exc:  # last line of defence: still answer
             log.error("serving.recommend_failed", user_id=req.user_id, request_id=req.request_id, error=repr(exc))
-            metrics.DEGRADED.labels("internal").inc()
-            return self._fallback(served, req, t0)
+            return self.fallback(req, "internal", time.perf_counter() - t0)
 
     async def _recommend(self, served: _Served, req: RecommendRequest, t0: float) -> dict[str, Any]:
         model, opts = served.model, self.options
         now = req.now_ms if req.now_ms is not None else _now_ms()
         degraded: list[str] = []
-        scopes = RequestScopes(country=req.country, device=req.device, hour=req.hour)
         cfg = model.config.candidates
-        online: OnlineState | None
         try:
             online = await asyncio.wait_for(read_online_state(
-                self.redis, req.user_id, scopes, now, trending_k=cfg.popular, new_k=2 * cfg.new_releases,
-                window=opts.trending_window, space=model.space, dim=model.dim, prefix=opts.redis_prefix,
-                feature_user_key=served.store.user_key(req.user_id), shared=self.shared_reads),
-                opts.candidates_timeout_ms / 1000)
-            if online.trending.get("all"):
-                self._trending_cache = {"all": online.trending["all"]}
-            if online.new_releases:
-                self._new_cache = online.new_releases
+                self.redis, served.store.keys, req.user_id, RequestScopes(req.country, req.device, req.hour), now,
+                trending_k=cfg.popular, new_k=2 * cfg.new_releases, window=opts.trending_window, space=model.space,
+                dim=model.dim, shared=self.shared_reads), opts.candidates_timeout_ms / 1000)
         except Exception as exc:
             degraded.append("redis_timeout_candidates" if isinstance(exc, TimeoutError) else "redis_candidates")
-            online = OnlineState(trending=dict(self._trending_cache), new_releases=list(self._new_cache))
-        limit = MATURITY_ORDER.index(req.maturity_limit) if req.maturity_limit in MATURITY_ORDER else None
-        user = user_context(model, req.user_id, online, limit)
-        stage1 = generate(model, user, online, now)
+            online = self.shared_reads.last_known()
+        retrieved = retrieve(model, req, online.snapshot(), now)
         t1 = time.perf_counter()
-
-        batch, feature_problem = await self._features(served, req, stage1, now)
-        if feature_problem:
-            degraded.append(feature_problem)
+        state, problem = await self._ranking_state(served, req, retrieved, now, online.features_user)
+        if problem:
+            degraded.append(problem)
         t2 = time.perf_counter()
-        try:
-            scores = model.ranker.score(batch)
-        except Exception as exc:
-            log.error("serving.ranker_failed", error=repr(exc))
+        ranked = rank_and_answer(model, req, retrieved, state, now, served.post)
+        if ranked.ranker_error is not None:
+            log.error("serving.ranker_failed", error=repr(ranked.ranker_error))
             degraded.append("ranking")
-            scores = fallback_scores(stage1.candidates)
-        t3 = time.perf_counter()
-
-        picked = postprocess(model, stage1.candidates, scores, req.k, now, served.post)
-        why = reasons(model, stage1, picked, now, served.post)
-        sources = source_names(stage1.candidates, picked.positions)
-        ids = model.items.ids[picked.rows].tolist()
-        items = [{"item_id": i, "score": round(float(s), 6), "sources": src, "reason": r}
-                 for i, s, src, r in zip(ids, picked.scores.tolist(), sources, why, strict=True)]
-        if len(items) < req.k:
-            items += self._top_up(served, req, set(ids), user.history_items, req.k - len(items))
-        t4 = time.perf_counter()
-        timings = {"candidates": t1 - t0, "features": t2 - t1, "ranking": t3 - t2, "postprocess": t4 - t3,
-                   "total": t4 - t0}
-        for stage, seconds in timings.items():
-            metrics.STAGE_SECONDS.labels(stage).observe(seconds)
-        for source, count in source_counts(stage1.candidates).items():
+        seconds = ranked.seconds
+        timings = {"candidates": t1 - t0, "features": t2 - t1 + seconds["features"], "ranking": seconds["ranking"],
+                   "postprocess": seconds["postprocess"], "total": time.perf_counter() - t0}
+        for stage, value in timings.items():
+            metrics.STAGE_SECONDS.labels(stage).observe(value)
+        for source, count in source_counts(retrieved.candidates).items():
             metrics.CANDIDATES.labels(source).observe(count)
         for reason in degraded:
             metrics.DEGRADED.labels(reason).inc()
         return {"user_id": req.user_id, "request_id": req.request_id, "model_version": model.version,
-                "items": items, "degraded": bool(degraded), "timings_ms": _ms(timings),
+                "items": ranked.answer.items(model), "degraded": bool(degraded), "timings_ms": _ms(timings),
                 **({"degraded_reasons": degraded} if degraded else {})}
 
-    async def _features(self, served: _Served, req: RecommendRequest, stage1: Stage1, now: int
-                        ) -> tuple[FeatureBatch, str | None]:
+    async def _ranking_state(self, served: _Served, req: RecommendRequest, retrieved: Retrieved, now: int,
+                             user_value: StoredUser | None) -> tuple[RankingState, str | None]:
+        """The user's and the candidates' feature state, or the features' defaults when it cannot be read."""
         model = served.model
-        ids = model.items.ids[stage1.candidates.items].tolist()
-        extra = extra_dense(model, stage1)
-        context = RequestContext(device=DEVICE_CODE.get(req.device or "", 0), country=country_code(req.country),
-                                 hour=req.hour if req.hour is not None else -1)
-        problem: str | None = None
+        ids = retrieved.item_ids(model)
         try:
             assert served.reader is not None
-            snap = await asyncio.wait_for(served.reader.read(req.user_id, ids, now),
+            snap = await asyncio.wait_for(served.reader.read(req.user_id, ids, now, user=user_value),
                                           self.options.features_timeout_ms / 1000)
-            user, item_states, static = snap.user, snap.items, snap.static
+            return RankingState(snap.user, snap.items, snap.static), None
         except Exception as exc:
             problem = "redis_timeout_features" if isinstance(exc, TimeoutError) else "redis_features"
-            # Nothing known online: the features' own defaults for a new user and unseen items.
-            user = UserStates.empty(1, model.static.n_genres)
-            n = len(ids)
-            epochs = ItemStates.epochs_at(now)
-            item_states = ItemStates(counts=np.zeros((n, len(ITEM_COUNT_NAMES)), np.int64),
-                                     pop=np.zeros((n, len(epochs), 2), np.int64), epoch=epochs)
-            static = model.static.rows(*model.static.lookup(ids))
-        batch = feature_batch(hash_str(req.user_id), user, item_states, static, context, now, extra)
-        return batch, problem
+            return unknown_state(model, ids, now), problem
 
-    def _top_up(self, served: _Served, req: RecommendRequest, have: set[str], history: Any, n: int
-                ) -> list[dict[str, Any]]:
-        """Popular unseen, available titles when the candidate set was too thin for ``k``."""
-        model = served.model
-        t = model.items
-        order = np.argsort(-t.popularity, kind="stable")
-        seen = np.zeros(len(t), bool)
-        seen[np.asarray(history, np.int64)] = True
-        order = order[t.available[order] & ~seen[order]]
-        out = []
-        for row in order[: n + len(have)].tolist():
-            item_id = t.item_ids[row]
-            if item_id in have:
-                continue
-            out.append({"item_id": item_id, "score": 0.0, "sources": ["popular"], "reason": "Popular on streamrec"})
-            if len(out) == n:
-                break
-        return out
-
-    def _fallback(self, served: _Served, req: RecommendRequest, t0: float) -> dict[str, Any]:
+    def fallback(self, req: RecommendRequest, reason: str, seconds: float) -> dict[str, Any]:
+        """THE fallback answer (the service failed or ran out of time): popular available titles, degraded."""
+        model = self._served.model
+        metrics.DEGRADED.labels(reason).inc()
         try:
-            items = self._top_up(served, req, set(), np.zeros(0, np.int64), req.k)
+            items = top_up(model, np.zeros(0, np.int64), np.zeros(0, np.int64), req.k).items(model)
         except Exception:
             items = []
-        total = time.perf_counter() - t0
-        return {"user_id": req.user_id, "request_id": req.request_id, "model_version": served.model.version,
-                "items": items, "degraded": True,
+        return {"user_id": req.user_id, "request_id": req.request_id, "model_version": model.version,
+                "items": items, "degraded": True, "degraded_reasons": [reason],
                 "timings_ms": _ms({"candidates": 0.0, "features": 0.0, "ranking": 0.0, "postprocess": 0.0,
-                                   "total": total}), "degraded_reasons": ["internal"]}
+                                   "total": seconds})}
 
     async def similar(self, item_id: str, k: int) -> dict[str, Any] | None:
         """Titles like ``item_id`` (CF neighbours; content neighbours when it has no CF vector yet)."""

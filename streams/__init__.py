@@ -1,1 +1,1 @@
-"""Stream processing (Faust workers): the only writer of online state. See ARCHITECTURE in the README."""
+"""Stream processing: the workers that consume the topics and are the only writers of the online state."""

@@ -1,33 +1,15 @@
 """The Faust entry point of the stream worker: ``faust -A streams.app worker -l info``.
 
-Broker from ``STREAMREC_KAFKA_BOOTSTRAP``, bundle from ``STREAMREC_ARTIFACTS``, metrics port from
-``STREAMREC_METRICS_PORT`` (default 9108, 0 disables; not a settings field: only this entry point
-reads it). ``streamrec worker`` runs the same :class:`streams.worker.Worker` without Faust.
-
-Why the agents do not consume through Faust (measured, 2 cores, local KRaft broker, a pre-filled
-8-partition topic of 200,000 generated interaction records; scripts in ``benchmarks/bench_worker.py
---faust-floor``):
-
-=============================================================== ==================
-consumer, doing nothing but counting (and decoding)              events/s
-=============================================================== ==================
-aiokafka ``getmany(max_records=2000)``                           ~450,000 (~190,000)
-Faust agent ``stream.take_events(2000, within=0.2)``             ~4,900 (~4,400)
-=============================================================== ==================
-
-Faust wraps every record in an ``Event`` with its own message, acknowledgement and offset
-bookkeeping, and feeds the agent through per-event queues; that alone stays at ~5k events/s, half
-the goal of >= 10,000 events/s per worker, before any decoding or Redis work. So the app is the
-entry point (and the place for Faust timers/web if wanted), and its one task runs the worker, which
-drives an aiokafka consumer with ``getmany`` and handles each partition's records as one batch
-(:mod:`streams.worker`): the interactions and catalog "agents" are the worker's per-topic batch
-handlers (``Worker._apply_interactions`` / ``Worker._apply_catalog``). The whole worker sustains
-several times the Faust floor (``benchmarks/bench_worker.py``).
+Its one task runs :class:`streams.worker.Worker` (what ``streamrec worker`` runs without Faust), configured by
+the settings (``STREAMREC_KAFKA_BOOTSTRAP``, ``STREAMREC_ARTIFACTS``, ``STREAMREC_WORKER_METRICS_PORT``,
+``STREAMREC_WORKER_CONCURRENCY``). The data topics are not consumed through Faust's agents: Faust wraps every
+record in an event with its own acknowledgement and offset bookkeeping and feeds agents through per-event
+queues, which alone stays far below the worker's throughput goal (``benchmarks/bench_worker.py
+--faust-floor``; figures in the README). The worker drives an aiokafka consumer with ``getmany`` and handles
+each partition's records as one batch instead.
 """
 
 from __future__ import annotations
-
-import os
 
 import faust
 
@@ -53,11 +35,8 @@ control = app.topic("streamrec-worker-control", internal=True, partitions=1, val
 
 
 def worker_options() -> WorkerOptions:
-    return WorkerOptions(
-        artifacts=settings.artifacts,
-        metrics_port=int(os.environ.get("STREAMREC_METRICS_PORT", "9108")),
-        concurrency=int(os.environ.get("STREAMREC_WORKER_CONCURRENCY", "4")),
-    )
+    return WorkerOptions(artifacts=settings.artifacts, metrics_port=settings.worker_metrics_port,
+                         concurrency=settings.worker_concurrency, blas_threads=settings.blas_threads)
 
 
 @app.task

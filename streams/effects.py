@@ -1,31 +1,29 @@
-"""How the worker applies one batch of one partition to Redis, exactly once.
+"""The effect protocol: how one kind of online state (features, trending, sessions, ...) follows a batch.
 
-The worker (``streams/app.py``) takes a batch of records of ONE Kafka partition, decodes them
-(invalid ones become dead letters), and then, for the valid events:
+An effect sees one partition batch at a time, as a :class:`Batch`. ``read`` queues the Redis reads it
+needs and returns a :class:`Reads` (what it queued and what it computed on the way); ``write`` queues its
+writes from the events and those replies, inside the batch's ``MULTI``. :mod:`streams.batch_protocol` runs
+every effect of the explicit list (:mod:`streams.effects_registry`) that way and commits all the writes with
+the partition's offset, so a redelivered batch is skipped and no record is applied twice.
 
-1. calls every effect's ``read`` (each may queue reads on one shared pipeline; the worker runs
-   that pipeline in ONE round trip) and hands each effect its own slice of the replies;
-2. applies the ranking features with ``RedisFeatureStore.apply(batch, on_commit=...)`` (its own
-   read of the batch's users, then one ``MULTI``), and inside that same ``MULTI`` (the
-   ``on_commit`` hook) lets every other effect queue its writes with ``write`` and adds
-   ``SET sr:offset:{topic}:{partition} <last offset>``; ``EXEC`` commits all of it at once.
-
-Because the writes and the offset marker commit together, a batch re-delivered after a crash is
-recognised (its offsets are <= the stored one) and skipped: nothing lost, nothing applied twice.
-Effects therefore must not write to Redis outside ``write`` and must be deterministic functions of
-(the events, what ``read`` returned). Per-user state is owned by the partition's worker (the
-interactions topic is keyed by user id); state shared across partitions (items, trending) must be
-updated with commutative increments (``HINCRBY``, ``ZINCRBY``, ``HINCRBYFLOAT`` on forward-decayed
-scores) so that workers of different partitions never overwrite each other.
+What an effect must keep (``tests/unit/test_effect_contract.py`` checks it on every effect of the list):
+it writes only in ``write``, and those writes are a deterministic function of (the events, its replies);
+per-user state only for the batch's users (the interactions topic is keyed by user id, so one worker owns
+them); state shared across partitions (items, trending) changes through commutative increments only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-from schemas.events import InteractionEvent
+from foundation.settings import Settings
+from online_state.keys import DEFAULT_KEYS, KeyLayout
+from streams.catalogue import LiveCatalogue
+
+E = TypeVar("E")  # the batch's event type: interaction or catalogue events
+S = TypeVar("S")  # what an effect's read computes for its write
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +36,62 @@ class BatchInfo:
     last_offset: int
 
 
-class Effect(Protocol):
-    """One kind of online state maintained from interaction events (features, trending, sessions, ...)."""
+@dataclass(frozen=True, slots=True)
+class Batch(Generic[E]):
+    """One partition batch as every effect sees it: created per batch, handed to ``read`` and ``write``."""
+
+    info: BatchInfo
+    events: Sequence[E]  # the valid events, in offset order (invalid records became dead letters)
+
+
+@dataclass(slots=True)
+class Reads(Generic[S]):
+    """What one effect's ``read`` leaves for its ``write`` in one batch.
+
+    ``queued``: the commands it queued on the read pipeline; the protocol puts their replies, in order, in
+    ``replies`` before calling ``write``. ``state``: whatever ``read`` computed that ``write`` needs again.
+    """
+
+    queued: int = 0
+    state: S | None = None
+    replies: list[Any] = field(default_factory=list)
+
+
+class Effect(Generic[E]):
+    """Base of every effect (see the module docstring); subclasses set ``name`` and implement ``write``."""
 
     name: str
 
-    def read(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo) -> int:
-        """Queue the reads this effect needs on ``pipe`` (a non-transactional redis.asyncio pipeline);
-        return how many commands were queued (their replies come back, in order, to ``write``)."""
-        ...
+    def read(self, pipe: Any, batch: Batch[E]) -> Reads[Any]:
+        """Queue the reads this effect needs on ``pipe`` (a redis-py pipeline used as a recorder)."""
+        return Reads()
 
-    def write(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo, replies: list[Any]) -> None:
-        """Queue this effect's writes on ``pipe`` (inside MULTI) from the events and its read replies."""
-        ...
+    def write(self, pipe: Any, batch: Batch[E], reads: Reads[Any]) -> Awaitable[None] | None:
+        """Queue this effect's writes on ``pipe`` (inside the batch's ``MULTI``). May return an awaitable
+        (e.g. a send to Kafka), awaited before the ``EXEC``."""
+        raise NotImplementedError
+
+    def committed(self, batch: Batch[E], reads: Reads[Any], replies: list[Any]) -> None:
+        """After the ``EXEC``, with the transaction's replies to this effect's writes."""
+
+    def failed(self, batch: Batch[E], reads: Reads[Any]) -> None:
+        """The transaction did not commit (fenced or failed): nothing this effect queued was written."""
 
 
-def offset_key(prefix: str, topic: str, partition: int) -> str:
-    """Redis key of the last applied offset of a partition (a plain string holding an integer)."""
-    return f"{prefix}:offset:{topic}:{partition}"
+@dataclass
+class EffectContext:
+    """What effect factories may use to build their effect."""
+
+    settings: Settings
+    redis: Any
+    bundle: Any | None = None
+    keys: KeyLayout = DEFAULT_KEYS  # every Redis key the effect touches
+    catalog: LiveCatalogue | None = None  # the worker's live catalogue (grows as titles arrive: read, never replace)
+    producer: Any = None  # the worker's started idempotent producer (for topics other than Redis)
+    # The Redis Functions of online_state.redis_functions are loaded: effects may queue their writes as one
+    # FCALL per batch instead of one command per key (what the worker's throughput needs).
+    bulk: bool = False
+
+
+# Builds an effect from the worker's context; ``None`` when it does not apply there (e.g. no bundle).
+EffectFactory = Callable[[EffectContext], "Effect[Any] | None"]

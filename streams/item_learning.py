@@ -27,29 +27,20 @@ cheap, and it moves the title toward the users who watch it, which is what retri
 
 Exactly once, several workers
 -----------------------------
-``Σ w_e`` and ``Σ w_e · p_e`` are kept as fixed-point integers (:data:`SCALE` units per 1.0), each
+``Σ w_e`` and ``Σ w_e · p_e`` are kept as fixed-point integers (:data:`online_state.item_learning.SCALE` units
+per 1.0), each
 event's contribution rounded on its own, and added with ``HINCRBY`` inside the batch's MULTI. Integer
 addition commutes, so workers of different partitions engaging one title in any order and any
 batching give the same sums, and a re-delivered batch is skipped with the offset. ``p_e`` is a
 float32 function of the user's events in log order (the user's partition), so it is batch-independent.
 
-Redis layout: ``{prefix}:il:{space}:{item}`` HASH
---------------------------------------------------
-``space``: the bundle's CF space (8 hex digits of :func:`streams.user_vectors.space_id`, as in the
-user vectors' values): a retrained bundle has another space, in which old sums of user vectors mean
-nothing, so its workers start new keys (the old ones are never read again; delete them with
-``SCAN MATCH sr:il:{old}:*`` when convenient).
+Redis layout
+------------
+One HASH per title and CF space (:meth:`~online_state.keys.KeyLayout.item_learning`; fields and codecs:
+:mod:`online_state.item_learning`): the sums ``w``, ``n``, ``s{k}`` above, the content vector ``q0``, ``gone``
+once removed, and ``pub``, the vector last published for the title.
 
-====== =====================================================================================
-w      Σ w_e (fixed point)                       ─┐ interactions batches (HINCRBY, exact)
-n      number of engagements counted              │
-s{k}   Σ w_e · p_e[k] (fixed point), k < d       ─┘ (absent = 0)
-q0     content vector (float32 LE bytes), written by the catalog hook with the title's upsert
-gone   "1" once the title was removed (nothing is published for it any more)
-pub    the vector last put on ``item-vectors`` for it (float32 LE), for the threshold
-====== =====================================================================================
-
-Per batch: one read phase (the engaging users' ``sr:uv:{user}``, queued with the other effects'
+Per batch: one read phase (the engaging users' online vectors, queued with the other effects'
 reads: one ``MGET`` when the worker loaded its Redis Functions, else a ``GET`` each) and, in the write
 phase, the ``HINCRBY``\\s of every engaged title (one ``FCALL streamrec_hincr`` for the batch, or the
 plain commands); nothing per event.
@@ -60,7 +51,7 @@ After the batch commits, :class:`OnlineItemPublisher` (a background task of the 
 titles' committed sums (one pipelined read per batch, off the batch's path, together with the
 partition's offset key: that it reached the batch's last offset is how it knows the EXEC landed) and
 publishes ``q_i`` to the compacted ``item-vectors`` topic with ``source="online"`` when its cosine
-distance to ``pub`` (or, never published online, to ``q0``: what the catalog hook / bundle seed put
+distance to ``pub`` (or, never published online, to ``q0``: what the catalog effect / bundle seed put
 there) exceeds the threshold. The record is at least once and always the committed state. A worker killed
 between a commit and its publication leaves that move unpublished until a worker starts (each runs
 :meth:`OnlineItemPublisher.catch_up` once: every learning title against its ``pub``) or the title is
@@ -80,16 +71,29 @@ import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import Counter
 
+from foundation.kafka_io import KeyedBatchSender
 from foundation.logs import get_logger
 from models.dataset import KIND
 from models.item_vector_codec import ItemVector, encode_item_vector
 from models.online_user import OnlineUserModel, online_weights
+from online_state.item_learning import (
+    SCALE,
+    ItemSums,
+    bytes_vector,
+    increment_fields,
+    parse_learning_state,
+    state_fields,
+    to_fixed,
+    vector_bytes,
+)
+from online_state.keys import DEFAULT_KEYS, KeyLayout
+from online_state.redis_functions import hincr_many
+from online_state.user_vectors import unpack_user_vector
 from schemas.events import InteractionEvent, Rating
-from streams.effects import BatchInfo, offset_key
+from streams.effects import Batch, BatchInfo, Effect, Reads
 
 log = get_logger(__name__)
 
-SCALE: Final = 1 << 24  # fixed-point units per 1.0: ~6e-8 resolution; int64 holds ~1e11 weight-2 engagements
 PRIOR_WEIGHT: Final = 5.0  # n0: the content vector weighs as much as five plays
 SOURCE: Final = "online"
 
@@ -97,36 +101,11 @@ PUBLISHED: Final = Counter("streamrec_worker_online_item_vectors_total",
                            "Online item vectors re-published to item-vectors (moved beyond the threshold).")
 
 
-def learning_key(item_id: str, prefix: str = "sr", space: int = 0) -> str:
-    """The title's hash in the CF space ``space`` (:func:`streams.user_vectors.space_id` of the bundle's item
-    vectors): sums of user vectors only add up within one space, so a retrained bundle starts afresh."""
-    return f"{prefix}:il:{space & 0xFFFFFFFF:08x}:{item_id}"
-
-
-def sum_field(k: int) -> str:
-    return f"s{k}"
-
-
-def to_fixed(x: NDArray[np.floating] | float) -> NDArray[np.int64]:
-    """Fixed-point integers of ``x`` (float64 arithmetic, round half to even)."""
-    return np.rint(np.asarray(x, np.float64) * SCALE).astype(np.int64)
-
-
 def learned_vector(q0: NDArray[np.floating], w: int, s: NDArray[np.integer],
                    prior: float = PRIOR_WEIGHT) -> NDArray[np.float32]:
     """``(n0 · q0 + S) / (n0 + W)`` from the fixed-point sums ``w`` (W) and ``s`` (S)."""
     num = prior * np.asarray(q0, np.float64) + np.asarray(s, np.float64) / SCALE
     return (num / (prior + w / SCALE)).astype(np.float32)
-
-
-@dataclass(frozen=True, slots=True)
-class ItemSums:
-    """One title's increments (or totals): fixed-point ``w`` and ``s``, count ``n``, newest event ``ts``."""
-
-    w: int
-    n: int
-    s: NDArray[np.int64]
-    ts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,28 +261,6 @@ class ItemLearner:
         return {item: ItemSums(int(wsum[j]), int(count[j]), sums[j], int(newest[j])) for item, j in index.items()}
 
 
-def parse_learning_state(raw: Sequence[Any], dim: int) -> tuple[ItemSums, bytes | None, bool, bytes | None]:
-    """``HMGET`` reply of :func:`state_fields` → ``(sums, q0 bytes, gone, pub bytes)``."""
-    w, n, *rest = raw
-    s = np.array([int(x) if x is not None else 0 for x in rest[:dim]], np.int64)
-    q0, gone, pub = rest[dim:dim + 3]
-    return ItemSums(int(w or 0), int(n or 0), s, 0), q0, gone is not None and bytes(gone) == b"1", pub
-
-
-def state_fields(dim: int) -> list[str]:
-    return ["w", "n", *(sum_field(k) for k in range(dim)), "q0", "gone", "pub"]
-
-
-def vector_bytes(vector: NDArray[np.floating]) -> bytes:
-    return np.ascontiguousarray(vector, "<f4").tobytes()
-
-
-def bytes_vector(raw: bytes | None, dim: int) -> NDArray[np.float32] | None:
-    if raw is None or len(raw) != 4 * dim:
-        return None
-    return np.frombuffer(raw, "<f4").astype(np.float32)
-
-
 def cosine_distance(a: NDArray[np.floating], b: NDArray[np.floating]) -> float:
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 or nb == 0.0:
@@ -329,10 +286,8 @@ class OnlineItemPublisher:
     """
 
     def __init__(self, redis: Any, producer: Any, *, topic: str, bundle_version: str, dim: int, space: int,
-                 base: Callable[[str], NDArray[np.float32] | None], prefix: str = "sr",
+                 base: Callable[[str], NDArray[np.float32] | None], keys: KeyLayout = DEFAULT_KEYS,
                  threshold: float = 0.05, prior: float = PRIOR_WEIGHT, give_up_s: float = 60.0) -> None:
-        from foundation.kafka_io import KeyedBatchSender
-
         self.redis = redis
         self.sender = KeyedBatchSender(producer)
         self.topic = topic
@@ -340,7 +295,7 @@ class OnlineItemPublisher:
         self.dim = dim
         self.space = space
         self.base = base
-        self.prefix = prefix
+        self.keys = keys
         self.threshold = threshold
         self.prior = prior
         self.give_up_s = give_up_s
@@ -405,9 +360,9 @@ class OnlineItemPublisher:
         fields = state_fields(self.dim)
         pipe = self.redis.pipeline(transaction=False)
         for topic, partition in partitions:
-            pipe.get(offset_key(self.prefix, topic, partition))
+            pipe.get(self.keys.offset(topic, partition))
         for item in items:
-            pipe.hmget(learning_key(item, self.prefix, self.space), fields)
+            pipe.hmget(self.keys.item_learning(self.space, item), fields)
         replies = await pipe.execute()
         stored = {tp: int(raw) if raw is not None else -1 for tp, raw in zip(partitions, replies, strict=False)}
         states = dict(zip(items, replies[len(partitions):], strict=True))
@@ -441,7 +396,7 @@ class OnlineItemPublisher:
             await self.sender.flush()
             marks = self.redis.pipeline(transaction=False)
             for item, vector in published.items():
-                marks.hset(learning_key(item, self.prefix, self.space), "pub", vector_bytes(vector))
+                marks.hset(self.keys.item_learning(self.space, item), "pub", vector_bytes(vector))
             await marks.execute()
             PUBLISHED.inc(len(published))
             log.debug("item_learning.published", items=len(published))
@@ -453,7 +408,7 @@ class OnlineItemPublisher:
         its publication leaves (any worker may run it; a repeat is harmless on the compacted topic). The
         records carry ``ts`` 0: the newest engagement's time is not kept in Redis."""
         fields = state_fields(self.dim)
-        marker = learning_key("", self.prefix, self.space)
+        marker = self.keys.item_learning_space(self.space)
         keys = [key async for key in self.redis.scan_iter(match=f"{marker}*", count=1000)]
         done = 0
         for start in range(0, len(keys), chunk):
@@ -486,59 +441,52 @@ class OnlineItemPublisher:
         return vector if cosine_distance(last, vector) > self.threshold else None
 
 
-class ItemLearningEffect:
+class ItemLearningEffect(Effect[InteractionEvent]):
     """The worker effect: reads the engaging users' vectors, ``HINCRBY``\\s the titles' sums."""
 
     name = "item_learning"
 
-    def __init__(self, learner: ItemLearner, *, space: int, prefix: str = "sr",
+    def __init__(self, learner: ItemLearner, *, space: int, keys: KeyLayout = DEFAULT_KEYS,
                  publisher: OnlineItemPublisher | None = None, bulk: bool = False) -> None:
         self.learner = learner
         self.space = space
-        self.prefix = prefix
+        self.keys = keys
         self.publisher = publisher
         self.bulk = bulk  # one FCALL for all increments (online_state.redis_functions, loaded)
-        self._cached: tuple[Sequence[InteractionEvent], Engagements] | None = None
 
     def engagements(self, events: Sequence[InteractionEvent]) -> Engagements:
-        # The worker hands read and write the same list: compute its engagements once.
-        if self._cached is None or self._cached[0] is not events:
-            self._cached = (events, self.learner.engagements(events))
-        return self._cached[1]
+        return self.learner.engagements(events)
 
-    def read(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo) -> int:
-        from streams.user_vectors import user_key
-
-        users = self.engagements(events).users
+    def read(self, pipe: Any, batch: Batch[InteractionEvent]) -> Reads[Engagements]:
+        # write() needs the same engagements: computed once per batch, handed over in the Reads.
+        eng = self.engagements(batch.events)
+        users = eng.users
         if self.bulk:  # one MGET instead of a GET per user: a pipelined command costs the client ~20 µs
-            if not users:
-                return 0
-            pipe.mget([user_key(self.prefix, user) for user in users])
-            return 1
+            if users:
+                pipe.mget([self.keys.user_vector(user) for user in users])
+            return Reads(queued=1 if users else 0, state=eng)
         for user in users:
-            pipe.get(user_key(self.prefix, user))
-        return len(users)
+            pipe.get(self.keys.user_vector(user))
+        return Reads(queued=len(users), state=eng)
 
-    def sums(self, events: Sequence[InteractionEvent], replies: list[Any]) -> dict[str, ItemSums]:
-        """The batch's per-title increments given the stored user vectors, one per engaging user (pure)."""
-        from streams.user_vectors import unpack_user_vector
-
-        eng = self.engagements(events)
+    def sums(self, events: Sequence[InteractionEvent], replies: list[Any],
+             eng: Engagements | None = None) -> dict[str, ItemSums]:
+        """The batch's per-title increments given the stored user vectors, one per engaging user (pure);
+        ``eng``: the batch's :meth:`engagements`, when known already."""
+        eng = self.engagements(events) if eng is None else eng
         if len(replies) != len(eng.users):
             raise ValueError(f"item_learning: {len(eng.users)} reads queued but {len(replies)} replies")
         stored = [unpack_user_vector(r, space=self.space, dim=self.learner.model.dim)[0] for r in replies]
         return self.learner.item_sums(eng, self.learner.start_vectors(eng.users, stored))
 
-    def write(self, pipe: Any, events: Sequence[InteractionEvent], info: BatchInfo, replies: list[Any]) -> None:
+    def write(self, pipe: Any, batch: Batch[InteractionEvent], reads: Reads[Engagements]) -> None:
+        replies = reads.replies
         if self.bulk:
             replies = replies[0] if replies else []  # the one MGET's values
-        sums = self.sums(events, replies)
-        self._cached = None
-        increments = {learning_key(item, self.prefix, self.space): increment_fields(inc)
+        sums = self.sums(batch.events, replies, reads.state)
+        increments = {self.keys.item_learning(self.space, item): increment_fields(inc)
                       for item, inc in sums.items()}
         if self.bulk:
-            from online_state.redis_functions import hincr_many
-
             # Amounts as decimal strings: HINCRBY parses them exactly (no Lua number rounding).
             hincr_many(pipe, list(increments), [([str(x) for x in fields], []) for fields in increments.values()])
         else:
@@ -546,21 +494,13 @@ class ItemLearningEffect:
                 for j in range(0, len(fields), 2):
                     pipe.hincrby(key, fields[j], fields[j + 1])
         if self.publisher is not None:
-            self.publisher.note(info, {item: inc.ts for item, inc in sums.items()})
-
-
-def increment_fields(inc: ItemSums) -> list[Any]:
-    """``[field, amount, ...]`` of one title's increments (zero components left out: absent reads as 0)."""
-    out: list[Any] = ["w", inc.w, "n", inc.n]
-    for k in np.flatnonzero(inc.s).tolist():
-        out += [sum_field(k), int(inc.s[k])]
-    return out
+            self.publisher.note(batch.info, {item: inc.ts for item, inc in sums.items()})
 
 
 def catalog_learning_writes(pipe: Any, item_id: str, content_vector: NDArray[np.floating] | None,
-                            removed: bool, prefix: str = "sr", space: int = 0) -> None:
-    """The catalog hook's part: a learnable title's content vector (``q0``), or its removal."""
-    key = learning_key(item_id, prefix, space)
+                            removed: bool, keys: KeyLayout = DEFAULT_KEYS, space: int = 0) -> None:
+    """The catalog effect's part: a learnable title's content vector (``q0``), or its removal."""
+    key = keys.item_learning(space, item_id)
     if removed:
         pipe.hset(key, "gone", "1")
     elif content_vector is not None:

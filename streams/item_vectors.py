@@ -21,17 +21,17 @@ again: harmless, the topic is compacted and consumers keep the last value per ke
 Catalog events are keyed by item id and each item lives on one partition of ``catalog``, so two
 publishers never race on one item.
 
-Online updates (:mod:`streams.item_learning`, registered here as ``make_effect``): content-projected
+Online updates (:mod:`streams.item_learning`, built here by ``make_effect``): content-projected
 titles (new ones, and bundle titles without CF data) move toward the online vectors of the users who
 engage with them; once a batch committed their vector is re-published with ``source=online`` when it
 moved beyond the same threshold from the last one published. Trained titles keep their CF vectors
-until the next retrain (why: see that module). The catalog hook puts each such title's content
+until the next retrain (why: see that module). The catalog effect puts each such title's content
 vector in Redis (``q0``) for every worker to start from, and records what it published (``pub``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -41,18 +41,19 @@ from foundation.kafka_io import KeyedBatchSender
 from models.bundle import Bundle
 from models.cf import CFModel
 from models.content import ContentModel, ContentProjection
-from models.item_vector_codec import ItemVector, encode_item_vector
+from models.item_vector_codec import ItemVector, encode_item_vector, space_id
+from online_state.item_learning import vector_bytes
+from online_state.keys import KeyLayout
 from schemas.events import CatalogEvent, ItemRemove, ItemUpsert
+from streams.effects import Batch, Effect, EffectContext, Reads
 from streams.item_learning import (
     ItemLearner,
     ItemLearningEffect,
     OnlineItemPublisher,
     catalog_learning_writes,
     cosine_distance,
-    learning_key,
-    vector_bytes,
 )
-from streams.user_vectors import space_id
+from streams.user_vectors import make_effect as make_user_vector_effect
 
 DEFAULT_THRESHOLD: Final = 0.05  # cosine distance
 
@@ -151,45 +152,55 @@ async def publish_bundle_vectors(bundle: Bundle, producer: Any, *, topic: str, t
     return sent
 
 
-# --- worker registry (streams.worker discovers these) ---------------------------------------------
+# --- the worker's effects (listed in streams.effects_registry) -------------------------------------
 
 
-def make_catalog_hook(ctx: Any) -> Callable[[Any, Sequence[Any], Any], Awaitable[None]] | None:
-    """New titles' vectors to ``item-vectors`` (needs the bundle's content model and projection), and the
-    content vector of every content-projected title into its online-learning hash (``q0``, see
-    :mod:`streams.item_learning`), queued in the catalog batch's MULTI."""
-    if ctx.bundle is None or ctx.producer is None:
-        return None
-    publisher = ItemVectorPublisher.from_bundle(ctx.bundle, ctx.producer, topic=ctx.settings.topic_item_vectors)
-    space = space_id(publisher.cf)  # the bundle's CF space, as the user vectors and the learning effect name it
+class ItemVectorCatalogEffect(Effect[CatalogEvent]):
+    """From the catalog partitions this worker owns: new titles' vectors to ``item-vectors``
+    (:class:`ItemVectorPublisher`), and the content vector of every content-projected title into its
+    online-learning hash (``q0``, see :mod:`streams.item_learning`), queued in the catalog batch's MULTI."""
 
-    async def hook(pipe: Any, events: Sequence[Any], info: Any) -> None:
+    name = "item_vectors"
+
+    def __init__(self, publisher: ItemVectorPublisher, keys: KeyLayout) -> None:
+        self.publisher = publisher
+        self.keys = keys
+        self.space = space_id(publisher.cf)  # the bundle's CF space, as the user vectors and the learning name it
+
+    async def write(self, pipe: Any, batch: Batch[CatalogEvent], reads: Reads[Any]) -> None:
         # Sent and acknowledged before the catalog batch's EXEC: at least once, and a repeat is
         # harmless on a compacted topic keyed by item id. The worker runs the catalog partitions'
         # batches concurrently: each call flushes (and waits for) a sender of its own.
+        publisher = self.publisher
         sender = publisher.sender.fork()
         published: dict[str, NDArray[np.float32]] = {}
-        for event in events:
+        for event in batch.events:
             learns = False
             if isinstance(event, ItemRemove):
-                catalog_learning_writes(pipe, event.item_id, None, removed=True, prefix=ctx.prefix, space=space)
+                catalog_learning_writes(pipe, event.item_id, None, removed=True, keys=self.keys, space=self.space)
             elif isinstance(event, ItemUpsert):
                 vector, source = publisher.vector_for(event)
                 learns = source == "content"  # only content-projected titles learn online
                 if learns:
-                    catalog_learning_writes(pipe, event.item_id, vector, removed=False, prefix=ctx.prefix,
-                                            space=space)
+                    catalog_learning_writes(pipe, event.item_id, vector, removed=False, keys=self.keys,
+                                            space=self.space)
             if await publisher.handle(event, sender) and learns:
                 published[event.item_id] = publisher.last[event.item_id]
         await sender.flush()
         for item_id, vector in published.items():
             # What the topic now holds: the online publisher's threshold compares against it.
-            pipe.hset(learning_key(item_id, ctx.prefix, space), "pub", vector_bytes(vector))
-
-    return hook
+            pipe.hset(self.keys.item_learning(self.space, item_id), "pub", vector_bytes(vector))
 
 
-def make_effect(ctx: Any) -> ItemLearningEffect | None:
+def make_catalog_effect(ctx: EffectContext) -> ItemVectorCatalogEffect | None:
+    """Needs the bundle's content model and projection, and a producer to publish with."""
+    if ctx.bundle is None or ctx.producer is None:
+        return None
+    publisher = ItemVectorPublisher.from_bundle(ctx.bundle, ctx.producer, topic=ctx.settings.topic_item_vectors)
+    return ItemVectorCatalogEffect(publisher, ctx.keys)
+
+
+def make_effect(ctx: EffectContext) -> ItemLearningEffect | None:
     """Online learning of content-projected titles' vectors (:mod:`streams.item_learning`).
 
     Needs the bundle (the online user-vector model defines the users' vectors it learns from, and the
@@ -197,8 +208,6 @@ def make_effect(ctx: Any) -> ItemLearningEffect | None:
     """
     if ctx.bundle is None:
         return None
-    from streams.user_vectors import make_effect as make_user_vector_effect
-
     users = make_user_vector_effect(ctx)  # the very model/index/initial the user-vector effect runs with
     if users is None:
         return None
@@ -217,7 +226,6 @@ def make_effect(ctx: Any) -> ItemLearningEffect | None:
     if ctx.producer is not None and ctx.redis is not None:
         online = OnlineItemPublisher(ctx.redis, ctx.producer, topic=ctx.settings.topic_item_vectors,
                                      bundle_version=ctx.bundle.version, dim=cf.dim, space=users.space, base=base,
-                                     prefix=ctx.prefix, threshold=DEFAULT_THRESHOLD)
+                                     keys=ctx.keys, threshold=DEFAULT_THRESHOLD)
         online.start_catch_up()
-    return ItemLearningEffect(learner, space=users.space, prefix=ctx.prefix, publisher=online,
-                              bulk=getattr(ctx, "bulk", False))
+    return ItemLearningEffect(learner, space=users.space, keys=ctx.keys, publisher=online, bulk=ctx.bulk)

@@ -1,6 +1,7 @@
 """Prometheus metrics of the stream worker (one set per process, on the default registry).
 
-Served over HTTP by :func:`serve` (``streamrec worker --metrics-port``, default 9108; 0 disables).
+Served over HTTP by :func:`serve` on the worker's metrics port (``settings.worker_metrics_port``, or
+``streamrec worker --metrics-port``; 0 disables).
 """
 
 from __future__ import annotations
@@ -8,8 +9,6 @@ from __future__ import annotations
 from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-DEFAULT_METRICS_PORT: Final = 9108
 
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -1,8 +1,9 @@
 """Which records of a batch are still to apply, given the offset stored in Redis.
 
-``sr:offset:{topic}:{partition}`` (:func:`streams.effects.offset_key`) holds the last offset whose
-effects committed. It is written in the same ``MULTI`` as the effects, so records at or below it
-are already applied (a re-delivery after a crash or a rebalance) and are skipped.
+The partition's offset key (:meth:`online_state.keys.KeyLayout.offset`, parsed by
+:func:`online_state.offsets.parse_stored`) holds the last offset whose effects committed. It is written in the
+same ``MULTI`` as the effects, so records at or below it are already applied (a re-delivery after a crash or a
+rebalance) and are skipped.
 """
 
 from __future__ import annotations
@@ -10,14 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from online_state.offsets import NOTHING_APPLIED
+
 R = TypeVar("R")
-
-NOTHING_APPLIED = -1
-
-
-def parse_stored(raw: bytes | str | None) -> int:
-    """The stored offset (``NOTHING_APPLIED`` when the key is absent)."""
-    return NOTHING_APPLIED if raw is None else int(raw)
 
 
 def fresh_records(records: Sequence[R], stored: int) -> Sequence[R]:

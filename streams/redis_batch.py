@@ -1,25 +1,12 @@
-"""One partition batch in three Redis round trips, on one connection held for the batch.
+"""The Redis connection of one partition batch: the protocol's round trips (:mod:`streams.batch_protocol`)
+sent as packed commands on one pooled connection held for the batch.
 
-The exactly-once protocol (:mod:`streams.effects`) needs, per batch: ``WATCH`` of the partition's offset
-key, its value, every effect's reads, then ``MULTI`` … ``SET offset`` ``EXEC``, all but the reads on
-the connection of the ``MULTI``. Through redis-py's pipelines that was four round trips (``WATCH``, then
-``GET`` — a watching pipeline runs commands one at a time —, the reads on a second connection, the
-transaction), and under load each round trip is a wait for the Redis process to be scheduled::
-
-    WATCH offset_key; GET offset_key                        (round trip 1: which records are fresh)
-    <every effect's and the features' reads>                (round trip 2)
-    MULTI; <writes>; SET offset_key last; EXEC              (round trip 3)
-
-Everything read after the ``WATCH`` is fenced: a change of the offset key by another worker (a zombie
-owner after a rebalance) fails the ``EXEC`` (:class:`redis.exceptions.WatchError`) and the batch is
-redone from the newly stored offset. (Sending the reads together with the ``WATCH``, before knowing
-which records are fresh, would save a round trip but shrinks the window in which two owners of one
-partition overlap to less than a connection set-up; one honest round trip more keeps the protocol
-simple.)
-
-Effects keep queuing commands with redis-py's command methods on ordinary pipelines, which serve
-here only as recorders of ``(args, options)``: the packing, the reply parsing (hiredis) and the
-response callbacks are redis-py's own, without its per-command pipeline bookkeeping.
+The ``WATCH``, the reads and the ``MULTI`` must share a connection, and each round trip counts (under load
+each is a wait for the Redis process to be scheduled). Through redis-py's pipelines the same batch took four
+(a watching pipeline runs ``WATCH`` and ``GET`` one at a time, and the reads went on another connection).
+Effects still queue commands with redis-py's command methods on ordinary pipelines, which serve here only
+as recorders of ``(args, options)``: the packing, the reply parsing (hiredis) and the response callbacks are
+redis-py's own, without its per-command pipeline bookkeeping.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Waiting for the stream workers: where the input topics end, and when Redis has applied up to there.
 
 The worker stores the last applied offset of each partition in Redis in the same transaction as its
-effects (:mod:`streams.offsets`), so "applied" is exact: every record below the end offsets has its
-effects visible.
+effects (:meth:`online_state.keys.KeyLayout.offset`), so "applied" is exact: every record below the end
+offsets has its effects visible.
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aiokafka import TopicPartition
+
+from foundation.kafka_io import make_consumer
 from foundation.settings import Settings
+from online_state.keys import DEFAULT_KEYS, KeyLayout
+from online_state.offsets import parse_stored
 
 
 async def end_offsets(settings: Settings, topics: Sequence[str] | None = None) -> dict[tuple[str, int], int]:
     """End offset of every partition of ``topics`` (default: the workers' inputs, interactions and catalog)."""
-    from aiokafka import TopicPartition
-
-    from foundation.kafka_io import make_consumer
-
     consumer = make_consumer(settings)
     await consumer.start()
     try:
@@ -39,20 +40,17 @@ async def end_offsets(settings: Settings, topics: Sequence[str] | None = None) -
 
 
 async def wait_applied(redis: Any, ends: dict[tuple[str, int], int], timeout_s: float,
-                       worker: subprocess.Popen[bytes] | None = None, prefix: str = "sr",
+                       worker: subprocess.Popen[bytes] | None = None, keys: KeyLayout = DEFAULT_KEYS,
                        progress: Callable[[int, int], None] | None = None) -> float:
     """Wait until the worker's offsets in Redis cover every record below ``ends``; returns the wait.
 
     ``progress(applied, total)`` is called on every poll (records counted from offset 0).
     """
-    from streams.effects import offset_key
-    from streams.offsets import parse_stored
-
     pending = [(tp, end) for tp, end in ends.items() if end > 0]
-    keys = [offset_key(prefix, topic, partition) for (topic, partition), _ in pending]
+    names = [keys.offset(topic, partition) for (topic, partition), _ in pending]
     started = time.perf_counter()
     while True:
-        stored = await redis.mget(keys) if keys else []
+        stored = await redis.mget(names) if names else []
         if progress is not None:
             progress(sum(min(parse_stored(raw) + 1, end) for raw, (_, end) in zip(stored, pending, strict=True)),
                      sum(end for _, end in pending))

@@ -45,16 +45,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 import orjson
+import redis.asyncio as aioredis
 
 from foundation.child_env import settings_env
+from foundation.kafka_io import KeyedBatchSender, make_producer
 from foundation.logs import get_logger
 from foundation.settings import Settings
-from schemas.events import AddToList, Complete, Event, ItemRemove, ItemUpsert, Play, Rating
+from foundation.topics import delete_topics, ensure_topics
+from models.config import TwoStageConfig
+from models.recommend.pipeline import RecommendRequest
+from models.train import train_bundle
+from schemas.events import AddToList, Complete, Event, Play, Rating
+from serving.options import options_from_settings
+from serving.service import RecommendationService
+from tools.bundle_reuse import bundle_trained_on
 from tools.catch_up import end_offsets, wait_applied
+from tools.replay import LogRecord, RejectsFile, default_rejects_path, log_files, merged_records
+from tools.stack.process import terminate
 
 log = get_logger(__name__)
 
@@ -83,21 +93,10 @@ class StreamEvalConfig:
     keep_topics: bool = False
 
 
-@dataclass(slots=True)
-class _Record:
-    ts: int
-    raw: bytes
-    event: Event
-
-    @property
-    def is_catalog(self) -> bool:
-        return isinstance(self.event, ItemUpsert | ItemRemove)
-
-
 @dataclass
 class Split:
-    prefix: list[_Record]
-    rest: list[_Record]
+    prefix: list[LogRecord]
+    rest: list[LogRecord]
     targets: list[int]  # indices into ``rest``
     train_dir: Path
 
@@ -112,7 +111,7 @@ class Probe:
     ts: int
     user_id: str
     item_id: str
-    context: dict[str, Any] = field(default_factory=dict)  # the target event's device, country, hour, session
+    context: dict[str, Any] = field(default_factory=dict)  # the target event's device, country, hour; its time
     ranks: dict[str, int] = field(default_factory=dict)  # arm -> rank (0-based; -1 = not in the top k)
     degraded: dict[str, list[str]] = field(default_factory=dict)  # arm -> reasons ([] = a full answer)
 
@@ -128,17 +127,15 @@ def is_target_kind(event: Event) -> bool:
     return isinstance(event, Rating) and event.value >= 4.0
 
 
-def read_records(data: Path) -> list[_Record]:
-    from tools.replay import _Rejects, default_rejects_path, log_files, merged_records
-
-    rejects = _Rejects(default_rejects_path(data))
+def read_records(data: Path) -> list[LogRecord]:
+    rejects = RejectsFile(default_rejects_path(data))
     try:
-        return [_Record(r.ts, r.raw, r.event) for r in merged_records(log_files(data), rejects)]
+        return list(merged_records(log_files(data), rejects))
     finally:
         rejects.close()
 
 
-def split_records(records: list[_Record], train_share: float, samples: int, seed: int,
+def split_records(records: list[LogRecord], train_share: float, samples: int, seed: int,
                   train_dir: Path) -> Split:
     """Cut after ``train_share`` of the interaction records; write the prefix; draw the targets."""
     if not 0.0 < train_share < 1.0:
@@ -211,6 +208,7 @@ def relative_gain(online: dict[str, Any], frozen: dict[str, Any]) -> dict[str, f
 
 
 def plot_series(report: dict[str, Any], path: Path) -> Path:
+    # Lazy: matplotlib is optional (the train extra) and slow to import; only drawing needs it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,32 +234,16 @@ def plot_series(report: dict[str, Any], path: Path) -> Path:
 
 # --- the run -------------------------------------------------------------------------------------
 
-def _with_db(redis_url: str, db: int) -> str:
-    parts = urlparse(redis_url)
-    return urlunparse(parts._replace(path=f"/{db}"))
-
-
 def run_settings(base: Settings, run_id: str, db: int) -> Settings:
     """The run's own topics (so a run neither reads nor pollutes the deployment's) on Redis ``db``."""
-    return base.model_copy(update={
-        "topic_interactions": f"eval-{run_id}-interactions", "topic_catalog": f"eval-{run_id}-catalog",
-        "topic_item_vectors": f"eval-{run_id}-item-vectors", "topic_dead_letters": f"eval-{run_id}-dead-letters",
-        "redis_url": _with_db(base.redis_url, db),
-    })
+    return base.with_topic_prefix(f"eval-{run_id}").with_redis_db(db)
 
 
 def _bundle_for(train_dir: Path, artifacts: Path, config: StreamEvalConfig, say: Callable[[str], None]) -> str:
-    from models.bundle import BundleError, fingerprint_files, open_bundle
-    from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
-
-    fingerprint = fingerprint_files([train_dir / "catalog.jsonl", train_dir / "events.jsonl"])
-    if config.reuse_bundle:
-        with contextlib.suppress(BundleError, FileNotFoundError):
-            bundle = open_bundle(artifacts, verify=False)
-            if bundle.manifest.get("data_fingerprint") == fingerprint:
-                say(f"reusing bundle {bundle.version} (trained on this prefix)")
-                return bundle.version
+    bundle = bundle_trained_on(train_dir, artifacts) if config.reuse_bundle else None
+    if bundle is not None:
+        say(f"reusing bundle {bundle.version} (trained on this prefix)")
+        return bundle.version
     say("training the bundle on the prefix")
     knobs = {name: value for name in ("rank_users", "ranker_epochs")
              if (value := getattr(config, name)) is not None}
@@ -280,8 +262,6 @@ class _Publisher:
         self._sender: Any = None
 
     async def start(self) -> None:
-        from foundation.kafka_io import KeyedBatchSender, make_producer
-
         self._producer = make_producer(self.settings, enable_idempotence=True, linger_ms=2)
         await self._producer.start()
         self._sender = KeyedBatchSender(self._producer)
@@ -291,15 +271,10 @@ class _Publisher:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def send(self, records: Sequence[_Record]) -> None:
+    async def send(self, records: Sequence[LogRecord]) -> None:
         sender = self._sender
         for record in records:
-            event = record.event
-            if record.is_catalog:
-                topic, key = self.settings.topic_catalog, event.item_id  # type: ignore[union-attr]
-            else:
-                topic, key = self.settings.topic_interactions, event.user_id  # type: ignore[union-attr]
-            raw_key = key.encode()
+            topic, raw_key = record.destination(self.settings)
             await sender.add(topic, raw_key, record.raw)
             slot = (topic, await sender._partition(topic, raw_key))  # cached: the partition add() used
             self.ends[slot] = self.ends.get(slot, 0) + 1
@@ -323,7 +298,7 @@ def _start_worker(settings: Settings, artifacts: Path, log_path: Path) -> subpro
     env = settings_env(settings.model_copy(update={"artifacts": artifacts}))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "streams.worker", "--artifacts", str(artifacts),
+        return subprocess.Popen([sys.executable, "-m", "streamrec.commands.worker", "--artifacts", str(artifacts),
                                  "--metrics-port", "0"], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -335,8 +310,6 @@ def _rank(answer: dict[str, Any], item_id: str) -> int:
 
 
 async def _ask(services: dict[str, Any], probes: list[Probe], k: int) -> None:
-    from serving.service import RecommendRequest
-
     for probe in probes:
         request = RecommendRequest(user_id=probe.user_id, request_id=f"eval-{probe.rest_index}", k=k,
                                    **probe.context)
@@ -388,8 +361,7 @@ def _probes(split: Split) -> dict[int, Probe]:
         ctx = getattr(event, "context", None)
         # Asked as of just before the target (event time): see RecommendRequest.now_ms.
         context = {"device": getattr(ctx, "device", None), "country": getattr(ctx, "country", None),
-                   "hour": getattr(ctx, "local_hour", None), "session_id": getattr(ctx, "session_id", None),
-                   "now_ms": record.ts - 1}
+                   "hour": getattr(ctx, "local_hour", None), "now_ms": record.ts - 1}
         probes[index] = Probe(index, record.ts, event.user_id, event.item_id, context)  # type: ignore[union-attr]
     return probes
 
@@ -397,13 +369,6 @@ def _probes(split: Split) -> dict[int, Probe]:
 async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings, config: StreamEvalConfig,
                               say: Callable[[str], None], advance: Callable[[int, int], None] | None,
                               worker_log: Path) -> tuple[list[Probe], float]:
-    import redis.asyncio as aioredis
-
-    from foundation.topics import ensure_topics
-    from serving.options import options_from_settings
-    from serving.service import RecommendationService
-    from tools.stack.process import terminate
-
     run_id = uuid.uuid4().hex[:8]
     online_settings = run_settings(settings, run_id, config.online_db)
     frozen_settings = run_settings(settings, run_id, config.frozen_db)
@@ -481,7 +446,7 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
         await frozen_redis.aclose()
         if not config.keep_topics:
             with contextlib.suppress(Exception):
-                await _delete_topics(online_settings)
+                await delete_topics(online_settings)
     return probes, wait_total
 
 
@@ -504,15 +469,3 @@ async def _wait_ready(service: Any, timeout_s: float) -> None:
         if time.perf_counter() - started > timeout_s:
             raise TimeoutError(f"the online service did not become ready within {timeout_s:.0f} s: {state}")
         await asyncio.sleep(0.1)
-
-
-async def _delete_topics(settings: Settings) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-eval-stream")
-    await admin.start()
-    try:
-        await admin.delete_topics([settings.topic_interactions, settings.topic_catalog,
-                                   settings.topic_item_vectors, settings.topic_dead_letters])
-    finally:
-        await admin.close()

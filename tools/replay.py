@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import IO
 
 import orjson
+from rich.table import Table
 
 from foundation.kafka_io import KeyedBatchSender, make_producer
 from foundation.logs import get_logger
+from foundation.progress import stderr_console
 from foundation.settings import Settings
-from schemas.decoder import EventDecoder, event_decoder
-from schemas.events import Event, ItemRemove, ItemUpsert
+from schemas.decoder import EventDecoder, EventError, event_decoder
+from schemas.events import Event, is_catalog, partition_key
 
 log = get_logger(__name__)
 
@@ -70,13 +72,24 @@ class ReplayReport:
 
 
 @dataclass(frozen=True, slots=True)
-class _Record:
+class LogRecord:
+    """One valid line of a log: its event time, its original bytes (what is published) and its event."""
+
     ts: int
     raw: bytes
     event: Event
 
+    @property
+    def is_catalog(self) -> bool:
+        return is_catalog(self.event)
 
-class _Rejects:
+    def destination(self, settings: Settings) -> tuple[str, bytes]:
+        """The topic and the key it is published with (:func:`schemas.events.partition_key`)."""
+        topic = settings.topic_catalog if is_catalog(self.event) else settings.topic_interactions
+        return topic, partition_key(self.event).encode()
+
+
+class RejectsFile:
     """Writes rejected lines lazily: no file appears when every line is valid."""
 
     def __init__(self, path: Path) -> None:
@@ -113,10 +126,8 @@ def default_rejects_path(log_path: Path) -> Path:
 
 
 def _valid_records(
-    path: Path, rejects: _Rejects, decoder: EventDecoder[Event] = event_decoder
-) -> Iterator[_Record]:
-    from schemas.decoder import EventError
-
+    path: Path, rejects: RejectsFile, decoder: EventDecoder[Event] = event_decoder
+) -> Iterator[LogRecord]:
     decode = decoder.decode
     with path.open("rb") as fh:
         for line_no, line in enumerate(fh, start=1):
@@ -128,10 +139,10 @@ def _valid_records(
             except EventError as err:
                 rejects.add(path, line_no, err.field, err.reason, raw)
                 continue
-            yield _Record(event.ts, raw, event)
+            yield LogRecord(event.ts, raw, event)
 
 
-def merged_records(files: list[Path], rejects: _Rejects) -> Iterator[_Record]:
+def merged_records(files: list[Path], rejects: RejectsFile) -> Iterator[LogRecord]:
     """Time-ordered merge of the log's files (each already time-ordered); stable across files."""
     streams = [_valid_records(path, rejects) for path in files]
     if len(streams) == 1:
@@ -174,10 +185,9 @@ async def replay_log(
     options = options or ReplayOptions()
     files = log_files(log_path)
     rejects_path = options.rejects_path or default_rejects_path(log_path)
-    rejects = _Rejects(rejects_path)
+    rejects = RejectsFile(rejects_path)
     report = ReplayReport(source=str(log_path))
-    topics = {"catalog": settings.topic_catalog, "interactions": settings.topic_interactions}
-    per_topic = dict.fromkeys(topics.values(), 0)
+    per_topic = dict.fromkeys((settings.topic_catalog, settings.topic_interactions), 0)
     pacer = _Pacer(options.pace)
 
     producer = make_producer(settings, enable_idempotence=True, linger_ms=20)
@@ -196,12 +206,8 @@ async def replay_log(
                 # Ahead of schedule: ship what is batched before sleeping, so pacing is real.
                 await sender.flush_open()
                 await pacer.sleep()
-            event = record.event
-            if isinstance(event, ItemUpsert | ItemRemove):
-                topic, key = topics["catalog"], event.item_id
-            else:
-                topic, key = topics["interactions"], event.user_id
-            await sender.add(topic, key.encode(), record.raw)
+            topic, key = record.destination(settings)
+            await sender.add(topic, key, record.raw)
             per_topic[topic] += 1
             report.published += 1
             since_progress += 1
@@ -229,10 +235,6 @@ async def replay_log(
 
 def report_table(report: ReplayReport) -> None:
     """Print the final report for people (``--json`` prints it for programs)."""
-    from rich.table import Table
-
-    from foundation.progress import stderr_console
-
     table = Table(title=f"replay of {report.source}", show_header=False)
     table.add_row("published", f"{report.published:,}")
     for topic, count in report.per_topic.items():

@@ -20,8 +20,8 @@ from models.eval.protocol import (
     run_evaluation,
 )
 from models.eval.report import EvalReport
-from models.eval.split import SPLITS, Split, interaction_matrix, make_split
 from models.eval.systems import BASELINES, DEFAULT_SYSTEMS
+from models.split import SPLITS, Split, interaction_matrix, make_split
 
 __all__ = [
     "BASELINES", "DEFAULT_SYSTEMS", "EASE", "MAX_K", "SPLITS", "EvalContext", "EvalReport", "ItemKNN",

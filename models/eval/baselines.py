@@ -17,7 +17,8 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from models.dataset import EventLog
-from models.eval.split import Split, interaction_matrix
+from models.eval.protocol import evaluate_system
+from models.split import Split, interaction_matrix
 
 EASE_LAMBDAS: Final[tuple[float, ...]] = (50.0, 100.0, 200.0, 500.0, 1000.0)
 
@@ -184,7 +185,6 @@ def select_ease_lambda(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """The λ with the best ``metric`` on ``validation`` (a split of the training part), and every λ's value."""
-    from models.eval.protocol import evaluate_system
 
     results: dict[str, float] = {}
     best, best_value = float(lambdas[0]), -np.inf

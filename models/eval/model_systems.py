@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.candidates import candidates_for_users
+from models.candidates import SOURCES
 from models.cf import CFModel, fit_cf
+from models.config import TwoStageConfig
 from models.dataset import EventLog
 from models.eval.protocol import EvalContext
-from models.two_stage import TwoStageConfig, TwoStageModel, TwoStageRecommender, fit_two_stage
+from models.two_stage import TwoStageModel, TwoStageRecommender, fit_two_stage
 
 
 @dataclass
@@ -46,12 +47,14 @@ class TwoStageSystem(TwoStageRecommender):
                       "train_seconds": round(model.metrics["train_seconds"], 1)}
 
     def candidates(self, users: NDArray[np.int32]) -> dict[str, list[NDArray[np.int32]]]:
-        log = self.log
-        last = np.full(log.n_users, int(log.ts.max()), np.int64)
-        last[log.user] = log.ts  # time order: each user's last event wins
-        retrieval = self.model.retrieval
-        return candidates_for_users(retrieval.retriever, self.histories, users, last[users] + 1,
-                                    user_vectors=retrieval.cf.user_vectors)
+        """Each source's candidates (after the merge's exclusions) and the merged set, per user."""
+        out: dict[str, list[NDArray[np.int32]]] = {name: [] for name in (*SOURCES, "merged")}
+        for cands in self.retrieve_all(users):
+            for name in SOURCES:
+                found = cands.from_source(name) if name in cands.source_names else np.zeros(len(cands), bool)
+                out[name].append(cands.items[found])
+            out["merged"].append(cands.items)
+        return out
 
 
 def two_stage_system(config: TwoStageConfig) -> Any:

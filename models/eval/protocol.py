@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from models.dataset import EventLog
 from models.eval.metrics import MAX_K, candidate_recall, compute_metrics, hit_matrix, pad_lists, top_k
 from models.eval.report import EvalReport
-from models.eval.split import Split, make_split
+from models.split import Split, make_split
 
 
 @runtime_checkable

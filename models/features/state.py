@@ -61,7 +61,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from models.dataset import DEVICE_CODE, KIND, KINDS, MATURITY_ORDER, Catalog, EventLog
+from models.catalog import Catalog, CatalogTable
+from models.dataset import DEVICE_CODE, KIND, KINDS, MATURITY_ORDER, EventLog
 from models.features import spec
 from models.features.hashing import hash_str, hash_strs
 from models.feedback import feedback_weights
@@ -186,6 +187,13 @@ class ItemStatic:
     def from_catalog(cls, catalog: Catalog) -> ItemStatic:
         return cls.build(catalog.item_ids, catalog.genres, catalog.release_ts, catalog.first_seen_ts,
                          catalog.maturity, catalog.is_original, catalog.genre_vocab)
+
+    @classmethod
+    def from_table(cls, table: CatalogTable, base_vocab: Sequence[str] = ()) -> ItemStatic:
+        """Every row of a live catalogue table (genres: ``table.genre_vocab(base_vocab)``)."""
+        return cls.build(table.item_ids, table.genres, np.array(table.release_ts, np.int64),
+                         np.array(table.first_seen_ts, np.int64), np.array(table.maturity, np.int8),
+                         np.array(table.is_original, np.bool_), table.genre_vocab(base_vocab))
 
     def lookup(self, item_ids: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """(static index or -1, stable hash) of each id; unknown ids still get their hash."""

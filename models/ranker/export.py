@@ -35,6 +35,7 @@ import torch
 
 from models.features.batch import FeatureBatch, FeatureLayout
 from models.ranker.model import INPUT_NAMES, OUTPUT_NAME, WideAndDeep, torch_scores
+from models.ranker.scorer import RankerSession
 
 OPSET: Final[int] = 20  # pinned so a torch upgrade cannot silently change the served graph
 META_LAYOUT: Final[str] = "streamrec.layout"
@@ -133,7 +134,6 @@ def read_layout(path_or_bytes: str | os.PathLike[str] | bytes) -> FeatureLayout:
 def parity_max_abs_diff(model: WideAndDeep, path_or_bytes: str | os.PathLike[str] | bytes,
                         batch: FeatureBatch) -> float:
     """max |torch - onnxruntime| over ``batch``: the export check the bundle writer and tests run."""
-    from models.ranker.scorer import RankerSession  # local: keeps export importable without ORT
 
     expected = torch_scores(model, batch)
     got = RankerSession(path_or_bytes).score(batch)

@@ -1,1 +1,2 @@
-"""CLI command groups; each module exposes ``register(app)`` and keeps heavy imports inside commands."""
+"""CLI command groups: each module exposes ``register(app)`` and imports the tools it drives at its top
+(:mod:`streamrec.cli` imports a module only when one of its commands runs)."""

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from foundation.progress import stderr_console
+from tools.bench.runner import load_benchmark
+from tools.bench.runner import run_all as run
 
 bench_app = typer.Typer(help="Benchmarks against the local stack (each figure beside a floor of the same run).",
                         no_args_is_help=True)
@@ -24,10 +31,10 @@ def freshness(
         "--artifacts", help="A bundle root (default: train a small one on the world).")] = None,
 ) -> None:
     """Produce an interaction, time until GET /v1/recommendations reflects it (p50/p99), beside the floor."""
-    import json
-    import sys
-
-    bench = _load_script("bench_freshness")
+    try:
+        bench = load_benchmark("bench_freshness")
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc)) from None
     argv = [*(["--quick"] if quick else []), *(["--probes", str(probes)] if probes else []),
             *(["--rate", str(rate)] if rate else []), *(["--log", str(data)] if data else []),
             *(["--artifacts", str(artifacts)] if artifacts else [])]
@@ -53,11 +60,6 @@ def run_all(
         "--work", help="Keep the world and bundles here (default: a temporary folder, deleted after).")] = None,
 ) -> None:
     """Run every benchmark in sequence against the local stack; one results.json, results.md and PNG plots."""
-    import time
-
-    from foundation.progress import stderr_console
-    from tools.bench.runner import run_all as run
-
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -75,24 +77,6 @@ def run_all(
     if failed:
         typer.echo(f"failed: {', '.join(failed)}", err=True)
         raise typer.Exit(1)
-
-
-def _load_script(name: str):  # type: ignore[no-untyped-def]
-    """A module of ``benchmarks/`` (a folder of scripts, not a package) by file path."""
-    import importlib.util
-    import sys
-
-    from tools.bench.runner import REPO
-
-    path = REPO / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"streamrec_benchmarks_{name}", path)
-    if spec is None or spec.loader is None:
-        raise typer.BadParameter(f"{path} not found (bench runs from a source checkout)")
-    module = importlib.util.module_from_spec(spec)
-    # Registered before it runs: dataclasses look their module up in sys.modules while the class is built.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def register(app: typer.Typer) -> None:

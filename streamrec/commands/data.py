@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 
 from foundation.progress import progress_bar
+from foundation.settings import get_settings
+from tools.datasets.movielens import MovieLensError, import_movielens
+from tools.datasets.world import generate_world
+from tools.replay import Pace, ReplayOptions, replay_log, report_table
 
 
 def generate(
@@ -22,8 +29,6 @@ def generate(
     days: Annotated[float, typer.Option(min=0.01, help="Span of the log in days.")] = 30.0,
 ) -> None:
     """Generate a synthetic world with drifting tastes, sessions and new releases."""
-    from tools.datasets.world import generate_world
-
     with progress_bar("generating events", total=events) as advance:
         summary = generate_world(
             out, users=users, items=items, events=events, seed=seed,
@@ -37,8 +42,6 @@ def import_movielens_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for catalog.jsonl and events.jsonl.")],
 ) -> None:
     """Convert MovieLens (ml-latest[-small], ml-100k or ml-1m layout) into the event-log format."""
-    from tools.datasets.movielens import MovieLensError, import_movielens
-
     try:
         with progress_bar("importing MovieLens", total=None) as advance:
             summary = import_movielens(path, out, progress=advance)
@@ -65,11 +68,6 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json", help="Print the final report as JSON.")] = False,
 ) -> None:
     """Publish a recorded event log into Kafka, keyed and in per-user order, with an idempotent producer."""
-    import asyncio
-
-    from foundation.settings import get_settings
-    from tools.replay import Pace, ReplayOptions, replay_log, report_table
-
     if sum(x is not None and x is not False for x in (speed, rate, max_ or None)) > 1:
         raise typer.BadParameter("choose one of --speed, --rate and --max")
     pace = Pace(speed=speed, rate=rate)
@@ -86,10 +84,6 @@ def replay(
 
 
 def _summary_json(summary: object) -> str:
-    import dataclasses
-
-    import orjson
-
     value = dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else summary  # type: ignore[arg-type]
     return orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2).decode()
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from foundation.progress import progress_bar
+from foundation.settings import Settings, get_settings
+from tools.demo.apps import server_url, start_apps, stop_apps, wait_server_ready
+from tools.demo.show import pick_users, read_log_facts, run_stories
+from tools.demo.steps import prepare_data, replay_once, train_once, wait_worker
+from tools.stack import StackError, manager
 
 
 def demo(
@@ -19,25 +29,18 @@ def demo(
     seed: Annotated[int, typer.Option()] = 0,
     artifacts: Annotated[Path | None, typer.Option(help="Bundle root (default: STREAMREC_ARTIFACTS).")] = None,
     show_users: Annotated[int, typer.Option(min=0, help="Users whose before/after answers are shown.")] = 3,
-    worker_metrics_port: Annotated[int, typer.Option(min=0, max=65535, help="The worker's Prometheus port.")
-                                   ] = 9108,
+    worker_metrics_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="The worker's Prometheus port (default: STREAMREC_WORKER_METRICS_PORT).")] = None,
     down: Annotated[bool, typer.Option("--down", help="Stop everything the demo started, then exit.")] = False,
 ) -> None:
     """Start Kafka + Redis, make an event log, train, start a worker and the API, replay the log, and
     show a few users' recommendations before and after new interactions."""
-    import asyncio
-
-    from rich.console import Console
-
-    from foundation.settings import get_settings
-    from tools.stack import StackError, manager
-
     settings = get_settings()
+    if worker_metrics_port is not None:
+        settings = settings.model_copy(update={"worker_metrics_port": worker_metrics_port})
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False)
     if down:
-        from tools.demo.apps import stop_apps
-
         for name, outcome in stop_apps(settings):
             out.print(f"{name:<6} {outcome}")
         result = asyncio.run(manager.down(settings))
@@ -46,21 +49,14 @@ def demo(
         return
     try:
         _run(settings, out, err, data, movielens, users, items, events, seed,
-             (artifacts or settings.artifacts).resolve(), show_users, worker_metrics_port)
+             (artifacts or settings.artifacts).resolve(), show_users)
     except StackError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=1) from None
 
 
-def _run(settings: Any, out: Any, err: Any, data: Path, movielens: Path | None, users: int, items: int,
-         events: int, seed: int, artifacts: Path, show_users: int, worker_metrics_port: int) -> None:
-    import asyncio
-
-    from foundation.progress import progress_bar
-    from tools.demo import apps as demo_apps
-    from tools.demo.steps import prepare_data, replay_once, train_once, wait_worker
-    from tools.stack import manager
-
+def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: Path | None, users: int,
+         items: int, events: int, seed: int, artifacts: Path, show_users: int) -> None:
     out.rule("[bold]1. local stack: Kafka (KRaft) + redis-server")
     started = asyncio.run(manager.up(settings, progress=lambda message: err.status(message, spinner="dots")))
     for service in started.status.services:
@@ -79,9 +75,8 @@ def _run(settings: Any, out: Any, err: Any, data: Path, movielens: Path | None, 
 
     out.rule("[bold]4. stream worker + API server")
     if not trained["reused"]:
-        demo_apps.stop_apps(settings)  # a running worker holds the previous bundle's vectors
-    demo_apps.WORKER_METRICS_PORT = worker_metrics_port
-    for app in demo_apps.start_apps(settings, artifacts, Path.cwd()):
+        stop_apps(settings)  # a running worker holds the previous bundle's vectors
+    for app in start_apps(settings, artifacts, Path.cwd()):
         verb = "started" if app.started else "running"
         out.print(f"{app.name:<6} {verb:<8} pid {app.pid:<8} {app.address:<28} log {app.log_file}")
 
@@ -96,7 +91,7 @@ def _run(settings: Any, out: Any, err: Any, data: Path, movielens: Path | None, 
     with progress_bar("worker applying the log", total=100) as advance:
         seconds = asyncio.run(wait_worker(settings, advance))
     out.print(f"the worker has applied every record ({seconds:.1f} s after the replay)")
-    ready = asyncio.run(demo_apps.wait_server_ready(settings))
+    ready = asyncio.run(wait_server_ready(settings))
     out.print(f"server ready: {ready}")
 
     if show_users:
@@ -104,21 +99,15 @@ def _run(settings: Any, out: Any, err: Any, data: Path, movielens: Path | None, 
         _show(settings, out, data, show_users)
 
     out.rule()
-    url = demo_apps.server_url(settings)
+    url = server_url(settings)
     out.print(f"API      {url}/v1/recommendations/USER_ID   (docs: {url}/openapi.json, metrics: {url}/metrics)")
-    out.print(f"worker   metrics on :{worker_metrics_port}" if worker_metrics_port else "worker   running")
+    metrics_port = settings.worker_metrics_port
+    out.print(f"worker   metrics on :{metrics_port}" if metrics_port else "worker   running")
     out.print(f"Kafka    {settings.kafka_bootstrap}    Redis {settings.redis_url}")
     out.print("Everything keeps running. Stop it all with: streamrec demo --down")
 
 
-def _show(settings: Any, out: Any, data: Path, n_users: int) -> None:
-    import asyncio
-
-    from rich.table import Table
-
-    from tools.demo.apps import server_url
-    from tools.demo.show import pick_users, read_log_facts, run_stories
-
+def _show(settings: Settings, out: Console, data: Path, n_users: int) -> None:
     facts = read_log_facts(data)
     stories = asyncio.run(run_stories(server_url(settings), facts, pick_users(facts, n_users),
                                       api_key=settings.api_key))

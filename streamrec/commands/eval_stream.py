@@ -7,6 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from foundation.progress import stderr_console
+from foundation.settings import get_settings
+from tools.eval_stream import ARMS, StreamEvalConfig
+from tools.eval_stream import eval_stream as run
 
 
 def eval_stream(
@@ -27,14 +34,6 @@ def eval_stream(
 ) -> None:
     """Train on the first part of the log, replay the rest through Kafka and the workers, and score
     what the online and the frozen system recommend just before each sampled engagement."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from foundation.progress import stderr_console
-    from foundation.settings import get_settings
-    from tools.eval_stream import ARMS, StreamEvalConfig
-    from tools.eval_stream import eval_stream as run
-
     if online_db == frozen_db:
         raise typer.BadParameter("the two arms need different Redis databases", param_hint="--frozen-db")
     if quick:

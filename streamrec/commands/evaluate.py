@@ -1,32 +1,34 @@
-"""The offline evaluation command: `eval` (baselines now; trained systems plug into `system_factories`)."""
+"""`streamrec eval`: offline evaluation of the baselines and the trained systems on a held-out split."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
+from rich.console import Console
 
-if TYPE_CHECKING:
-    from models.eval.protocol import SystemFactory
+from foundation.progress import stderr_console
+from foundation.settings import get_settings
+from models.dataset import load_log
+from models.eval.model_systems import mf_system, two_stage_system
+from models.eval.plots import write_plots
+from models.eval.protocol import SystemFactory, run_evaluation
+from models.eval.report import report_table
+from models.eval.systems import BASELINES
+from models.split import SPLITS
+from models.train import config_from_bundle
 
 
 def system_factories(artifacts: Path | None) -> dict[str, SystemFactory]:
     """Every system `eval --systems` can name: name -> factory(train log, EvalContext) -> recommender.
 
-    The baselines need nothing but the training log. Systems that load the trained bundle under
-    ``artifacts`` (matrix factorisation, the two-stage recommender) go here too, e.g.::
-
-        factories["mf"] = mf_system(artifacts)
-        factories["two_stage"] = two_stage_system(artifacts)
-
-    A factory is called with the split's training part: retrain on it (or check that the bundle
-    was trained on the same cut) so that held-out events never leak into what is evaluated.
+    The baselines need nothing but the training log. The model-backed systems (matrix factorisation,
+    the two-stage recommender) take the parameters of the bundle under ``artifacts``. A factory is
+    called with the split's training part and fits on it, so held-out events never leak into what
+    is evaluated.
     """
-    from models.eval.model_systems import mf_system, two_stage_system
-    from models.eval.systems import BASELINES
-    from models.train import config_from_bundle
-
     factories: dict[str, SystemFactory] = dict(BASELINES)
     # Model-backed systems are refitted on the split's training part with the bundle's parameters.
     config = config_from_bundle(artifacts)
@@ -49,21 +51,9 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed handed to systems that draw random numbers.")] = 0,
 ) -> None:
     """Offline evaluation: hold out each user's latest events, rank the whole catalogue, report metrics."""
-    import time
-
-    from rich.console import Console
-
-    from foundation.progress import stderr_console
-    from models.dataset import load_log
-    from models.eval.protocol import run_evaluation
-    from models.eval.report import report_table
-    from models.eval.split import SPLITS
-
     if split not in SPLITS:
         raise typer.BadParameter(f"choose one of {', '.join(SPLITS)}", param_hint="--split")
     if artifacts is None:
-        from foundation.settings import get_settings
-
         artifacts = get_settings().artifacts
     available = system_factories(artifacts)
     names = [name.strip() for name in systems.split(",") if name.strip()]
@@ -86,8 +76,6 @@ def evaluate(
     console.print(report_table(report))
     typer.echo(f"test users: {report.test_users}, positives: {report.positives}; report: {out}")
     if plots is not None:
-        from models.eval.plots import write_plots
-
         for path in write_plots(report, plots):
             typer.echo(f"plot: {path}")
 

@@ -6,16 +6,31 @@ consumer group). Results go to stdout (``--json``: one JSON document); errors go
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
 import typer
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.pretty import Pretty
+from rich.table import Table
 
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
-    from foundation.settings import Settings
+from foundation.kafka_io import make_consumer
+from foundation.settings import Settings, get_settings
+from models.dataset import DEVICE_CODE
+from online_state.feature_codec import UserBlob
+from online_state.keys import DEFAULT_KEYS, KeyLayout
+from online_state.reads import read_user_record
+from online_state.trending import WINDOWS, read_trending, scope_from_dict
+from online_state.user_vectors import unpack_user_vector
+from schemas.topics import DLQ_HEADERS
 
 app = typer.Typer(
     name="inspect",
@@ -23,7 +38,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-# Names of the counts in ``sr:u:{user}``'s ``n`` array (see online_state.redis_store).
+# Names of the counts in the user's feature state's ``n`` array (see online_state.feature_codec).
 USER_COUNT_NAMES = ("events", "play", "complete", "skip", "rating", "click", "add_to_list")
 
 
@@ -33,15 +48,11 @@ def register(parent: typer.Typer) -> None:
 
 
 def _fail(message: str) -> typer.Exit:
-    from rich.console import Console
-
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
     return typer.Exit(code=1)
 
 
 def _redis(settings: Settings) -> aioredis.Redis:
-    import redis.asyncio as aioredis
-
     return aioredis.Redis.from_url(settings.redis_url)
 
 
@@ -50,9 +61,6 @@ T = TypeVar("T")
 
 def _query_redis(query: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
     """Run ``query`` on a client of the configured Redis; an unreachable Redis is a clear error."""
-    import asyncio
-
-    from foundation.settings import get_settings
 
     async def run() -> T:
         redis = _redis(get_settings())
@@ -68,22 +76,16 @@ def _query_redis(query: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
 
 
 def _emit_json(payload: Any) -> None:
-    import orjson
-
     typer.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
 
 
 # --- user ---------------------------------------------------------------------------------------
 
 
-def _user_features(raw: bytes | None) -> dict[str, Any] | None:
-    """``sr:u:{user}`` as readable data (codes decoded), ``None`` when absent."""
-    if raw is None:
+def _user_features(blob: UserBlob | None) -> dict[str, Any] | None:
+    """The user's feature state as readable data (codes decoded), ``None`` when absent."""
+    if blob is None:
         return None
-    from models.dataset import DEVICE_CODE
-    from online_state.redis_store import decode_user_blob
-
-    blob = decode_user_blob(raw)
     device = {code: name for name, code in DEVICE_CODE.items()}.get(blob.dev)
     country = None
     if blob.cty > 0:  # models.features.spec.country_code: 1 + 26 * letter1 + letter2
@@ -104,11 +106,7 @@ def _user_features(raw: bytes | None) -> dict[str, Any] | None:
 
 
 def _user_vector(value: bytes | None) -> dict[str, Any] | None:
-    """``sr:uv:{user}`` (see streams.user_vectors) summarised as dimension, norm and version."""
-    import numpy as np
-
-    from streams.user_vectors import unpack_user_vector
-
+    """The user's online vector (online_state.user_vectors) summarised as dimension, norm and version."""
     if value is None:
         return None
     vector, version = unpack_user_vector(value)
@@ -117,29 +115,16 @@ def _user_vector(value: bytes | None) -> dict[str, Any] | None:
     return {"dim": int(vector.size), "norm": float(np.linalg.norm(vector)), "version": version}
 
 
-async def user_state(redis: aioredis.Redis, user_id: str, prefix: str = "sr") -> dict[str, Any]:
+async def user_state(redis: aioredis.Redis, user_id: str, keys: KeyLayout = DEFAULT_KEYS) -> dict[str, Any]:
     """Everything online about a user: features, session, vector, and the keys' TTLs and bytes."""
-    from streams.session import read_session, session_key
-
-    keys = {"features": f"{prefix}:u:{user_id}", "session": session_key(user_id, prefix),
-            "vector": f"{prefix}:uv:{user_id}"}
-    pipe = redis.pipeline(transaction=False)
-    pipe.get(keys["features"])
-    pipe.get(keys["vector"])
-    for key in keys.values():
-        pipe.ttl(key)
-        pipe.memory_usage(key)
-    raw_user, raw_vector, *meta = await pipe.execute()
-    vector = _user_vector(raw_vector)
+    record = await read_user_record(redis, keys, user_id)
     return {
         "user_id": user_id,
-        "features": _user_features(raw_user),
-        "session": await read_session(redis, user_id, prefix=prefix),
-        "vector": vector,
-        "keys": {
-            name: {"key": key, "ttl_s": meta[2 * i] if meta[2 * i] >= 0 else None, "bytes": meta[2 * i + 1]}
-            for i, (name, key) in enumerate(keys.items())
-        },
+        "features": _user_features(record.features),
+        "session": record.session,
+        "vector": _user_vector(record.vector),
+        "keys": {name: {"key": info.key, "ttl_s": info.ttl_s, "bytes": info.bytes}
+                 for name, info in record.keys.items()},
     }
 
 
@@ -148,14 +133,11 @@ def user(
     user_id: str = typer.Argument(..., help="The user id."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
 ) -> None:
-    """A user's online state: ranking features (sr:u), session (sr:s), user vector (sr:uv)."""
+    """A user's online state: ranking features, session, online vector, and their keys' TTLs and sizes."""
     state = _query_redis(lambda redis: user_state(redis, user_id))
     if as_json:
         _emit_json(state)
         return
-    from rich.console import Console
-    from rich.pretty import Pretty
-
     out = Console(highlight=False, soft_wrap=True)
     for section in ("features", "session", "vector", "keys"):
         out.rule(section)
@@ -178,9 +160,6 @@ def trending(
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
 ) -> None:
     """Top trending titles of a window, globally or in one scope (one of --country/--device/--hour)."""
-
-    from streams.trending import WINDOWS, read_trending, scope_from_dict
-
     if window not in WINDOWS:
         raise _fail(f"unknown window {window!r}; expected one of {', '.join(WINDOWS)}")
     scope = {"country": country, "device": device, "hour": hour}
@@ -194,9 +173,6 @@ def trending(
         _emit_json({"window": window, "scope": scope_name, "now_ms": now_ms,
                     "items": [{"item_id": item, "score": score} for item, score in rows]})
         return
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"trending {window} {scope_name} at {now_ms}", title_justify="left")
     for column in ("#", "item", "score"):
         table.add_column(column, justify="right" if column != "item" else "left")
@@ -214,8 +190,6 @@ async def _partitions(settings: Settings, topic: str) -> list[int]:
     Asked through the admin client: a consumer without a subscription keeps no metadata for the
     topic, so its ``partitions_for_topic`` answers ``None`` even for an existing topic.
     """
-    from aiokafka.admin import AIOKafkaAdminClient
-
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-inspect")
     await admin.start()
     try:
@@ -234,13 +208,6 @@ async def latest_dead_letters(settings: Settings, limit: int, timeout_s: float =
     No consumer group: assign every partition, seek to ``end - limit`` (or its start), read up to
     the end offsets taken at the start, keep the newest ``limit`` by timestamp.
     """
-    import asyncio
-
-    from aiokafka import TopicPartition
-
-    from foundation.kafka_io import make_consumer
-    from schemas.topics import DLQ_HEADERS
-
     topic = settings.topic_dead_letters
     ids = await _partitions(settings, topic)
     consumer = make_consumer(settings, group_id=None, enable_auto_commit=False)
@@ -291,12 +258,6 @@ def dead_letters(
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
 ) -> None:
     """The newest dead letters: why each record was refused, where it came from, its original bytes."""
-    import asyncio
-
-    from aiokafka.errors import KafkaError
-
-    from foundation.settings import get_settings
-
     settings = get_settings()
     try:
         rows = asyncio.run(latest_dead_letters(settings, limit))
@@ -305,9 +266,6 @@ def dead_letters(
     if as_json:
         _emit_json({"topic": settings.topic_dead_letters, "records": rows})
         return
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{settings.topic_dead_letters}: newest {len(rows)}", title_justify="left")
     for column in ("partition:offset", "source", "field", "reason", "value"):
         table.add_column(column, overflow="fold")

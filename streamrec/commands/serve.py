@@ -7,6 +7,10 @@ from typing import Annotated
 
 import typer
 
+from foundation.logs import configure_logging
+from foundation.settings import get_settings
+from serving.http_server import serve as run
+
 
 def serve(
     artifacts: Annotated[Path | None, typer.Option(
@@ -18,10 +22,6 @@ def serve(
         "--workers", min=1, help="Stateless replica processes sharing the port (SO_REUSEPORT).")] = 1,
 ) -> None:
     """Serve /v1/recommendations, /v1/items/{id}/similar, /v1/events, /healthz, /readyz, /metrics, /openapi.json."""
-    from foundation.logs import configure_logging
-    from foundation.settings import get_settings
-    from serving.http_server import serve as run
-
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     status = run(settings, artifacts or settings.artifacts, host or settings.server_host,

@@ -1,29 +1,29 @@
-"""`streamrec stack up|down|status`: a local Kafka (KRaft) broker and redis-server for development.
+"""`streamrec stack up|down|status|topics`: a local Kafka (KRaft) broker and redis-server for development.
 
 Results go to stdout (``status --json`` is machine-readable); progress and errors go to stderr.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from foundation.settings import get_settings
+from foundation.topics import TopicSetupError, ensure_topics
+from tools.stack import StackError, manager
 
 
 def _fail(message: str) -> typer.Exit:
-    from rich.console import Console
-
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
     return typer.Exit(code=1)
 
 
 def up() -> None:
     """Start Kafka and redis-server (if not running), wait until both answer, create the topics."""
-    import asyncio
-
-    from rich.console import Console
-
-    from foundation.settings import get_settings
-    from tools.stack import StackError, manager
-
     settings = get_settings()
     err = Console(stderr=True, highlight=False)
     out = Console(highlight=False, soft_wrap=True)
@@ -41,13 +41,6 @@ def up() -> None:
 
 def down() -> None:
     """Stop the processes that `stack up` started (verified by pid), and nothing else."""
-    import asyncio
-
-    from rich.console import Console
-
-    from foundation.settings import get_settings
-    from tools.stack import StackError, manager
-
     out = Console(highlight=False, soft_wrap=True)
     try:
         result = asyncio.run(manager.down(get_settings()))
@@ -62,15 +55,6 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the status as one JSON object on stdout."),
 ) -> None:
     """Report whether Kafka and Redis run and answer; exits with status 1 unless both are healthy."""
-    import asyncio
-    import json
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from foundation.settings import get_settings
-    from tools.stack import manager
-
     current = asyncio.run(manager.status(get_settings()))
     if as_json:
         typer.echo(json.dumps(current.to_dict(), indent=2))
@@ -91,11 +75,6 @@ def status(
 
 def topics() -> None:
     """Create the topics on the configured Kafka (idempotent): for clusters `stack up` did not start."""
-    import asyncio
-
-    from foundation.settings import get_settings
-    from foundation.topics import TopicSetupError, ensure_topics
-
     try:
         created = asyncio.run(ensure_topics(get_settings()))
     except TopicSetupError as exc:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
+
+from foundation.progress import stderr_console
+from foundation.settings import get_settings
+from models.config import TwoStageConfig
+from models.train import train_bundle
 
 
 def train(
@@ -18,15 +25,6 @@ def train(
     epochs: Annotated[int, typer.Option(min=1, help="Ranker epochs (early stopping on validation NDCG).")] = 12,
 ) -> None:
     """Train CF + content vectors, the HNSW indexes and the Wide & Deep ranker; publish the bundle."""
-    import time
-
-    import orjson
-
-    from foundation.progress import stderr_console
-    from foundation.settings import get_settings
-    from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
-
     artifacts = out or get_settings().artifacts
     config = TwoStageConfig(dim=dim, seed=seed, rank_users=rank_users, ranker_epochs=epochs)
     started = time.perf_counter()

@@ -167,8 +167,8 @@ async def redis_client(stack: Settings) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture(scope="session")
 def _small_bundle_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
+    from models.config import TwoStageConfig
     from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
     from tools.datasets.world import generate_world
 
     data = tmp_path_factory.mktemp("small-world")

@@ -12,6 +12,9 @@ import orjson
 import pytest
 
 from foundation.settings import Settings
+from schemas import EventError, decode_event
+from tools.stack import process
+from tools.stack.layout import StackLayout
 from tools.stack.probes import free_port
 
 STREAMREC = [sys.executable, "-m", "streamrec.cli"]
@@ -61,8 +64,6 @@ def test_generate_then_replay_with_malformed_lines(scoped_env: dict[str, str], t
 
 
 def _invalid(line: bytes) -> bool:
-    from schemas import EventError, decode_event
-
     try:
         decode_event(line)
     except EventError:
@@ -73,11 +74,8 @@ def _invalid(line: bytes) -> bool:
 def test_demo_runs_the_whole_system_and_down_leaves_nothing_behind(
     stack_factory: Callable[..., Settings], env_for: Callable[[Settings], dict[str, str]], tmp_path: Path
 ) -> None:
-    from tools.stack import process
-    from tools.stack.layout import StackLayout
-
     # A stack of its own: `demo --down` stops the stack too, which must not be the session's.
-    settings = stack_factory("demo", 19292, 19293, 16579)
+    settings = stack_factory("demo", 21092, 21093, 18379)  # 2000 above the session's ports (see test_stack)
     env = {**env_for(settings), "STREAMREC_SERVER_PORT": str(free_port())}
     args = ["demo", "--data", str(tmp_path / "demo"), "--users", "60", "--items", "300", "--events", "4000",
             "--artifacts", str(tmp_path / "artifacts"), "--show-users", "1", "--worker-metrics-port", "0"]

@@ -17,23 +17,19 @@ from test_worker_dead_letters import T0, _play, _wait_for, per_test_settings, ru
 
 from foundation.kafka_io import make_producer
 from foundation.settings import Settings
-from models.item_vector_codec import ItemVector, decode_item_vector
-from streams.item_learning import (
-    PRIOR_WEIGHT,
+from models.item_vector_codec import ItemVector, decode_item_vector, space_id
+from online_state.item_learning import (
     ItemSums,
-    OnlineItemPublisher,
     bytes_vector,
-    cosine_distance,
     increment_fields,
-    learned_vector,
-    learning_key,
     parse_learning_state,
     state_fields,
     to_fixed,
     vector_bytes,
 )
+from online_state.keys import DEFAULT_KEYS
+from streams.item_learning import PRIOR_WEIGHT, OnlineItemPublisher, cosine_distance, learned_vector
 from streams.item_vectors import DEFAULT_THRESHOLD
-from streams.user_vectors import space_id
 
 
 def _upsert(item: str, title: str, genres: list[str], tags: list[str]) -> bytes:
@@ -75,7 +71,7 @@ def _online(records: list[ItemVector], item: str) -> list[ItemVector]:
 
 async def _state(redis: aioredis.Redis, item: str, dim: int, space: int) -> tuple[NDArray[np.float32], int, int,
                                                                                    NDArray[np.int64]]:
-    raw = await redis.hmget(learning_key(item, space=space), state_fields(dim))
+    raw = await redis.hmget(DEFAULT_KEYS.item_learning(space, item), state_fields(dim))
     sums, q0, gone, _ = parse_learning_state(raw, dim)
     vector = bytes_vector(q0, dim)
     assert vector is not None and not gone
@@ -91,9 +87,9 @@ def _rule(q0: NDArray[np.floating], users: list[NDArray[np.floating]]) -> NDArra
 async def test_engaged_new_title_moves_toward_its_users_and_small_moves_publish_nothing(
     stack: Settings, redis_client: aioredis.Redis, small_bundle: Path
 ) -> None:
+    from foundation.topics import ensure_topics_retrying
     from models.bundle import open_bundle
     from models.cf import CFModel
-    from streams.worker import ensure_topics_retrying
 
     settings = per_test_settings(stack, "itemlearn")
     await ensure_topics_retrying(settings)
@@ -110,7 +106,7 @@ async def test_engaged_new_title_moves_toward_its_users_and_small_moves_publish_
     async with running_worker(settings, artifacts=small_bundle):
         # The catalog hook stores each new title's content vector (q0) for every worker to start from.
         async def stored() -> bool:
-            return all([await redis_client.hexists(learning_key(t, space=space), "q0") for t in titles])
+            return all([await redis_client.hexists(DEFAULT_KEYS.item_learning(space, t), "q0") for t in titles])
         await _wait_for(stored, 60)
         q0 = {t: (await _state(redis_client, t, cf.dim, space))[0] for t in titles}
 
@@ -161,7 +157,7 @@ async def test_catch_up_publishes_moves_committed_but_never_published(
 ) -> None:
     """A worker killed between a batch's EXEC and its publication: the next worker's start-up catch-up
     publishes the committed vector once; moves below the threshold and published ones stay quiet."""
-    from streams.worker import ensure_topics_retrying
+    from foundation.topics import ensure_topics_retrying
 
     settings = per_test_settings(stack, "catchup")
     await ensure_topics_retrying(settings)
@@ -178,10 +174,10 @@ async def test_catch_up_publishes_moves_committed_but_never_published(
         return out
 
     moved = learned_vector(q0, int(to_fixed(3.0)), to_fixed(3.0 * toward))
-    await redis_client.hset(learning_key("t-moved", space=7), mapping=state(3.0))  # type: ignore[arg-type]
-    await redis_client.hset(learning_key("t-small", space=7), mapping=state(0.05))  # type: ignore[arg-type]
-    await redis_client.hset(learning_key("t-done", space=7), mapping=state(3.0, pub=moved))  # type: ignore[arg-type]
-    await redis_client.hset(learning_key("t-content-only", space=7), mapping={"q0": vector_bytes(q0)})
+    await redis_client.hset(DEFAULT_KEYS.item_learning(7, "t-moved"), mapping=state(3.0))  # type: ignore[arg-type]
+    await redis_client.hset(DEFAULT_KEYS.item_learning(7, "t-small"), mapping=state(0.05))  # type: ignore[arg-type]
+    await redis_client.hset(DEFAULT_KEYS.item_learning(7, "t-done"), mapping=state(3.0, pub=moved))  # type: ignore[arg-type]
+    await redis_client.hset(DEFAULT_KEYS.item_learning(7, "t-content-only"), mapping={"q0": vector_bytes(q0)})
     producer = make_producer(settings)
     await producer.start()
     try:

@@ -1,4 +1,4 @@
-"""Stage 2's scripted read returns exactly what ``RedisFeatureStore.read`` returns, on real Redis."""
+"""The server's scripted feature read returns exactly what ``RedisFeatureStore.read`` returns, on real Redis."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from models.features.state import EventBatch, ItemStatic
+from online_state.feature_codec import StoredUser
+from online_state.feature_reads import FeatureReader, same_snapshot
+from online_state.keys import DEFAULT_KEYS
 from online_state.redis_store import RedisFeatureStore
 from schemas.events import Click, Complete, Context, Impression, InteractionEvent, Play, Rating, Skip
-from serving.feature_read import FeatureReader, same_snapshot
 
 DAY = 86_400_000
 
@@ -86,3 +88,21 @@ async def test_item_rows_are_reused_within_the_ttl_and_the_user_is_always_fresh(
     clock[0] += 0.6  # past it: every row is read again and equals Redis exactly
     assert same_snapshot(await reader.read("u0", ids, now), fresh)
     assert reader.fetched_rows == 10
+
+
+async def test_a_user_value_read_earlier_is_used_instead_of_reading_it_again(redis_client: aioredis.Redis) -> None:
+    static = _static()
+    store = RedisFeatureStore(redis_client, static)
+    now = int(time.time() * 1000)
+    await store.apply(EventBatch.from_events(_events(now), static))
+    ids = ["i0", "i1", "i2", "i3", "i4", "not-a-title", "i2"]
+    expected = await store.read("u0", ids, now)
+    stored = StoredUser.decode(await redis_client.get(DEFAULT_KEYS.user_state("u0")))
+    await redis_client.delete(DEFAULT_KEYS.user_state("u0"))  # a second read of it would now find nothing
+    reader = FeatureReader(store)
+    assert same_snapshot(await reader.read("u0", ids, now, user=stored), expected)
+    assert reader.scripting and expected.user.counts.sum() > 0
+    items, static_rows = await reader.read_items(ids, now)
+    assert same_snapshot(expected, type(expected)(user_id="u0", user=expected.user, items=items, static=static_rows,
+                                                  now_ts=now))
+    assert same_snapshot(await reader.read("u0", [], now, user=stored), await store.read("u0", [], now, user=stored))

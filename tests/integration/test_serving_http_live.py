@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaConsumer
 from test_worker_dead_letters import per_test_settings
 
 from foundation.settings import Settings
+from foundation.topics import ensure_topics_retrying
 from models.bundle import open_bundle
 from serving.app import create_app
-from streams.worker import ensure_topics_retrying
 from tools.stack.probes import free_port
 
 REPO = Path(__file__).resolve().parents[2]

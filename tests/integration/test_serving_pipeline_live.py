@@ -23,11 +23,12 @@ import redis.asyncio as aioredis
 from test_worker_dead_letters import _wait_for, per_test_settings, running_worker, send_records
 
 from foundation.settings import Settings
+from foundation.topics import ensure_topics_retrying
 from models.bundle import latest_version, open_bundle, set_latest
+from models.recommend.pipeline import RecommendRequest
+from online_state.user_vectors import read_user_vector
 from serving.options import ServingOptions
-from serving.service import NoBundleError, RecommendationService, RecommendRequest
-from streams.user_vectors import read_user_vector
-from streams.worker import ensure_topics_retrying
+from serving.service import NoBundleError, RecommendationService
 
 
 @pytest.fixture(scope="module")

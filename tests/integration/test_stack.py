@@ -242,7 +242,8 @@ def test_down_stops_exactly_the_started_processes(
     session_pids = pids(stack)
     decoy = subprocess.Popen(["sleep", "600"])
     try:
-        other = stack_factory("down", 19192, 19193, 16479)
+        # Ports 1000 above the session's, so that sessions with other STREAMREC_TEST_PORT_OFFSETs stay clear.
+        other = stack_factory("down", 20092, 20093, 17379)
         started = pids(other)
         assert set(started) == {"kafka", "redis"}
         assert all(_alive(pid) for pid in started.values())
@@ -256,7 +257,7 @@ def test_down_stops_exactly_the_started_processes(
         layout = StackLayout.from_settings(other)
         assert not layout.kafka_pid_file.exists() and not layout.redis_pid_file.exists()
         assert _cmdlines_mentioning(str(layout.root)) == []
-        for port in (19192, 19193, 16479):
+        for port in (other.kafka_port, other.kafka_controller_port, other.redis_port):
             assert not probes.port_open("127.0.0.1", port)
 
         status = run_cli(env_for(other), "status", "--json")

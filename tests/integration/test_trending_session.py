@@ -17,6 +17,10 @@ import typer
 from typer.testing import CliRunner
 
 from foundation.settings import Settings
+from online_state.keys import DEFAULT_KEYS
+from online_state.sessions import read_session
+from online_state.trending import WINDOWS, generation, read_new_releases, read_trending
+from online_state.user_vectors import pack_user_vector
 from schemas.events import (
     AddToList,
     Click,
@@ -32,18 +36,13 @@ from schemas.events import (
     Skip,
     UserUpsert,
 )
-from streams.effects import BatchInfo, Effect
-from streams.session import SESSION_GAP_MS, SESSION_TTL_S, SessionEffect, read_session, session_key
+from streams.effects import Batch, BatchInfo, Effect, Reads
+from streams.session import SESSION_GAP_MS, SESSION_TTL_S, SessionEffect
 from streams.trending import (
-    WINDOWS,
     TrendingEffect,
     catalog_writes,
     decayed_naive,
     event_weights,
-    generation,
-    read_new_releases,
-    read_trending,
-    trend_key,
     ttl_seconds,
 )
 
@@ -56,19 +55,21 @@ def item_genres(item_id: str) -> list[str]:
     return GENRES.get(item_id, [])
 
 
-async def apply_batch(client: aioredis.Redis, effects: Sequence[Effect], events: Sequence[InteractionEvent],
+async def apply_batch(client: aioredis.Redis, effects: Sequence[Effect[Any]], events: Sequence[InteractionEvent],
                       info: BatchInfo) -> None:
     """What the worker does with one batch: one read round trip, then one MULTI with every write."""
+    batch = Batch(info, events)
     read = client.pipeline(transaction=False)
-    counts = [effect.read(read, events, info) for effect in effects]
-    replies = await read.execute() if sum(counts) else []
+    reads = [effect.read(read, batch) for effect in effects]
+    replies = await read.execute() if sum(r.queued for r in reads) else []
     write = client.pipeline(transaction=True)
     write.multi()
     start = 0
-    for effect, n in zip(effects, counts, strict=True):
-        effect.write(write, events, info, replies[start:start + n])
-        start += n
-    write.set(f"sr:offset:{info.topic}:{info.partition}", info.last_offset)
+    for effect, r in zip(effects, reads, strict=True):
+        r.replies = replies[start:start + r.queued]
+        start += r.queued
+        effect.write(write, batch, r)
+    write.set(DEFAULT_KEYS.offset(info.topic, info.partition), info.last_offset)
     await write.execute()
 
 
@@ -148,10 +149,10 @@ async def test_trending_keys_have_ttls_and_generations(redis_client: aioredis.Re
     gen = generation(base, WINDOWS["1h"])
     for scope in ("all", "country:DE", "device:web", "hour:3"):
         for g in (gen - 1, gen):
-            key = trend_key("1h", scope, g)
+            key = DEFAULT_KEYS.trending("1h", scope, g)
             ttl = await redis_client.ttl(key)
             assert ttl_seconds(WINDOWS["1h"]) - 5 <= ttl <= ttl_seconds(WINDOWS["1h"]), key
-    assert await redis_client.ttl(trend_key("7d", "all", generation(base, WINDOWS["7d"]))) > 200 * 86_400
+    assert await redis_client.ttl(DEFAULT_KEYS.trending("7d", "all", generation(base, WINDOWS["7d"]))) > 200 * 86_400
     # Read at base + 1 h: both generations are combined, each decayed from its own landmark.
     top = await read_trending(redis_client, "1h", {"device": "web"}, base + HOUR, 5)
     assert [item for item, _ in top] == ["new", "old"]
@@ -214,13 +215,13 @@ async def test_session_features(redis_client: aioredis.Redis) -> None:
     assert sum(session["genre_mix"].values()) == pytest.approx(1.0)
     assert SESSION_TTL_S - 5 <= session["ttl_s"] <= SESSION_TTL_S
     assert await read_session(redis_client, "nobody") == {}
-    one_batch = await redis_client.get(session_key("alice"))
+    one_batch = await redis_client.get(DEFAULT_KEYS.session("alice"))
 
     # Event by event (many batches) gives the same bytes.
     await redis_client.flushdb()
     for i, event in enumerate(events):
         await apply_batch(redis_client, [effect], [event], BatchInfo("interactions", 0, i, i))
-    assert await redis_client.get(session_key("alice")) == one_batch
+    assert await redis_client.get(DEFAULT_KEYS.session("alice")) == one_batch
 
     # A new session id, or a 30-minute gap without one, starts over.
     later = Play(event_id="n1", ts=T0 + 170_000 + SESSION_GAP_MS + 1, schema_version=1, user_id="alice",
@@ -241,9 +242,9 @@ async def test_session_features(redis_client: aioredis.Redis) -> None:
 
 async def test_both_effects_in_one_transaction(redis_client: aioredis.Redis) -> None:
     events = random_events(4, 200)
-    effects: list[Effect] = [TrendingEffect(), SessionEffect(item_genres=item_genres)]
+    effects: list[Effect[Any]] = [TrendingEffect(), SessionEffect(item_genres=item_genres)]
     await apply_batch(redis_client, effects, events, BatchInfo("interactions", 3, 0, 199))
-    assert await redis_client.get("sr:offset:interactions:3") == b"199"
+    assert await redis_client.get(DEFAULT_KEYS.offset("interactions", 3)) == b"199"
     assert await read_trending(redis_client, "7d", None, T0 + 48 * HOUR, 5)
     users_with_activity = {e.user_id for e in events}
     for user in users_with_activity:
@@ -251,8 +252,8 @@ async def test_both_effects_in_one_transaction(redis_client: aioredis.Redis) -> 
 
 
 async def test_memory_usage_per_member(redis_client: aioredis.Redis) -> None:
-    """The numbers quoted in the module docstrings (bytes per trend member, per session)."""
-    key = "sr:trend:24h:all:g0"
+    """Bytes per trend member and per session: the sizes the uncapped trend keys and packed sessions rely on."""
+    key = DEFAULT_KEYS.trending("24h", "all", 0)
     small: dict[str, float] = {f"i{n}": 1.5 * 2.0 ** (n % 60) for n in range(100)}
     await redis_client.zadd(key, small)
     small_bytes = await redis_client.memory_usage(key)
@@ -264,7 +265,7 @@ async def test_memory_usage_per_member(redis_client: aioredis.Redis) -> None:
     full = [Play(event_id=f"m{i}", ts=T0 + i, schema_version=1, user_id="m", item_id=f"i{i}",
                  context=Context(device="tv", session_id="x" * 20)) for i in range(40)]
     await apply_batch(redis_client, [effect], full, BatchInfo("interactions", 0, 0, 39))
-    session_bytes = await redis_client.memory_usage(session_key("m"))
+    session_bytes = await redis_client.memory_usage(DEFAULT_KEYS.session("m"))
     assert session_bytes < 1_000, session_bytes
     print(f"trend: {small_bytes / 100:.1f} B/member (listpack), {large_bytes / 1_000:.1f} B/member (skiplist); "
           f"full session {session_bytes} B")
@@ -298,8 +299,10 @@ def test_inspect_trending_and_user(stack: Settings, stack_env: dict[str, str]) -
     try:
         events = session_events()
         pipe = client.pipeline(transaction=True)
-        TrendingEffect().write(pipe, events, BatchInfo("interactions", 0, 0, 0), [])
-        SessionEffect(item_genres=item_genres).write(pipe, events, BatchInfo("interactions", 0, 0, 0), [None, None])
+        batch = Batch(BatchInfo("interactions", 0, 0, 0), events)
+        TrendingEffect().write(pipe, batch, Reads())
+        session = SessionEffect(item_genres=item_genres)
+        session.write(pipe, batch, Reads(replies=[None, None], state=session.users(events)))
         pipe.execute()
         result = invoke(["inspect", "trending", "--window", "1h", "--k", "3", "--at", str(T0 + 170_000), "--json"],
                         env)
@@ -318,9 +321,8 @@ def test_inspect_trending_and_user(stack: Settings, stack_env: dict[str, str]) -
         assert state["features"] is None and state["vector"] is None
         assert state["session"]["session_id"] == "s1"
         assert state["keys"]["session"]["bytes"] > 0
-        from streams.user_vectors import pack_user_vector
-
-        client.set("sr:uv:alice", pack_user_vector(np.ones(4, np.float32), version=7, space=1))  # norm 2
+        vector = pack_user_vector(np.ones(4, np.float32), version=7, space=1)  # norm 2
+        client.set(DEFAULT_KEYS.user_vector("alice"), vector)
         result = invoke(["inspect", "user", "alice", "--json"], env)
         assert json.loads(result.stdout)["vector"] == {"dim": 4, "norm": pytest.approx(2.0), "version": 7}
         assert invoke(["inspect", "user", "alice"], env).exit_code == 0

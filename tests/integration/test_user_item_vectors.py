@@ -15,26 +15,29 @@ from foundation.kafka_io import make_producer
 from foundation.settings import Settings
 from models.bundle import Bundle, open_bundle
 from models.cf import CFModel
-from models.item_vector_codec import ItemVector, decode_item_vector
+from models.config import TwoStageConfig
+from models.item_vector_codec import ItemVector, decode_item_vector, space_id
 from models.online_user import OnlineUserModel, online_weight
 from models.train import train_bundle
-from models.two_stage import TwoStageConfig
+from online_state.keys import DEFAULT_KEYS
+from online_state.user_vectors import read_user_vector
 from schemas.events import Complete, Impression, InteractionEvent, ItemRemove, ItemUpsert, Play, Rating, Skip
-from streams.effects import BatchInfo
+from streams.effects import Batch, BatchInfo
 from streams.item_vectors import ItemVectorPublisher, publish_bundle_vectors
-from streams.user_vectors import UserVectorEffect, read_user_vector, space_id
+from streams.user_vectors import UserVectorEffect
 from tools.datasets.world import generate_world
 
 
 async def apply_batch(redis: Any, effect: UserVectorEffect, events: list[InteractionEvent], info: BatchInfo) -> None:
     """What the worker does: reads in one non-transactional pipeline, writes inside MULTI/EXEC."""
+    batch = Batch(info, events)
     pipe = redis.pipeline(transaction=False)
-    n = effect.read(pipe, events, info)
-    replies = await pipe.execute() if n else []
+    reads = effect.read(pipe, batch)
+    reads.replies = await pipe.execute() if reads.queued else []
     async with redis.pipeline(transaction=True) as tx:
         tx.multi()
-        effect.write(tx, events, info, replies[:n])
-        tx.set(f"sr:offset:{info.topic}:{info.partition}", info.last_offset)
+        effect.write(tx, batch, reads)
+        tx.set(DEFAULT_KEYS.offset(info.topic, info.partition), info.last_offset)
         await tx.execute()
 
 
@@ -70,8 +73,8 @@ async def test_user_vector_effect_through_redis(redis_client: Any) -> None:
     assert bob is not None and bob_version == 2
     np.testing.assert_array_equal(bob, model.update(None, [(2, -1.0, 4), (3, online_weight("rating", 4.5), 5)]))
     assert await read_user_vector(redis_client, "carol") == (None, 0)  # only an unknown title
-    assert 0 < await redis_client.ttl("sr:uv:alice") <= 400 * 86_400
-    assert len(await redis_client.get("sr:uv:alice")) == 8 + 4 * 8
+    assert 0 < await redis_client.ttl(DEFAULT_KEYS.user_vector("alice")) <= 400 * 86_400
+    assert len(await redis_client.get(DEFAULT_KEYS.user_vector("alice"))) == 8 + 4 * 8
 
     # A second batch continues from the stored value, bit-identical to one long update.
     more = [Play(event_id="e8", ts=8, user_id="alice", item_id="m9", schema_version=1)]

@@ -10,10 +10,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from models.features.state import EventBatch, ItemStatic
+from online_state.keys import KeyLayout
 from online_state.redis_functions import functions_available
 from online_state.redis_store import RedisFeatureStore
 from schemas.events import Context, Play, Rating, Skip
-from streams.effects import BatchInfo
+from streams.effects import Batch, BatchInfo
 from streams.session import SessionEffect
 from streams.trending import TrendingEffect
 
@@ -36,28 +37,30 @@ def _events(n: int, seed: int) -> list[Any]:
 
 
 async def _apply(client: aioredis.Redis, static: ItemStatic, events: list[Any], prefix: str, bulk: bool) -> None:
-    store = RedisFeatureStore(client, static, prefix=prefix, bulk=bulk)
-    effects = [TrendingEffect(prefix=prefix, bulk=bulk), SessionEffect(prefix=prefix, bulk=bulk)]
+    keys = KeyLayout(prefix)
+    store = RedisFeatureStore(client, static, keys=keys, bulk=bulk)
+    effects = [TrendingEffect(keys=keys, bulk=bulk), SessionEffect(keys=keys, bulk=bulk)]
     for start in range(0, len(events), 37):
         chunk = events[start:start + 37]
-        info = BatchInfo("interactions", 0, start, start + len(chunk) - 1)
+        batch = Batch(BatchInfo("interactions", 0, start, start + len(chunk) - 1), chunk)
         plan = store.plan(EventBatch.from_events(chunk, static))
-        reads = client.pipeline(transaction=False)
-        counts = [effect.read(reads, chunk, info) for effect in effects]
-        n_store = store.queue_reads(reads, plan)
-        replies = await reads.execute()
+        read_pipe = client.pipeline(transaction=False)
+        reads = [effect.read(read_pipe, batch) for effect in effects]
+        n_store = store.queue_reads(read_pipe, plan)
+        replies = await read_pipe.execute()
         pipe = client.pipeline(transaction=True)
         store.queue_writes(pipe, plan, replies[len(replies) - n_store:])
         pos = 0
-        for effect, n in zip(effects, counts, strict=True):
-            effect.write(pipe, chunk, info, replies[pos:pos + n])
-            pos += n
+        for effect, r in zip(effects, reads, strict=True):
+            r.replies = replies[pos:pos + r.queued]
+            pos += r.queued
+            effect.write(pipe, batch, r)
         store.committed(plan, await pipe.execute())
 
 
 async def _values(client: aioredis.Redis, prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+    async for key in client.scan_iter(match=KeyLayout(prefix).everything, count=1000):
         name = key.decode().removeprefix(f"{prefix}:")
         kind = await client.type(key)
         if kind == b"string":
@@ -93,7 +96,7 @@ async def test_bulk_writes_store_what_plain_commands_store(redis_client: aioredi
     now = events[-1].ts + 1
     item_ids = [f"i{k}" for k in range(30)]
     for user in {e.user_id for e in events}:
-        a = await RedisFeatureStore(redis_client, static, prefix="plain").features(user, item_ids, now)
-        b = await RedisFeatureStore(redis_client, static, prefix="bulk").features(user, item_ids, now)
+        a = await RedisFeatureStore(redis_client, static, keys=KeyLayout("plain")).features(user, item_ids, now)
+        b = await RedisFeatureStore(redis_client, static, keys=KeyLayout("bulk")).features(user, item_ids, now)
         np.testing.assert_array_equal(a.dense, b.dense)
         np.testing.assert_array_equal(a.wide, b.wide)

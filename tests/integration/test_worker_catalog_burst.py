@@ -22,9 +22,9 @@ from test_worker_dead_letters import T0, _play, _wait_for, per_test_settings, ru
 
 from foundation.kafka_io import producer_failure
 from foundation.settings import Settings
+from foundation.topics import ensure_topics_retrying
+from online_state.keys import DEFAULT_KEYS
 from streams import metrics
-from streams.effects import offset_key
-from streams.worker import ensure_topics_retrying
 
 GENRES = ["Drama", "Comedy", "Action", "Thriller", "Documentary"]
 
@@ -96,7 +96,7 @@ async def test_a_worker_whose_producer_died_restarts_and_goes_on(
     async def applied(n: int) -> bool:
         stored = 0
         for p in range(settings.interactions_partitions):
-            raw = await redis_client.get(offset_key("sr", settings.topic_interactions, p))
+            raw = await redis_client.get(DEFAULT_KEYS.offset(settings.topic_interactions, p))
             stored += int(raw) + 1 if raw is not None else 0
         return stored >= n
 

@@ -15,9 +15,11 @@ from aiokafka import AIOKafkaConsumer
 
 from foundation.kafka_io import make_producer
 from foundation.settings import Settings
+from foundation.topics import ensure_topics_retrying
+from online_state.feature_codec import decode_user_blob
+from online_state.keys import DEFAULT_KEYS
 from schemas.topics import DLQ_HEADERS
-from streams.effects import offset_key
-from streams.worker import Worker, WorkerOptions, ensure_topics_retrying
+from streams.worker import Worker, WorkerOptions
 
 T0 = 1_767_225_600_000
 
@@ -112,9 +114,9 @@ async def test_invalid_records_become_dead_letters_and_valid_ones_are_applied(
         await producer.stop()
 
     # Valid events applied: item i1 saw 21 plays; every partition's offset is stored.
-    assert int(await redis_client.hget("sr:i:i1", "play") or 0) == 21
-    assert await redis_client.exists("sr:u:u0")
-    stored = [await redis_client.get(offset_key("sr", settings.topic_interactions, p)) for p in range(4)]
+    assert int(await redis_client.hget(DEFAULT_KEYS.item_state("i1"), "play") or 0) == 21
+    assert await redis_client.exists(DEFAULT_KEYS.user_state("u0"))
+    stored = [await redis_client.get(DEFAULT_KEYS.offset(settings.topic_interactions, p)) for p in range(4)]
     assert sum(int(v) + 1 for v in stored if v is not None) == 20 + len(invalid) + 1  # every record accounted
 
     consumer = AIOKafkaConsumer(settings.topic_dead_letters, bootstrap_servers=settings.kafka_bootstrap,
@@ -151,7 +153,6 @@ async def test_worker_runs_without_bundle_and_knows_catalog_genres(
 ) -> None:
     """Titles come from the catalog topic when there is no bundle: the user's taste gets the genre."""
     settings = per_test_settings(stack, "nobundle")
-    from online_state.redis_store import decode_user_blob
     await ensure_topics_retrying(settings)
     producer = make_producer(settings)
     await producer.start()
@@ -165,5 +166,5 @@ async def test_worker_runs_without_bundle_and_knows_catalog_genres(
             return worker.processed >= 1
 
         await _wait_for(applied)
-    blob = decode_user_blob(await redis_client.get("sr:u:u1"))
+    blob = decode_user_blob(await redis_client.get(DEFAULT_KEYS.user_state("u1")))
     assert "Drama" in blob.g

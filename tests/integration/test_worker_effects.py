@@ -23,9 +23,9 @@ from test_worker_dead_letters import (
 
 from foundation.settings import Settings
 from models.item_vector_codec import decode_item_vector
-from streams.session import read_session
-from streams.trending import read_new_releases, read_trending
-from streams.user_vectors import read_user_vector
+from online_state.sessions import read_session
+from online_state.trending import read_new_releases, read_trending
+from online_state.user_vectors import read_user_vector
 
 
 async def _publish(settings: Settings, catalog: list[tuple[str, bytes]], plays: list[tuple[str, bytes]]) -> None:
@@ -40,7 +40,7 @@ def _play_ctx(user: str, item: str, ts: int, device: str, session: str) -> bytes
 
 
 async def test_worker_maintains_trending_sessions_and_new_releases(stack: Settings, redis_client: aioredis.Redis):
-    from streams.worker import ensure_topics_retrying
+    from foundation.topics import ensure_topics_retrying
 
     settings = per_test_settings(stack, "effects")
     await ensure_topics_retrying(settings)
@@ -70,8 +70,8 @@ async def test_worker_maintains_trending_sessions_and_new_releases(stack: Settin
 async def test_worker_learns_user_vectors_and_publishes_new_title_vectors(
     stack: Settings, redis_client: aioredis.Redis, small_bundle: Path
 ):
+    from foundation.topics import ensure_topics_retrying
     from models.bundle import open_bundle
-    from streams.worker import ensure_topics_retrying
 
     settings = per_test_settings(stack, "vectors")
     await ensure_topics_retrying(settings)

@@ -2,7 +2,7 @@
 workers) leave Redis with exactly the state that applying the log once, in memory, gives.
 
 A generated world (with malformed lines) is replayed into per-test topics; its malformed lines are
-published too, raw. Workers run as subprocesses (``python -m streams.worker``, every registered effect,
+published too, raw. Workers run as subprocesses (``python -m streamrec.commands.worker``, every effect of the list,
 with a bundle trained on the first half of the log, so that titles first engaged later are
 content-projected and learn online) and are SIGKILLed when the applied share of the log crosses random
 thresholds, then restarted, until every partition's stored offset reaches its end. Then every effect
@@ -17,7 +17,7 @@ ONCE to the whole log (:func:`_assert_all_effects`):
 - online user vectors: version = the user's signals, vector within 1e-5 of
   :meth:`OnlineUserModel.update` over the user's events in order from their bundle start;
 - online item learning: the fixed-point sums of every title, exact (:meth:`ItemLearningEffect.sums`),
-  and the catalog hook's content vectors / removals (:func:`catalog_learning_writes`);
+  and the catalog effect's content vectors / removals (:func:`catalog_learning_writes`);
 - offsets: every partition of both topics at its end; no ``sr:*`` key outside these families;
 - dead letters: every malformed record, each source offset exactly once (a re-delivered batch may
   produce a letter again: delivery is at least once, a duplicate carries the same source offset).
@@ -43,26 +43,32 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from foundation.kafka_io import make_producer
 from foundation.settings import Settings
+from foundation.topics import ensure_topics_retrying
 from models.bundle import Bundle, open_bundle
 from models.dataset import KIND, load_log
 from models.features.state import EventBatch, ItemStatic
 from models.online_user import online_weights
 from online_state import RedisFeatureStore
+from online_state.item_learning import state_fields
+from online_state.keys import DEFAULT_KEYS
 from online_state.memory_store import MemoryFeatureStore
+from online_state.sessions import decode_session
+from online_state.user_vectors import unpack_user_vector
 from schemas.decoder import EventError, catalog_decoder, interaction_decoder
 from schemas.events import CatalogEvent, ItemRemove, ItemUpsert, Rating
-from streams import item_vectors, user_vectors
-from streams.effects import offset_key
-from streams.item_learning import catalog_learning_writes, learning_key, state_fields
-from streams.session import SessionEffect, decode_session, session_key
+from streams import features, item_vectors, metrics, user_vectors
+from streams.effects import EffectContext
+from streams.item_learning import catalog_learning_writes
+from streams.session import SessionEffect
 from streams.trending import TrendingEffect, catalog_writes
-from streams.worker import ensure_topics_retrying
+from streams.worker import Worker, WorkerOptions
 from tools.datasets.world import generate_world
 from tools.replay import replay_log
 from tools.stack.process import terminate
@@ -84,8 +90,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    from models.config import TwoStageConfig
     from models.train import train_bundle
-    from models.two_stage import TwoStageConfig
 
     path = tmp_path_factory.mktemp("eo-world")
     generate_world(path, users=120, items=250, events=8000, seed=11, malformed_rate=0.01, days=7)
@@ -161,14 +167,14 @@ WORKER_ARGS = ["--metrics-port", "0", "--max-records", "200", "--session-timeout
 def _spawn(env: dict[str, str], log_path: Path, world: World) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.worker", *WORKER_ARGS, "--artifacts", str(world.artifacts)],
+            [sys.executable, "-m", "streamrec.commands.worker", *WORKER_ARGS, "--artifacts", str(world.artifacts)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
 
 
 async def _applied(client: aioredis.Redis, settings: Settings) -> int:
     """Records applied so far (sum over partitions of stored offset + 1)."""
-    keys = [offset_key("sr", settings.topic_interactions, p) for p in range(PARTITIONS)]
+    keys = [DEFAULT_KEYS.offset(settings.topic_interactions, p) for p in range(PARTITIONS)]
     return sum(int(v) + 1 for v in await client.mget(keys) if v is not None)
 
 
@@ -199,7 +205,7 @@ async def _wait_catalog_applied(client: aioredis.Redis, settings: Settings, seco
         await consumer.stop()
     deadline = time.monotonic() + seconds
     while True:
-        stored = await client.mget([offset_key("sr", settings.topic_catalog, p) for p in ends])
+        stored = await client.mget([DEFAULT_KEYS.offset(settings.topic_catalog, p) for p in ends])
         if all(raw is not None and int(raw) >= end - 1 for raw, end in zip(stored, ends.values(), strict=True)):
             return
         for proc in procs:
@@ -238,7 +244,7 @@ async def _assert_all_effects(client: aioredis.Redis, settings: Settings, world:
     await _assert_offsets(client, settings)
     await _assert_dead_letters(settings, world)
     families = ("sr:u:", "sr:i:", "sr:offset:", "sr:trend:", "sr:new_releases", "sr:s:", "sr:uv:", "sr:il:")
-    unchecked = [k for k in await _keys(client, "sr:*") if not k.startswith(families)]
+    unchecked = [k for k in await _keys(client, DEFAULT_KEYS.everything) if not k.startswith(families)]
     assert not unchecked, f"keys no ground truth covers (add one here): {unchecked[:5]}"
 
 
@@ -269,9 +275,9 @@ class _Recorder:
             self.hashes.setdefault(key, {}).pop(field, None)
 
 
-def _bundle_ctx(world: World) -> Any:
+def _bundle_ctx(world: World) -> EffectContext:
     """What the effect factories read, without a producer or Redis (their pure parts only)."""
-    return SimpleNamespace(bundle=world.bundle, prefix="sr", producer=None, redis=None, settings=None, catalog=None)
+    return EffectContext(settings=Settings(), redis=None, bundle=world.bundle)
 
 
 async def _assert_features(client: aioredis.Redis, world: World) -> None:
@@ -295,7 +301,7 @@ async def _assert_features(client: aioredis.Redis, world: World) -> None:
 
 async def _assert_trending(client: aioredis.Redis, world: World) -> None:
     want = {key: members for (_, key), members in TrendingEffect().increments(world.events).items()}
-    assert await _keys(client, "sr:trend:*") == sorted(want)
+    assert await _keys(client, DEFAULT_KEYS.trending("*", "*", "*")) == sorted(want)
     assert sum(len(m) for m in want.values()) > 1000
     for key, members in want.items():
         got = {m.decode(): score for m, score in await client.zrange(key, 0, -1, withscores=True)}
@@ -303,10 +309,10 @@ async def _assert_trending(client: aioredis.Redis, world: World) -> None:
         # Forward-decayed float sums, added in another order: equal up to double rounding.
         assert got == pytest.approx(members, rel=1e-9, abs=0), key
     releases = _Recorder()
-    catalog_writes(releases, [e for e in world.catalog if isinstance(e, ItemUpsert | ItemRemove)], prefix="sr")
-    got_releases = {m.decode(): int(score) for m, score in await client.zrange("sr:new_releases", 0, -1,
+    catalog_writes(releases, [e for e in world.catalog if isinstance(e, ItemUpsert | ItemRemove)])
+    got_releases = {m.decode(): int(score) for m, score in await client.zrange(DEFAULT_KEYS.new_releases, 0, -1,
                                                                                withscores=True)}
-    assert got_releases == releases.zsets["sr:new_releases"] and len(got_releases) > 200
+    assert got_releases == releases.zsets[DEFAULT_KEYS.new_releases] and len(got_releases) > 200
 
 
 async def _assert_sessions(client: aioredis.Redis, world: World) -> None:
@@ -317,8 +323,8 @@ async def _assert_sessions(client: aioredis.Redis, world: World) -> None:
     effect = SessionEffect(item_genres=lambda item: genres.get(item, []))
     users = effect.users(world.events)
     want = effect.apply(world.events, [None] * len(users))
-    assert await _keys(client, "sr:s:*") == sorted(session_key(u) for u in want)
-    raws = await client.mget([session_key(u) for u in want])
+    assert await _keys(client, DEFAULT_KEYS.session("*")) == sorted(DEFAULT_KEYS.session(u) for u in want)
+    raws = await client.mget([DEFAULT_KEYS.session(u) for u in want])
     for (user, blob), raw in zip(want.items(), raws, strict=True):
         assert decode_session(raw) == blob, user
 
@@ -349,10 +355,10 @@ async def _assert_user_vectors(client: aioredis.Redis, world: World) -> None:
     effect = user_vectors.make_effect(_bundle_ctx(world))
     assert effect is not None and effect.initial is not None
     signals = _user_signals(effect, world.events)
-    assert await _keys(client, "sr:uv:*") == sorted(user_vectors.user_key("sr", u) for u in signals)
-    raws = await client.mget([user_vectors.user_key("sr", u) for u in signals])
+    assert await _keys(client, DEFAULT_KEYS.user_vector("*")) == sorted(DEFAULT_KEYS.user_vector(u) for u in signals)
+    raws = await client.mget([DEFAULT_KEYS.user_vector(u) for u in signals])
     for (user, events), raw in zip(signals.items(), raws, strict=True):
-        got, version = user_vectors.unpack_user_vector(raw, space=effect.space, dim=effect.model.dim)
+        got, version = unpack_user_vector(raw, space=effect.space, dim=effect.model.dim)
         assert got is not None and version == len(events), user
         want = effect.model.update(effect.initial(user), events)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=user)
@@ -365,14 +371,15 @@ async def _assert_item_learning(client: aioredis.Redis, world: World) -> None:
     users = effect.engagements(world.events).users
     want = effect.sums(world.events, [None] * len(users))  # nothing stored: every user from the bundle
     assert len(want) >= 5 and sum(s.n for s in want.values()) >= 50  # cold titles did learn
-    keys = [learning_key(item, space=effect.space) for item in want]
+    keys = [DEFAULT_KEYS.item_learning(effect.space, item) for item in want]
     replies = await asyncio.gather(*(client.hmget(key, state_fields(dim)) for key in keys))
     for (item, sums), raw in zip(want.items(), replies, strict=True):
         assert int(raw[0]) == sums.w and int(raw[1]) == sums.n, item
         got_s = [int(x) if x is not None else 0 for x in raw[2:2 + dim]]
         assert got_s == sums.s.tolist(), item
-    learnt = [k for k in await _keys(client, "sr:il:*") if await client.hexists(k, "w")]
-    assert learnt == sorted(learning_key(item, space=effect.space) for item in want)
+    learnt = [k for k in await _keys(client, DEFAULT_KEYS.item_learning_space(effect.space) + "*")
+              if await client.hexists(k, "w")]
+    assert learnt == sorted(DEFAULT_KEYS.item_learning(effect.space, item) for item in want)
     # The catalog hook's part: content vectors of content-projected titles, removals.
     catalog = _Recorder()
     publisher = item_vectors.ItemVectorPublisher.from_bundle(world.bundle, None, topic="unused")
@@ -399,8 +406,8 @@ async def _assert_offsets(client: aioredis.Redis, settings: Settings) -> None:
         ends = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
-    want = {offset_key("sr", tp.topic, tp.partition): end - 1 for tp, end in ends.items() if end > 0}
-    keys = await _keys(client, "sr:offset:*")
+    want = {DEFAULT_KEYS.offset(tp.topic, tp.partition): end - 1 for tp, end in ends.items() if end > 0}
+    keys = await _keys(client, DEFAULT_KEYS.offset("*", "*"))
     assert keys == sorted(want)
     assert [int(v) for v in await client.mget(keys)] == [want[k] for k in keys]
 
@@ -488,7 +495,7 @@ async def test_two_workers_one_killed_rebalance_exactly_once(
 
 def test_no_worker_left_running() -> None:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    mine = [line for line in out.splitlines() if "streams.worker" in line and str(os.getpid()) not in line
+    mine = [line for line in out.splitlines() if "streamrec.commands.worker" in line and str(os.getpid()) not in line
             and "ps -eo" not in line]
     assert not [line for line in mine if " ".join(WORKER_ARGS) in line]
 
@@ -497,13 +504,6 @@ async def test_a_zombie_batch_is_fenced_by_watch(stack: Settings, redis_client: 
     """Two workers that both believe they own partition 0 handle the same batch at the same time (the
     zombie of a rebalance and the new owner): the WATCH on the offset key lets one EXEC through; the
     other is refused, re-reads the offset and skips, so the events count once."""
-    from types import SimpleNamespace
-
-    import orjson
-
-    from streams import metrics
-    from streams.worker import Worker, WorkerOptions
-
     settings = _settings(stack, "zombie")
     records = [
         SimpleNamespace(topic=settings.topic_interactions, partition=0, offset=100 + k, key=b"u1",
@@ -514,13 +514,14 @@ async def test_a_zombie_batch_is_fenced_by_watch(stack: Settings, redis_client: 
     tp = TopicPartition(settings.topic_interactions, 0)
     workers = []
     for _ in range(2):
-        worker = Worker(settings, WorkerOptions(), effects=[], catalog_hooks=[])
+        effect = features.make_effect(EffectContext(settings=settings, redis=redis_client))
+        worker = Worker(settings, WorkerOptions(), effects=[effect], catalog_effects=[])
         worker.redis = redis_client
         workers.append(worker)
     fenced_before = metrics.FENCED.labels(settings.topic_interactions)._value.get()
-    lasts = await asyncio.gather(*(worker._handle(tp, records) for worker in workers))
+    lasts = await asyncio.gather(*(worker.handle(tp, records) for worker in workers))
     assert lasts == [149, 149]
     assert int(await redis_client.hget("sr:i:i1", "play")) == 50
-    assert int(await redis_client.get(offset_key("sr", settings.topic_interactions, 0))) == 149
+    assert int(await redis_client.get(DEFAULT_KEYS.offset(settings.topic_interactions, 0))) == 149
     assert metrics.FENCED.labels(settings.topic_interactions)._value.get() == fenced_before + 1
     assert sum(worker.processed for worker in workers) == 50

@@ -15,11 +15,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from foundation.settings import Settings
+from foundation.topics import ensure_topics_retrying
 from models.dataset import load_log
 from models.features.state import ItemStatic
-from online_state import RedisFeatureStore
-from streams.effects import offset_key
-from streams.worker import ensure_topics_retrying
+from online_state import DEFAULT_KEYS, RedisFeatureStore
 from tools.datasets.world import generate_world
 from tools.replay import replay_log
 from tools.stack.process import terminate
@@ -30,15 +29,15 @@ PARTITIONS = 4
 
 async def _applied(client: aioredis.Redis, settings: Settings) -> int:
     """Records applied, catalogue included (its batches have no order with the interactions')."""
-    keys = [offset_key("sr", settings.topic_interactions, p) for p in range(PARTITIONS)]
-    keys += [offset_key("sr", settings.topic_catalog, p) for p in range(settings.catalog_partitions)]
+    keys = [DEFAULT_KEYS.offset(settings.topic_interactions, p) for p in range(PARTITIONS)]
+    keys += [DEFAULT_KEYS.offset(settings.topic_catalog, p) for p in range(settings.catalog_partitions)]
     return sum(int(v) + 1 for v in await client.mget(keys) if v is not None)
 
 
 def _spawn(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "streams.worker", "--metrics-port", "0", "--features-only",
-                                 "--session-timeout-ms", "6000", *args],
+        return subprocess.Popen([sys.executable, "-m", "streamrec.commands.worker", "--metrics-port", "0",
+                                 "--features-only", "--session-timeout-ms", "6000", *args],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -57,8 +56,8 @@ async def _run_until_applied(env: dict[str, str], client: aioredis.Redis, settin
 
 
 async def _snapshot(client: aioredis.Redis, static: ItemStatic, now: int) -> dict[str, object]:
-    users = sorted([k async for k in client.scan_iter(match="sr:u:*")])
-    offsets = sorted([k async for k in client.scan_iter(match="sr:offset:*")])
+    users = sorted([k async for k in client.scan_iter(match=DEFAULT_KEYS.user_state("*"))])
+    offsets = sorted([k async for k in client.scan_iter(match=DEFAULT_KEYS.offset("*", "*"))])
     store = RedisFeatureStore(client, static)
     items = await store.read("nobody", static.item_ids, now)
     return {
@@ -104,10 +103,11 @@ async def test_rebuild_after_flush_restores_the_same_state(
     assert len(before["users"]) > 50 and before["item_counts"].sum() > 500  # type: ignore[union-attr, attr-defined]
 
     await redis_client.flushdb()
-    await redis_client.set("sr:junk", b"left over")  # --rebuild deletes whatever sr:* holds
+    junk = DEFAULT_KEYS.prefix + ":junk"  # --rebuild deletes whatever the prefix holds
+    await redis_client.set(junk, b"left over")
     await _run_until_applied(env, redis_client, settings, total, tmp_path / "rebuild.log", "--rebuild")
     after = await _snapshot(redis_client, static, now)
-    assert not await redis_client.exists("sr:junk")
+    assert not await redis_client.exists(junk)
     assert after["users"] == before["users"]  # byte for byte
     assert after["offsets"] == before["offsets"]
     np.testing.assert_array_equal(after["item_counts"], before["item_counts"])

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tools.bench.plots import write_plots
 from tools.bench.runner import (
-    BenchContext,
-    BenchResult,
-    BenchSpec,
-    Summary,
     assemble,
     display_command,
     generic_summary,
     last_json_line,
+    load_benchmark,
     render_markdown,
     run_all,
     run_benchmark,
@@ -28,6 +26,7 @@ from tools.bench.runner import (
     summarize_freshness,
     summarize_serving,
 )
+from tools.bench.spec import BenchContext, BenchResult, BenchSpec, Summary
 
 
 def _script(tmp_path: Path, name: str, body: str) -> Path:
@@ -237,9 +236,7 @@ def test_summary_defaults() -> None:
 
 
 def test_freshness_script_loads_and_summarizes_probes() -> None:
-    from streamrec.commands.bench import _load_script
-
-    bench = _load_script("bench_freshness")
+    bench = load_benchmark("bench_freshness")
     assert callable(bench.main)
     assert bench.percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
     assert bench.percentile([float(v) for v in range(1, 101)], 99) == 99.0
@@ -260,8 +257,6 @@ def test_freshness_script_loads_and_summarizes_probes() -> None:
 
 def test_plots_are_drawn_from_what_the_results_hold(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from tools.bench.plots import write_plots
-
     results = [
         BenchResult("replay", "c", 1.0, ok=True, figures={"replay_events_per_s": 9e4},
                     floor={"aiokafka_events_per_s": 1.8e5}, ratio=0.5),

@@ -13,25 +13,25 @@ from models.candidates import (
     DAY_MS,
     NO_SEED,
     SOURCES,
-    CandidateConfig,
     Histories,
-    Retriever,
     ann_cf,
     as_mask,
     because_you_watched,
-    candidates_for_users,
     content_based,
     merge_candidates,
     new_releases,
     popular,
-    popularity_scores,
     recent_positives,
     user_content_profile,
     user_histories,
 )
-from models.cf import fit_cf
-from models.content import fit_content
+from models.config import TwoStageConfig
 from models.dataset import EventLog, load_log
+from models.eval.model_systems import TwoStageSystem
+from models.features.spec import feature_layout
+from models.features.state import ItemStatic
+from models.recommend.pipeline import RecommendRequest, Snapshot, retrieve
+from models.two_stage import fit_retrieval, recommender
 from tools.datasets.world import generate_world
 
 N_ITEMS = 500
@@ -245,38 +245,31 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> EventLog:
     return load_log(folder)
 
 
-def test_retriever_and_offline_candidates(world: EventLog) -> None:
-    cf = fit_cf(world, dim=16)
-    content = fit_content(world.catalog, dim=16)
-    config = CandidateConfig()
-    assert config.total == 1000
-    now = int(world.ts.max())
-    retriever = Retriever(
-        config=config, cf_index=ItemIndex.build(cf.item_vectors),
-        neighbour_index=ItemIndex.build(cf.item_vectors, IndexParams(space="cosine")),
-        content=content.vectors, popularity=popularity_scores(world, now), release_ts=world.catalog.first_seen_ts,
-        available=world.catalog.available,
-    )
+def test_the_pipeline_retrieves_within_budgets_and_exclusions(world: EventLog) -> None:
+    config = TwoStageConfig(dim=16)
+    assert config.candidates.total == 1000
+    retrieval = fit_retrieval(world, config)
+    layout = feature_layout(world.catalog.n_items, ItemStatic.from_catalog(world.catalog).n_genres)
+    model = recommender(retrieval, world, config, layout, None)
     histories = user_histories(world)
     assert isinstance(histories, Histories) and histories.ptr[-1] == world.item_events().sum()
     user = int(np.argmax(np.diff(histories.ptr)))
-    items, weights, ts = histories.of(user)
+    items, _, ts = histories.of(user)
     assert np.all(np.diff(ts) >= 0)
-    cands = retriever.generate(cf.user_vectors[user], items, weights, ts, now)
-    assert 0 < len(cands) <= config.total
+    now = int(world.ts.max()) + 1
+    cands = retrieve(model, RecommendRequest(world.user_ids[user]), Snapshot(), now).candidates
+    assert 0 < len(cands) <= config.candidates.total
     assert not np.isin(cands.items, items).any() and world.catalog.available[cands.items].all()
-    assert set(cands.source_names) <= set(SOURCES)
-    budgets = config.budgets()
+    assert set(cands.source_names) == set(SOURCES)
+    budgets = config.candidates.budgets()
     for name in cands.source_names:
         assert cands.from_source(name).sum() <= budgets[name]
-    users = np.arange(world.n_users)
-    out = candidates_for_users(retriever, histories, users, now, user_vectors=cf.user_vectors)
-    assert set(out) == {*SOURCES, "merged"} and all(len(v) == world.n_users for v in out.values())
-    assert np.array_equal(out["merged"][user], cands.items)
-    folded = candidates_for_users(retriever, histories, users[:5], now, cf=cf)
-    # Fold-in reproduces the trained vectors' direction, so CF retrieval agrees nearly everywhere.
-    for a, b in zip(folded["ann_cf"], out["ann_cf"][:5], strict=True):
-        assert len(np.intersect1d(a, b)) >= 0.8 * max(len(a), 1)
-    # A user beyond the log (brand new) still gets popular and new titles.
-    fresh = candidates_for_users(retriever, histories, np.array([world.n_users + 5]), now)
-    assert len(fresh["popular"][0]) > 0 and len(fresh["ann_cf"][0]) == 0 and len(fresh["merged"][0]) > 0
+    # Offline evaluation reports the same candidates, source by source.
+    system = TwoStageSystem.__new__(TwoStageSystem)
+    system.log, system.recommender = world, model
+    per_source = system.candidates(np.array([user], np.int32))
+    assert np.array_equal(per_source["merged"][0], cands.items)
+    assert sum(len(per_source[name][0]) for name in SOURCES) >= len(cands)
+    # A brand-new user still gets popular and new titles, and no CF candidates.
+    fresh = retrieve(model, RecommendRequest("nobody-yet"), Snapshot(), now).candidates
+    assert fresh.from_source("popular").any() and "ann_cf" not in fresh.source_names

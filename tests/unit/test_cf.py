@@ -11,8 +11,8 @@ from numpy.typing import NDArray
 from models.candidates import user_histories
 from models.cf import ALSParams, BPRParams, CFModel, confidence_matrix, fit_cf, fold_in_user, interaction_matrix
 from models.dataset import KIND, EventLog, load_log
-from models.eval.split import make_split
 from models.feedback import feedback_weights
+from models.split import make_split
 from tools.datasets.world import WorldConfig, run_world
 from tools.datasets.world_users import WorldModel
 

@@ -31,7 +31,7 @@ from models.eval import (
 )
 from models.eval.metrics import coverage, hit_matrix, intra_list_diversity, mean_reciprocal_rank, ranking_curves
 from models.eval.plots import write_plots
-from models.eval.split import Split
+from models.split import Split
 from tools.datasets.world import generate_world
 
 # ---------------------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ ease 0.130 at λ=200. Runs in ~20 s (EASE's λ search included: the Woodbury for
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from foundation.settings import Settings
 from models.dataset import load_log
 from models.eval import BASELINES, DEFAULT_SYSTEMS, run_evaluation
 from tools.datasets.movielens import import_movielens
@@ -19,8 +19,7 @@ REFERENCE_NDCG10 = {"popularity": 0.088, "itemknn": 0.119, "ease": 0.130}
 
 
 def _ml_latest_small() -> Path:
-    default = Path(__file__).resolve().parents[2].parent / "shared/data/ml-latest-small"
-    return Path(os.environ.get("STREAMREC_MOVIELENS_PATH", default))
+    return Settings().movielens_path
 
 
 @pytest.mark.movielens

@@ -12,7 +12,6 @@ from foundation.child_env import settings_env
 from foundation.settings import Settings
 from tools.eval_stream import (
     Probe,
-    _Record,
     arm_metrics,
     read_records,
     relative_gain,
@@ -20,6 +19,7 @@ from tools.eval_stream import (
     series,
     split_records,
 )
+from tools.replay import LogRecord
 
 T0 = 1_767_225_600_000
 
@@ -142,4 +142,4 @@ def test_child_env_carries_every_setting_and_wins_over_the_parent() -> None:
 def test_records_keep_their_original_bytes(tmp_path: Path) -> None:
     line = _line("play", T0, user="u1", item="m1")
     records = read_records(_write(tmp_path, [_item("m1", T0)], [line]))
-    assert isinstance(records[-1], _Record) and records[-1].raw == line
+    assert isinstance(records[-1], LogRecord) and records[-1].raw == line

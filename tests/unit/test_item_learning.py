@@ -11,19 +11,16 @@ import pytest
 from numpy.typing import NDArray
 
 from models.online_user import OnlineUserModel, online_weight
+from online_state.item_learning import SCALE, ItemSums, to_fixed, vector_bytes
+from online_state.keys import KeyLayout
 from schemas.events import Impression, InteractionEvent, Play, Rating, Skip
-from streams.effects import BatchInfo
+from streams.effects import Batch, BatchInfo
 from streams.item_learning import (
-    SCALE,
     ItemLearner,
     ItemLearningEffect,
-    ItemSums,
     OnlineItemPublisher,
     cosine_distance,
     learned_vector,
-    learning_key,
-    to_fixed,
-    vector_bytes,
 )
 
 DIM = 8
@@ -224,14 +221,15 @@ def test_write_queues_the_batch_sums_per_title(bulk: bool) -> None:
     effect = ItemLearningEffect(learner, space=0, bulk=bulk)
     events = _random_log(300)
     users = effect.engagements(events).users
-    want = {learning_key(item, space=0): inc for item, inc in effect.sums(events, [None] * len(users)).items()}
+    want = {KeyLayout().item_learning(0, item): inc for item, inc in effect.sums(events, [None] * len(users)).items()}
     assert want
     pipe = _Pipe()
-    info = BatchInfo("interactions", 0, 0, len(events) - 1)
-    reads = _Pipe()
-    n = effect.read(reads, events, info)
-    assert n == (1 if bulk else len(users)) and len(reads.commands) == n
-    effect.write(pipe, events, info, [[None] * len(users)] if bulk else [None] * len(users))
+    batch = Batch(BatchInfo("interactions", 0, 0, len(events) - 1), events)
+    read_pipe = _Pipe()
+    reads = effect.read(read_pipe, batch)
+    assert reads.queued == (1 if bulk else len(users)) and len(read_pipe.commands) == reads.queued
+    reads.replies = [[None] * len(users)] if bulk else [None] * len(users)
+    effect.write(pipe, batch, reads)
     got: dict[str, dict[str, int]] = {}
     if bulk:
         ((fcall, name, n, *rest),) = pipe.commands  # one command for the whole batch

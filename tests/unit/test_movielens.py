@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import calendar
 import json
-import os
 import random
 from pathlib import Path
 
 import pytest
 
+from foundation.settings import Settings
 from schemas.decoder import decode_event
 from schemas.events import Event, ItemUpsert, Rating, UserUpsert, encode
 from tools.datasets import movielens
@@ -403,8 +403,8 @@ def test_blank_lines_and_quoted_ratings_take_the_slow_path(ml_latest: Path, tmp_
 
 
 def _ml_latest_small() -> Path:
-    default = Path(__file__).resolve().parents[2].parent / "shared/data/ml-latest-small"
-    return Path(os.environ.get("STREAMREC_MOVIELENS_PATH", default))
+    path = Settings().movielens_path  # relative to the repository root, where the tests run from
+    return path if path.is_absolute() else Path(__file__).resolve().parents[2] / path
 
 
 @pytest.mark.movielens

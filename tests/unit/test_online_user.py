@@ -10,9 +10,9 @@ from numpy.typing import NDArray
 
 from models.cf import fit_cf
 from models.dataset import KIND, EventLog, load_log
-from models.item_vector_codec import ItemVector, decode_item_vector, encode_item_vector, tombstone
+from models.item_vector_codec import ItemVector, decode_item_vector, encode_item_vector, space_id, tombstone
 from models.online_user import OnlineUserModel, RiverOnlineUser, drift_hit_rates, online_weight, online_weights
-from streams.user_vectors import pack_user_vector, space_id, unpack_user_vector
+from online_state.user_vectors import pack_user_vector, unpack_user_vector
 from tools.datasets.world import generate_world
 
 

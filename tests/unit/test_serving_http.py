@@ -15,9 +15,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from foundation.settings import Settings
+from models.recommend.pipeline import RecommendRequest
 from schemas.events import Event, ItemUpsert, Play
 from serving.app import create_app
-from serving.http_events import PublisherUnavailable, decode_events
+from serving.http_events import PublisherUnavailable, ValidEvent, decode_events
 from serving.openapi import openapi_document, response_schema
 
 PLAY = {"type": "play", "event_id": "e1", "ts": 1_700_000_000_000, "schema_version": 1, "user_id": "u1",
@@ -31,6 +32,7 @@ class StubService:
 
     def __init__(self) -> None:
         self.requests: list[Any] = []
+        self.fallbacks: list[str] = []
         self.fail: BaseException | None = None
         self.delay_s = 0.0
         self.ready = True
@@ -51,6 +53,11 @@ class StubService:
         return {"user_id": req.user_id, "request_id": req.request_id, "model_version": "v-test", "items": items,
                 "degraded": False, "timings_ms": {"candidates": 1.0, "total": 2.0}}
 
+    def fallback(self, req: Any, reason: str, seconds: float) -> dict[str, Any]:
+        self.fallbacks.append(reason)
+        return {"user_id": req.user_id, "request_id": req.request_id, "model_version": "v-test", "items": [],
+                "degraded": True, "degraded_reasons": [reason], "timings_ms": {"total": seconds * 1000}}
+
     async def similar(self, item_id: str, k: int) -> dict[str, Any] | None:
         if item_id == "missing":
             return None
@@ -68,6 +75,7 @@ class StubService:
 class StubPublisher:
     def __init__(self) -> None:
         self.published: list[Event] = []
+        self.originals: list[bytes] = []
         self.down = False
 
     def start_background(self) -> None:
@@ -77,10 +85,11 @@ class StubPublisher:
     def connected(self) -> bool:
         return not self.down
 
-    async def publish(self, events: list[Event]) -> None:
+    async def publish(self, events: list[ValidEvent]) -> None:
         if self.down:
             raise PublisherUnavailable("not connected to Kafka yet")
-        self.published.extend(events)
+        self.published.extend(v.event for v in events)
+        self.originals.extend(v.original for v in events)
 
     async def close(self) -> None:
         pass
@@ -162,10 +171,11 @@ async def test_served_document_is_the_document(h: Harness) -> None:
 
 
 async def test_recommendations_pass_parsed_parameters_to_the_service(h: Harness) -> None:
-    body = await h.call("GET", "/v1/recommendations/u42?k=7&device=tv&country=gb&hour=21&session_id=s1", REC,
+    body = await h.call("GET", "/v1/recommendations/u42?k=7&device=tv&country=gb&hour=21&now=5", REC,
                         expect=200, headers={"X-Request-ID": "req-1"})
     (req,) = h.service.requests
-    assert (req.user_id, req.k, req.device, req.country, req.hour, req.session_id) == ("u42", 7, "tv", "GB", 21, "s1")
+    assert isinstance(req, RecommendRequest), "one request object from the handler to the pipeline"
+    assert (req.user_id, req.k, req.device, req.country, req.hour, req.now_ms) == ("u42", 7, "tv", "GB", 21, 5)
     assert req.request_id == "req-1" == body["request_id"]
     assert len(body["items"]) == 7 and body["degraded"] is False
 
@@ -180,8 +190,7 @@ async def test_defaults_and_generated_request_ids(h: Harness) -> None:
 @pytest.mark.parametrize(
     ("query", "field"),
     [("k=0", "k"), ("k=201", "k"), ("k=ten", "k"), ("k=1.5", "k"), ("hour=24", "hour"), ("hour=-1", "hour"),
-     ("device=fridge", "device"), ("country=USA", "country"), ("country=1A", "country"),
-     ("session_id=" + "s" * 129, "session_id")],
+     ("device=fridge", "device"), ("country=USA", "country"), ("country=1A", "country"), ("now=-1", "now")],
 )
 async def test_invalid_parameters_get_400_naming_the_field(h: Harness, query: str, field: str) -> None:
     body = await h.call("GET", f"/v1/recommendations/u1?{query}", REC, expect=400)
@@ -198,6 +207,7 @@ async def test_service_error_becomes_a_degraded_answer_not_a_5xx(h: Harness) -> 
     h.service.fail = RuntimeError("redis exploded")
     body = await h.call("GET", "/v1/recommendations/u1?k=3", REC, expect=200)
     assert body["degraded"] is True and body["items"] == [] and body["user_id"] == "u1"
+    assert h.service.fallbacks == ["error"] and body["degraded_reasons"] == ["error"]
 
 
 async def test_service_past_its_budget_becomes_a_degraded_answer(make_harness: Any) -> None:
@@ -205,6 +215,7 @@ async def test_service_past_its_budget_becomes_a_degraded_answer(make_harness: A
     h.service.delay_s = 5.0
     body = await h.call("GET", "/v1/recommendations/u1", REC, expect=200)
     assert body["degraded"] is True and body["model_version"] == "v-test"
+    assert h.service.fallbacks == ["timeout"]
 
 
 # --- similar -----------------------------------------------------------------------------------
@@ -229,6 +240,15 @@ async def test_one_event_is_published(h: Harness) -> None:
     body = await h.call("POST", EVENTS, EVENTS, expect=202, data=orjson.dumps(PLAY))
     assert body["accepted"] == 1 and body["refused"] == []
     assert h.publisher.published == [Play(**{k: v for k, v in PLAY.items() if k != "type"})]
+
+
+async def test_events_are_published_as_the_bytes_the_client_sent(h: Harness) -> None:
+    # Odd spacing and key order survive: what reaches Kafka is what was validated, not a re-encoding.
+    first = b'{ "type":"play",  "event_id":"e-raw", "schema_version":1, "ts":1700000000000, "user_id":"u9",' \
+            b' "item_id":"i9" }'
+    body = b"[" + first + b" , " + orjson.dumps(ITEM) + b"]"
+    await h.call("POST", EVENTS, EVENTS, expect=202, data=body)
+    assert h.publisher.originals == [first, orjson.dumps(ITEM)]
 
 
 async def test_partly_valid_batch_publishes_the_valid_and_lists_the_refused(h: Harness) -> None:
@@ -289,7 +309,7 @@ async def test_kafka_unavailable_is_503_for_writes_only(h: Harness) -> None:
 
 def test_decode_events_keeps_order_and_indexes() -> None:
     batch = decode_events(orjson.dumps([{"x": 1}, PLAY, ITEM]), max_events=10)
-    assert batch.is_batch and [type(e) for e in batch.events] == [Play, ItemUpsert]
+    assert batch.is_batch and [type(v.event) for v in batch.events] == [Play, ItemUpsert]
     assert [r.index for r in batch.refused] == [0]
 
 

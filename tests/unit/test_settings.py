@@ -88,6 +88,25 @@ def test_unknown_settings_in_a_config_file_are_refused(tmp_path: Path) -> None:
         Settings(_env_file=config)
 
 
+def test_java_home_is_read_from_its_setting_or_from_java_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    assert Settings(_env_file=None).java_home == ""
+    monkeypatch.setenv("JAVA_HOME", "/opt/jdk")
+    assert Settings(_env_file=None).java_home == "/opt/jdk"
+    monkeypatch.setenv("STREAMREC_JAVA_HOME", "/opt/other")
+    assert Settings(_env_file=None).java_home == "/opt/other"  # the setting wins over the convention
+
+
+def test_a_run_of_its_own_gets_its_own_topics_and_database() -> None:
+    base = Settings(_env_file=None, redis_url="redis://:secret@cache:7000/0")
+    run = base.with_topic_prefix("eval-abc").with_redis_db(3)
+    assert run.redis_url == "redis://:secret@cache:7000/3"
+    assert (run.topic_interactions, run.topic_catalog, run.topic_item_vectors, run.topic_dead_letters) == (
+        "eval-abc-interactions", "eval-abc-catalog", "eval-abc-item-vectors", "eval-abc-dead-letters")
+    assert run.model_copy(update={"redis_url": base.redis_url}) == base.with_topic_prefix("eval-abc")
+    assert base.topic_interactions == "interactions"  # the base settings are left as they were
+
+
 # --- docker-compose ---------------------------------------------------------------------------
 
 

@@ -10,21 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.events import Click, Context, Impression, Play, Rating, Skip, UserUpsert
-from streams.effects import BatchInfo
-from streams.trending import (
+from online_state.keys import KeyLayout
+from online_state.trending import (
     GENERATION_HALF_LIVES,
     WINDOWS,
-    TrendingEffect,
-    decayed_naive,
-    event_weights,
-    forward_amount,
     generation,
     landmark,
     read_factor,
     scope_from_dict,
-    trend_key,
 )
+from schemas.events import Click, Context, Impression, Play, Rating, Skip, UserUpsert
+from streams.effects import Batch, BatchInfo
+from streams.trending import TrendingEffect, decayed_naive, event_weights, forward_amount
 
 T0 = 1_700_000_000_000
 INFO = BatchInfo("interactions", 0, 0, 0)
@@ -135,5 +132,5 @@ def test_scopes_and_keys() -> None:
         scope_from_dict({"country": "US", "device": "tv"})
     with pytest.raises(ValueError):
         scope_from_dict({"city": "Paris"})
-    assert trend_key("1h", "all", 5) == "sr:trend:1h:all:g5"
-    assert TrendingEffect().read(None, [], INFO) == 0
+    assert KeyLayout().trending("1h", "all", 5) == "sr:trend:1h:all:g5"
+    assert TrendingEffect().read(None, Batch(INFO, [])).queued == 0  # increments need no reads

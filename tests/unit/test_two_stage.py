@@ -14,17 +14,18 @@ pytest.importorskip("torch")
 
 from models.bundle import open_bundle
 from models.candidates import user_histories
+from models.config import TwoStageConfig
 from models.dataset import EventLog, load_log
-from models.eval.split import make_split
 from models.features.spec import FEATURE_SPEC_VERSION, check_feature_spec, feature_layout
 from models.features.state import ItemStatic
+from models.split import make_split
 from models.two_stage import (
-    TwoStageConfig,
     TwoStageRecommender,
     _plan,
     _rows,
     fit_retrieval,
     fit_two_stage,
+    recommender,
 )
 from tools.datasets.world import generate_world
 
@@ -64,18 +65,18 @@ def test_onnx_matches_torch_on_real_feature_rows(log: EventLog, tmp_path: Path) 
     from models.ranker import export_onnx, parity_max_abs_diff, train_ranker
 
     retrieval = fit_retrieval(log, SMALL)
-    histories = user_histories(log)
+    static = ItemStatic.from_catalog(log.catalog)
+    layout = feature_layout(log.catalog.n_items, static.n_genres)
+    model = recommender(retrieval, log, SMALL, layout, None)
     users = np.unique(log.user)[:30]
     now = int(log.ts.max()) + 1
-    plans = [_plan(retrieval, histories, log, int(u), now, 0, retrieval.cf.user_vectors[u]) for u in users]
-    static = ItemStatic.from_catalog(log.catalog)
+    plans = [_plan(model, log, int(u), now, 0) for u in users]
     batch, group = _rows(log, plans, static)
     assert len(batch) > 1000
     labels = (np.random.default_rng(0).random(len(batch)) < 0.05).astype(np.float32)
-    layout = feature_layout(log.catalog.n_items, static.n_genres)
-    model, _ = train_ranker(batch, labels, group, layout, epochs=1, seed=0)
-    path = export_onnx(model, layout, tmp_path / "ranker.onnx")
-    assert parity_max_abs_diff(model, path, batch) < 1e-5
+    ranker, _ = train_ranker(batch, labels, group, layout, epochs=1, seed=0)
+    path = export_onnx(ranker, layout, tmp_path / "ranker.onnx")
+    assert parity_max_abs_diff(ranker, path, batch) < 1e-5
 
 
 def test_train_cli_publishes_a_complete_bundle(world: Path, tmp_path: Path) -> None:

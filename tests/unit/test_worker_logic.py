@@ -1,7 +1,8 @@
-"""Pure logic of the stream worker: offset skipping, dead-letter records, the in-memory catalogue."""
+"""Pure logic of the stream worker: offset skipping, dead-letter records, the live catalogue, the effect list."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,10 +12,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foundation.dead_letters import dead_letter, decode_records, send_dead_letters
-from schemas.decoder import catalog_decoder, interaction_decoder
+from foundation.settings import Settings
+from models.catalog import load_catalog
+from models.features.state import ItemStatic
+from online_state.offsets import NOTHING_APPLIED, parse_stored
+from schemas.decoder import EventError, catalog_decoder, interaction_decoder
 from schemas.topics import DLQ_HEADERS
-from streams.offsets import NOTHING_APPLIED, fresh_records, gap, parse_stored, resume_position
-from streams.worker import CatalogTable, default_effects
+from streams import worker as worker_module
+from streams.catalogue import LiveCatalogue
+from streams.effects_registry import (
+    CATALOG_EFFECTS,
+    FEATURES_ONLY,
+    INTERACTION_EFFECTS,
+    EffectBuildError,
+    NamedFactory,
+    build_effects,
+)
+from streams.offsets import fresh_records, gap, resume_position
+from tools.datasets.world import generate_world
 
 T0 = 1_767_225_600_000
 
@@ -96,8 +111,6 @@ def test_wrong_type_and_wrong_topic_name_the_field() -> None:
 
 
 def test_dead_letter_of_one_record() -> None:
-    from schemas.decoder import EventError
-
     letter = dead_letter(_record(12, b"zz", key=None, topic="catalog", partition=1), EventError("$.genres", "bad"))
     assert letter.key is None and letter.value == b"zz"
     assert dict(letter.headers)["x-source-topic"] == b"catalog"
@@ -128,41 +141,41 @@ async def test_send_dead_letters_waits_for_every_ack() -> None:
 # --- catalogue -------------------------------------------------------------------------------------
 
 
-def test_catalog_table_appends_new_titles_and_keeps_first_seen() -> None:
-    table = CatalogTable()
+def test_live_catalogue_follows_upserts_and_removals() -> None:
+    catalogue = LiveCatalogue()
+    first = catalogue.static()
+    assert catalogue.static() is first  # the same object while the table does not change
     events = decode_records([_record(0, _upsert("a", ["Drama"], ts=T0)),
                              _record(1, _upsert("b", ["Comedy", "Drama"], ts=T0 + 5, is_original=True)),
                              _record(2, _upsert("a", ["Horror"], ts=T0 + 9, maturity_rating="R")),
                              _record(3, orjson.dumps({"type": "item_remove", "event_id": "r", "ts": T0 + 10,
                                                       "schema_version": 1, "item_id": "b"}))],
                             catalog_decoder).events
-    assert table.apply(events) == 3
-    static = table.static()
-    assert static.item_ids == ["a", "b"]  # a removed title keeps its row
-    assert static.genre_vocab == ["Comedy", "Drama", "Horror"]  # no bundle: sorted, as load_catalog
+    catalogue.apply(events)
+    static = catalogue.static()
+    assert static is not first
+    assert static.item_ids == ["a", "b"]  # a removed title keeps its row (its events still need its genres)
+    assert catalogue.table.available == [True, False]  # the one catalogue model: removal = unavailable
     a, b = static.index["a"], static.index["b"]
-    assert static.first_seen_ts[a] == T0  # the first upsert's time, like load_catalog
+    assert static.first_seen_ts[a] == T0
     assert static.genre_unit[a, static.genre_vocab.index("Horror")] == 1.0
-    assert static.genre_unit[a, static.genre_vocab.index("Drama")] == 0.0
     assert bool(static.is_original[b])
-    np.testing.assert_allclose(static.genre_unit[b, :2], [0.5, 0.5])
-    assert table.version == 1
-    assert table.apply([]) == 0 and table.version == 1
+    assert catalogue.genres_of("b") == ["Comedy", "Drama"] and catalogue.genres_of("nope") == []
 
 
-def test_catalog_table_matches_load_catalog(tmp_path: object) -> None:
-    from pathlib import Path
+def test_live_catalogue_keeps_the_bundle_vocabulary_first() -> None:
+    catalogue = LiveCatalogue(base_vocab=["Western", "Drama"])
+    catalogue.apply(decode_records([_record(0, _upsert("a", ["Drama", "Anime"]))], catalog_decoder).events)
+    assert catalogue.static().genre_vocab == ["Western", "Drama", "Anime"]
 
-    from models.dataset import load_catalog
-    from models.features.state import ItemStatic
-    from tools.datasets.world import generate_world
 
-    out = Path(str(tmp_path))
+def test_live_catalogue_matches_load_catalog(tmp_path: Path) -> None:
+    out = tmp_path
     generate_world(out, users=10, items=80, events=300, seed=2)
     lines = (out / "catalog.jsonl").read_bytes().splitlines()
-    table = CatalogTable()
-    table.apply(decode_records([_record(k, line) for k, line in enumerate(lines)], catalog_decoder).events)
-    mine, theirs = table.static(), ItemStatic.from_catalog(load_catalog(out / "catalog.jsonl"))
+    catalogue = LiveCatalogue()
+    catalogue.apply(decode_records([_record(k, line) for k, line in enumerate(lines)], catalog_decoder).events)
+    mine, theirs = catalogue.static(), ItemStatic.from_catalog(load_catalog(out / "catalog.jsonl"))
     assert mine.item_ids == theirs.item_ids
     for name in ("release_ts", "first_seen_ts", "maturity", "is_original", "item_hash", "genre_norm"):
         np.testing.assert_array_equal(getattr(mine, name), getattr(theirs, name), err_msg=name)
@@ -170,28 +183,35 @@ def test_catalog_table_matches_load_catalog(tmp_path: object) -> None:
     np.testing.assert_array_equal(mine.genre_unit, theirs.genre_unit)
 
 
-def test_catalog_table_keeps_the_bundle_vocabulary_first() -> None:
-    table = CatalogTable(genre_vocab=["Western", "Drama"])
-    table.apply(decode_records([_record(0, _upsert("a", ["Drama", "Anime"]))], catalog_decoder).events)
-    assert table.static().genre_vocab == ["Western", "Drama", "Anime"]
+# --- the effect list -------------------------------------------------------------------------------
 
 
-# --- plumbing --------------------------------------------------------------------------------------
+def test_the_effect_list_is_explicit_and_ordered() -> None:
+    assert [f.name for f in INTERACTION_EFFECTS] == ["features", "trending", "session", "user_vectors",
+                                                     "item_learning"]
+    assert [f.name for f in FEATURES_ONLY] == ["features"]
+    assert [f.name for f in CATALOG_EFFECTS] == ["new_releases", "item_vectors"]
 
 
-def test_effect_registry_skips_missing_modules_and_uses_factories(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
-
-    module = types.ModuleType("fake_effect_module")
-    module.make_effect = lambda ctx: SimpleNamespace(name="fake", ctx=ctx)  # type: ignore[attr-defined]
-    broken = types.ModuleType("broken_effect_module")
-
+def test_a_failing_effect_factory_stops_start_up_naming_the_effect() -> None:
     def boom(ctx: object) -> None:
         raise RuntimeError("half written")
 
-    broken.make_effect = boom  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fake_effect_module", module)
-    monkeypatch.setitem(sys.modules, "broken_effect_module", broken)
-    effects = default_effects(SimpleNamespace(), ("no_such_module_xyz", "broken_effect_module", "fake_effect_module"))
-    assert [e.name for e in effects] == ["fake"]
+    factories = (NamedFactory("fine", lambda ctx: SimpleNamespace(name="fine")), NamedFactory("trending", boom))
+    with pytest.raises(EffectBuildError, match=r"'trending'.*half written"):
+        build_effects(factories, SimpleNamespace())  # type: ignore[arg-type]
+
+
+def test_an_effect_that_does_not_apply_is_left_out() -> None:
+    factories = (NamedFactory("vectors", lambda ctx: None), NamedFactory("fine", lambda ctx: SimpleNamespace(name="f")))
+    assert [e.name for e in build_effects(factories, SimpleNamespace())] == ["f"]  # type: ignore[arg-type]
+
+
+def test_a_worker_whose_effect_fails_to_build_does_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(ctx: object) -> None:
+        raise ValueError("no such model file")
+
+    monkeypatch.setattr(worker_module, "INTERACTION_EFFECTS", (NamedFactory("session", boom),))
+    worker = worker_module.Worker(Settings(), worker_module.WorkerOptions())
+    with pytest.raises(EffectBuildError, match=r"'session'.*no such model file"):
+        worker._build_effects()

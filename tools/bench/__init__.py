@@ -1,0 +1,1 @@
+"""``streamrec bench all``: the runner of every benchmark of ``benchmarks/``, and the plots of a run."""

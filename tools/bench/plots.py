@@ -15,13 +15,17 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tools.bench.runner import BenchResult
+import numpy as np
+
+from tools.bench.spec import BenchResult
+
+QUALITY_METRICS = ("recall@10", "recall@20", "ndcg@10", "mrr", "coverage")  # the quality plot's columns
 
 
 def _pyplot() -> Any:
+    # Lazy: matplotlib is optional (the train extra) and slow to import; only drawing needs it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,8 +68,6 @@ def _histogram(series: dict[str, Sequence[float]], title: str, xlabel: str, path
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None
-    import numpy as np
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     # One set of bins for every series, so their bars line up and compare.
@@ -114,8 +116,6 @@ def quality_table(raw: dict[str, Any], path: Path) -> Path | None:
     systems = raw.get("systems")
     if not isinstance(systems, dict) or not systems:
         return None
-    from tools.bench.runner import QUALITY_METRICS
-
     plt = _pyplot()
     rows = [[name, *(f"{v[m]:.4f}" if isinstance(v.get(m), int | float) else "" for m in QUALITY_METRICS)]
             for name, v in systems.items() if isinstance(v, dict)]

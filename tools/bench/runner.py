@@ -17,90 +17,49 @@ benchmark's full output), ``logs/NAME.{out,err}``, and PNG plots (:mod:`tools.be
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
+import resource
 import shlex
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+import redis
 
-
-# --- what a benchmark is ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BenchContext:
-    """Where a run writes and what the set-up made (paths are absolute)."""
-
-    out: Path
-    work: Path  # the world, the bundles, eval-stream's work folder
-    quick: bool
-    python: str = sys.executable
-
-    @property
-    def world(self) -> Path:
-        return self.work / "world"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.work / "artifacts"
-
-    def raw(self, name: str) -> Path:
-        return self.out / "raw" / f"{name}.json"
-
-    def script(self, name: str, *args: object) -> list[str]:
-        return [self.python, str(REPO / "benchmarks" / name), *map(str, args)]
-
-    def cli(self, *args: object) -> list[str]:
-        return [self.python, "-m", "streamrec.cli", *map(str, args)]
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    figures: dict[str, Any]
-    floor: dict[str, Any] = field(default_factory=dict)
-    ratio: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BenchSpec:
-    name: str
-    argv: Callable[[BenchContext], list[str]]
-    summarize: Callable[[dict[str, Any]], Summary]
-    # A report file the command writes; None: the last JSON line of its stdout is the raw output.
-    report: Callable[[BenchContext], Path] | None = None
-    # Per benchmark; a quick run's benchmarks must together stay under 5 minutes on a 2-core machine.
-    timeout_s: Callable[[bool], float] = lambda quick: 180.0 if quick else 1800.0
-    needs_setup: bool = True  # runs on the world / bundle made by the set-up
-
-
-@dataclass(slots=True)
-class BenchResult:
-    name: str
-    command: str
-    seconds: float
-    ok: bool
-    error: str | None = None
-    cpu_seconds: float | None = None
-    figures: dict[str, Any] = field(default_factory=dict)
-    floor: dict[str, Any] = field(default_factory=dict)
-    ratio: float | None = None
-    raw: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"figures": self.figures, "floor": self.floor, "ratio": self.ratio, "command": self.command,
-                "seconds": round(self.seconds, 2), "cpu_seconds": self.cpu_seconds, "ok": self.ok, "error": self.error}
-
+from foundation.settings import get_settings
+from tools.bench.plots import write_plots
+from tools.bench.spec import REPO, BenchContext, BenchResult, BenchSpec, Summary
 
 # --- reading outputs --------------------------------------------------------------------------------
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of ``benchmarks/`` (a folder of scripts, not a package) as a module, by file path.
+
+    Raises :class:`FileNotFoundError` outside a source checkout, where ``benchmarks/`` is absent.
+    """
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"streamrec_benchmarks_{name}", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise FileNotFoundError(f"{path} not found (benchmarks run from a source checkout)")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: dataclasses look their module up in sys.modules while the class is built.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 
 def last_json_line(text: str) -> dict[str, Any]:
@@ -216,7 +175,6 @@ def summarize_freshness(raw: dict[str, Any]) -> Summary:
                    _round(raw.get("ratio_p50")))
 
 
-QUALITY_METRICS = ("recall@10", "recall@20", "ndcg@10", "mrr", "coverage")  # the quality plot's columns
 EVAL_FIGURES = ("recall@20", "ndcg@10")  # per system in results.json (the full table is in raw/eval.json)
 
 
@@ -313,8 +271,6 @@ def _tail(text: str, n: int = 1500) -> str:
 
 def _children_cpu_s() -> float:
     """CPU seconds of every waited-for child so far (a benchmark's worker and server included once it reaped them)."""
-    import resource
-
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -341,8 +297,6 @@ def _group_alive(pgid: int) -> bool:
 def _stop_group(proc: subprocess.Popen[str], grace_s: float = 30.0) -> None:
     """SIGTERM the command's process group (a benchmark's worker and server with it), SIGKILL what is left after
     ``grace_s``; returns once the whole group is gone, so nothing of it runs beside the next benchmark."""
-    import signal
-
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)  # the group the command leads (start_new_session): only what it started
@@ -455,8 +409,6 @@ def _memory_gib() -> float | None:
 
 def _redis_version(redis_url: str) -> str | None:
     try:
-        import redis
-
         client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
         try:
             return str(client.info("server").get("redis_version"))
@@ -467,13 +419,11 @@ def _redis_version(redis_url: str) -> str | None:
 
 
 def _package_versions(names: Sequence[str]) -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out: dict[str, str | None] = {}
     for name in names:
         try:
-            out[name] = version(name)
-        except PackageNotFoundError:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
 
@@ -563,10 +513,6 @@ def run_all(out: Path, quick: bool, *, only: Sequence[str] | None = None, specs:
             work: Path | None = None, env: Mapping[str, str] | None = None,
             say: Callable[[str], None] = lambda _m: None, plots: bool = True) -> dict[str, Any]:
     """Set up, run every benchmark (or ``only`` those), write results.json / results.md / plots; returns the doc."""
-    import tempfile
-
-    from foundation.settings import get_settings
-
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -609,8 +555,6 @@ def run_all(out: Path, quick: bool, *, only: Sequence[str] | None = None, specs:
         doc["cpu_seconds"] = round(sum(r.cpu_seconds or 0.0 for r in [*setup, *results]), 1)
         if plots:
             try:
-                from tools.bench.plots import write_plots
-
                 write_plots(results, out / "plots")
                 # With those `streamrec eval --plots` drew (metric vs K, candidate recall).
                 doc["plots"] = sorted(str(p.relative_to(out)) for p in (out / "plots").rglob("*.png"))

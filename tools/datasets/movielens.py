@@ -275,6 +275,13 @@ def _read_text(path: Path, encodings: dict[str, str]) -> str:
     return text
 
 
+def _numbered_lines(path: Path, encodings: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """The non-blank lines of a small text file (:func:`_read_text`), each with its ``path:line`` for errors."""
+    for line_no, line in enumerate(_read_text(path, encodings).splitlines(), start=1):
+        if line.strip():
+            yield f"{path}:{line_no}", line
+
+
 def _label(value: str) -> str | None:
     """A schema Label (1 to 200 characters) or None for an empty value."""
     value = value.strip()[:_MAX_LABEL].strip()
@@ -555,10 +562,7 @@ def _movies_latest(path: Path, encodings: dict[str, str]) -> Iterator[tuple[str,
 
 
 def _movies_1m(path: Path, encodings: dict[str, str]) -> Iterator[tuple[str, _Movie]]:
-    for line_no, line in enumerate(_read_text(path, encodings).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
+    for where, line in _numbered_lines(path, encodings):
         parts = line.split("::")
         if len(parts) < 3:
             raise MovieLensError(f"{where}: expected MovieID::Title::Genres, got {line!r}")
@@ -572,10 +576,9 @@ def _ml100k_genres(directory: Path, encodings: dict[str, str]) -> list[str]:
     if not path.is_file():
         return list(_ML100K_GENRES)
     by_index: dict[int, str] = {}
-    for line_no, line in enumerate(_read_text(path, encodings).splitlines(), start=1):
-        if line.strip():  # the published file ends with blank lines
-            name, _, index = line.rpartition("|")
-            by_index[_parse_int(index.strip(), f"{path}:{line_no}", "genre index")] = name.strip()
+    for where, line in _numbered_lines(path, encodings):  # the published file ends with blank lines
+        name, _, index = line.rpartition("|")
+        by_index[_parse_int(index.strip(), where, "genre index")] = name.strip()
     if sorted(by_index) != list(range(len(by_index))):
         raise MovieLensError(f"{path}: genre indexes are not 0..{len(by_index) - 1}")
     return [by_index[i] for i in range(len(by_index))]
@@ -595,10 +598,7 @@ def _release_date_ms(value: str) -> int | None:
 def _movies_100k(path: Path, encodings: dict[str, str]) -> Iterator[tuple[str, _Movie]]:
     genres = _ml100k_genres(path.parent, encodings)
     n = len(genres)
-    for line_no, line in enumerate(_read_text(path, encodings).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
+    for where, line in _numbered_lines(path, encodings):
         parts = line.split("|")
         # id | title | release date | video release date | IMDb URL | one flag per genre
         if len(parts) < 5 + n:
@@ -616,10 +616,7 @@ def _age(value: str, where: str) -> int | None:
 
 
 def _profiles_100k(path: Path, encodings: dict[str, str]) -> Iterator[tuple[str, int, _Profile]]:
-    for line_no, line in enumerate(_read_text(path, encodings).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
+    for where, line in _numbered_lines(path, encodings):
         parts = line.split("|")
         if len(parts) != 5:
             raise MovieLensError(f"{where}: expected id|age|gender|occupation|zip, got {line!r}")
@@ -628,10 +625,7 @@ def _profiles_100k(path: Path, encodings: dict[str, str]) -> Iterator[tuple[str,
 
 
 def _profiles_1m(path: Path, encodings: dict[str, str]) -> Iterator[tuple[str, int, _Profile]]:
-    for line_no, line in enumerate(_read_text(path, encodings).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
+    for where, line in _numbered_lines(path, encodings):
         parts = line.split("::")
         if len(parts) != 5:
             raise MovieLensError(f"{where}: expected UserID::Gender::Age::Occupation::Zip-code, got {line!r}")

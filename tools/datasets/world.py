@@ -22,11 +22,10 @@ by the number of events. A rate controller sizes each chunk's sessions from the 
 (knowing, from the sessions so far, what share of a late session's lines still fits before the end),
 so that the lines before the span's end add up to ``events``; the file then ends at exactly
 ``events`` lines, the sessions running at the cut being cut off as in any real log export. The last
-line lands close to ``end_ts`` (measured with the defaults: 4-6 minutes past it at 40k-200k events,
-26 minutes at 1M); a sparse log can fall short and end with the tails of the last sessions, an hour
-or two past it;
-and when the users cannot fill the span at all (a handful of users asked for many events) the log
-runs on until they have. ``world.json`` records the first and last event ``ts``.
+line lands close to ``end_ts`` (minutes past it with the defaults); a sparse log can fall short and
+end with the tails of the last sessions, an hour or two past it; and when the users cannot fill the
+span at all (a handful of users asked for many events) the log runs on until they have.
+``world.json`` records the first and last event ``ts``.
 
 Determinism: one :class:`numpy.random.SeedSequence` from ``seed`` is split into independent streams
 for the catalogue, the users, the sessions and the malformed lines, so the same seed gives the same

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
 from foundation.child_env import settings_env
 from foundation.settings import Settings
 from tools.stack import StackError, process
@@ -21,7 +23,6 @@ from tools.stack.layout import StackLayout
 from tools.stack.process import StopOutcome
 
 APPS = ("worker", "server")
-WORKER_METRICS_PORT = 9108
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def _pid_file(layout: StackLayout, name: str) -> Path:
 def _argv(name: str, artifacts: Path, settings: Settings) -> list[str]:
     cli = [sys.executable, "-m", "streamrec.cli"]
     if name == "worker":
-        return [*cli, "worker", "--artifacts", str(artifacts), "--metrics-port", str(WORKER_METRICS_PORT)]
+        return [*cli, "worker", "--artifacts", str(artifacts), "--metrics-port", str(settings.worker_metrics_port)]
     return [*cli, "serve", "--artifacts", str(artifacts), "--host", settings.server_host,
             "--port", str(settings.server_port)]
 
@@ -58,12 +59,12 @@ def start_apps(settings: Settings, artifacts: Path, cwd: Path) -> list[AppStatus
     with process.file_lock(layout.run_dir / "demo.lock"):
         for name in APPS:
             pid_file = _pid_file(layout, name)
-            address = server_url(settings) if name == "server" else f"metrics :{WORKER_METRICS_PORT}"
+            address = server_url(settings) if name == "server" else f"metrics :{settings.worker_metrics_port}"
             record = process.read_record(pid_file)
             if record is not None and process.owns(record):
                 out.append(AppStatus(name, record.pid, address, record.log_file, started=False))
                 continue
-            port = settings.server_port if name == "server" else WORKER_METRICS_PORT
+            port = settings.server_port if name == "server" else settings.worker_metrics_port
             record = process.spawn_detached(
                 _argv(name, artifacts, settings), name=f"demo-{name}",
                 marker="streamrec.cli worker" if name == "worker" else "streamrec.cli serve", port=port,
@@ -76,8 +77,6 @@ def start_apps(settings: Settings, artifacts: Path, cwd: Path) -> list[AppStatus
 
 async def wait_server_ready(settings: Settings, timeout_s: float = 120.0) -> dict[str, object]:
     """Poll ``/readyz`` until it answers 200; raises :class:`StackError` with the server log's tail."""
-    import aiohttp
-
     layout = StackLayout.from_settings(settings)
     url = f"{server_url(settings)}/readyz"
     started = time.monotonic()

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 
+from schemas.decoder import event_decoder
 from schemas.events import ItemRemove, ItemUpsert
 
 ENGAGED = frozenset({b'"play"', b'"complete"', b'"rating"', b'"add_to_list"'})
@@ -55,8 +57,6 @@ class LogFacts:
 
 def read_log_facts(data: Path) -> LogFacts:
     """Titles (the last upsert of each; removed ones dropped) and, per user, what they engaged with."""
-    from schemas.decoder import event_decoder
-
     titles: dict[str, Title] = {}
     with (data / "catalog.jsonl").open("rb") as fh:
         for line in fh:
@@ -129,8 +129,6 @@ async def recommendations(session: Any, base_url: str, user: str, k: int, now_ms
 async def run_stories(base_url: str, facts: LogFacts, users: list[str], k: int = 10, api_key: str = "",
                       timeout_s: float = 20.0) -> list[UserStory]:
     """For each user: the answer now, then the new interactions, then the answer once they are applied."""
-    import aiohttp
-
     headers = {"X-API-Key": api_key} if api_key else {}
     stories = []
     async with aiohttp.ClientSession(headers=headers) as session:

@@ -8,55 +8,46 @@ stack is not published twice (that would count every event twice in the online s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 
 from foundation.settings import Settings
+from models.train import train_bundle
+from tools.bundle_reuse import bundle_trained_on, log_fingerprint
+from tools.catch_up import end_offsets, wait_applied
+from tools.datasets.movielens import import_movielens
+from tools.datasets.world import generate_world
+from tools.replay import replay_log
 
 
 def prepare_data(out: Path, movielens: Path | None, users: int, items: int, events: int, seed: int,
                  progress: Any) -> dict[str, Any]:
     """Generate a world (or import MovieLens) into ``out`` unless an identical one is already there."""
-    import dataclasses
-
     marker = out / ".demo-source.json"
     source = {"movielens": str(movielens) if movielens else None, "users": users, "items": items,
               "events": events, "seed": seed}
     if marker.exists() and orjson.loads(marker.read_bytes()) == source and (out / "events.jsonl").exists():
         return {"reused": str(out)}
     if movielens is not None:
-        from tools.datasets.movielens import import_movielens
-
         summary: Any = import_movielens(movielens, out, progress=progress)
     else:
-        from tools.datasets.world import generate_world
-
         summary = generate_world(out, users=users, items=items, events=events, seed=seed, progress=progress)
     marker.write_bytes(orjson.dumps(source))
     return dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else {"summary": str(summary)}
 
 
-def _log_files(data: Path) -> list[Path]:
-    return [data / "catalog.jsonl", data / "events.jsonl"]
-
-
 def train_once(data: Path, artifacts: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     """The bundle of ``latest`` when it was trained on these very files, else a new one."""
-    import contextlib
-
-    from models.bundle import BundleError, fingerprint_files, open_bundle
-    from models.train import train_bundle
-
     started = time.perf_counter()
-    fingerprint = fingerprint_files(_log_files(data))
-    with contextlib.suppress(BundleError, FileNotFoundError):
-        bundle = open_bundle(artifacts, verify=False)
-        if bundle.manifest.get("data_fingerprint") == fingerprint:
-            return {"version": bundle.version, "reused": True, "seconds": time.perf_counter() - started}
+    bundle = bundle_trained_on(data, artifacts)
+    if bundle is not None:
+        return {"version": bundle.version, "reused": True, "seconds": time.perf_counter() - started}
     path, _ = train_bundle(data, artifacts, progress=progress)
     return {"version": path.name, "reused": False, "seconds": time.perf_counter() - started}
 
@@ -67,13 +58,9 @@ async def replay_once(data: Path, settings: Settings, progress: Callable[[int], 
     The marker in the state dir records the log's fingerprint and the topic's end offset after the
     replay; a topic that is now shorter was recreated (a wiped stack), so the log is replayed again.
     """
-    from models.bundle import fingerprint_files
-    from tools.catch_up import end_offsets
-    from tools.replay import replay_log
-
     marker = settings.state_dir / "demo-replayed.json"
     topic = settings.topic_interactions
-    fingerprint = fingerprint_files(_log_files(data))
+    fingerprint = log_fingerprint(data)
     end_now = sum((await end_offsets(settings, [topic])).values())
     if marker.exists():
         seen = orjson.loads(marker.read_bytes())
@@ -88,10 +75,6 @@ async def replay_once(data: Path, settings: Settings, progress: Callable[[int], 
 
 async def wait_worker(settings: Settings, advance: Callable[[int], None], timeout_s: float = 900.0) -> float:
     """Until the worker's offsets in Redis cover everything on the input topics; ``advance`` in percent."""
-    import redis.asyncio as aioredis
-
-    from tools.catch_up import end_offsets, wait_applied
-
     shown = 0
 
     def progress(applied: int, total: int) -> None:

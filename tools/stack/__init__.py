@@ -9,8 +9,6 @@ Modules:
 - :mod:`tools.stack.probes`: "does it answer" checks (Kafka metadata, Redis PING).
 - :mod:`foundation.topics`: :func:`~foundation.topics.ensure_topics`, shared with the workers.
 - :mod:`tools.stack.manager`: ``up`` / ``down`` / ``status`` returning typed results.
-
-Importing this package is cheap: submodules are imported where they are used.
 """
 
 from __future__ import annotations

@@ -163,9 +163,9 @@ def required_java(version: str) -> int:
     return 17 if int(version.split(".")[0]) >= 4 else 11
 
 
-def find_java() -> str:
-    """``$JAVA_HOME/bin/java`` when set, else ``java`` from PATH."""
-    home = os.environ.get("JAVA_HOME")
+def find_java(settings: Settings) -> str:
+    """``bin/java`` of the ``java_home`` setting (or ``JAVA_HOME``) when set, else ``java`` from PATH."""
+    home = settings.java_home
     if home and (Path(home) / "bin" / "java").is_file():
         return str(Path(home) / "bin" / "java")
     java = shutil.which("java")

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
+
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from foundation.topics import TopicSetupError, ensure_topics
@@ -224,7 +226,7 @@ async def _up(settings: Settings, layout: StackLayout, progress: Progress) -> Up
     if redis_svc in to_start:
         redis_server = redis_service.find_redis_server()
     if kafka_service in to_start:
-        java = kafka.find_java()
+        java = kafka.find_java(settings)
         kafka.check_java(java, settings.kafka_version)
     for service in to_start:
         _check_ports_free(service, layout)
@@ -327,8 +329,6 @@ async def status(settings: Settings) -> StackStatus:
 
 
 async def _list_topics(settings: Settings) -> tuple[str, ...]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
     admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{settings.kafka_port}", client_id="streamrec-stack")
     try:
         with probes.quiet_aiokafka():

@@ -9,6 +9,9 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -48,8 +51,6 @@ async def kafka_answers(host: str, port: int, timeout_s: float = 5.0) -> Probe:
     """A metadata request through aiokafka's admin client: the broker is up and serving requests."""
     if not port_open(host, port):
         return Probe(False, f"nothing listens on {host}:{port}")
-    from aiokafka.admin import AIOKafkaAdminClient
-
     admin = AIOKafkaAdminClient(
         bootstrap_servers=f"{host}:{port}",
         client_id="streamrec-stack-probe",
@@ -77,8 +78,6 @@ async def wait_group_coordinator(host: str, port: int, timeout_s: float = 60.0) 
     Done once by ``stack up`` so that the first consumer group of a test or worker joins at once
     instead of retrying through COORDINATOR_NOT_AVAILABLE.
     """
-    from aiokafka.admin import AIOKafkaAdminClient
-
     admin = AIOKafkaAdminClient(bootstrap_servers=f"{host}:{port}", client_id="streamrec-stack-probe")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -102,8 +101,6 @@ async def redis_answers(host: str, port: int, timeout_s: float = 2.0) -> Probe:
     """PING answered with PONG."""
     if not port_open(host, port):
         return Probe(False, f"nothing listens on {host}:{port}")
-    import redis.asyncio as aioredis
-
     client = aioredis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         await client.ping()

@@ -1,0 +1,83 @@
+"""Every Redis key of the system, built from one prefix by one object (:class:`KeyLayout`).
+
+Workers, servers, tools and tests take their keys from here, so the layout is written down once. Each
+key is self-contained (no hash tags), so every key works on Redis Cluster, where a key's slot is its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+DEFAULT_PREFIX: Final = "sr"
+_GLOB: Final = frozenset("*?[]")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """The key of every piece of online state under ``prefix`` (``sr`` unless settings say otherwise).
+
+    ======================================= ====== ==========================================================
+    key                                     type   what (module with the value's codec)
+    ======================================= ====== ==========================================================
+    ``sr:u:{user}``                         STRING a user's feature state (:mod:`online_state.feature_codec`)
+    ``sr:i:{item}``                         HASH   an item's feature state (:mod:`online_state.feature_codec`)
+    ``sr:uv:{user}``                        STRING a user's online vector (:mod:`online_state.user_vectors`)
+    ``sr:s:{user}``                         STRING a user's session (:mod:`online_state.sessions`)
+    ``sr:trend:{window}:{scope}:g{gen}``    ZSET   trending counts (:mod:`online_state.trending`)
+    ``sr:new_releases``                     ZSET   item id -> release ts (:mod:`online_state.trending`)
+    ``sr:il:{space:08x}:{item}``            HASH   a title's online learning sums (:mod:`online_state.item_learning`)
+    ``sr:offset:{topic}:{partition}``       STRING the last applied offset (:mod:`online_state.offsets`)
+    ======================================= ====== ==========================================================
+
+    Passing ``"*"`` as an id gives the SCAN pattern of a family (``user_state("*") == "sr:u:*"``).
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        # The prefix is also the root of the ``{prefix}:*`` pattern that --rebuild deletes: it must match
+        # exactly the keys it names.
+        if not self.prefix or _GLOB & set(self.prefix):
+            raise ValueError(f"Redis key prefix {self.prefix!r} must be non-empty and free of glob characters")
+
+    def user_state(self, user_id: str) -> str:
+        return f"{self.prefix}:u:{user_id}"
+
+    def item_state(self, item_id: str) -> str:
+        return f"{self.prefix}:i:{item_id}"
+
+    def user_vector(self, user_id: str) -> str:
+        return f"{self.prefix}:uv:{user_id}"
+
+    def session(self, user_id: str) -> str:
+        return f"{self.prefix}:s:{user_id}"
+
+    def trending(self, window: str, scope: str, generation: int | str) -> str:
+        """One generation of one window and scope (``scope``: ``all``, ``country:US``, ...)."""
+        return f"{self.prefix}:trend:{window}:{scope}:g{generation}"
+
+    @property
+    def new_releases(self) -> str:
+        return f"{self.prefix}:new_releases"
+
+    def item_learning_space(self, space: int) -> str:
+        """What every item-learning key of CF space ``space`` starts with (the item id follows)."""
+        return f"{self.prefix}:il:{space & 0xFFFFFFFF:08x}:"
+
+    def item_learning(self, space: int, item_id: str) -> str:
+        """A title's learning hash in CF space ``space`` (the crc32 id of the bundle's item vectors, see
+        :func:`models.item_vector_codec.space_id`): sums of user vectors only add up within one space."""
+        return self.item_learning_space(space) + item_id
+
+    def offset(self, topic: str, partition: int | str) -> str:
+        """The last offset of a partition whose effects committed (written in the same MULTI)."""
+        return f"{self.prefix}:offset:{topic}:{partition}"
+
+    @property
+    def everything(self) -> str:
+        """The SCAN pattern of every key under the prefix (state and offsets: what ``--rebuild`` deletes)."""
+        return f"{self.prefix}:*"
+
+
+DEFAULT_KEYS: Final = KeyLayout()  # the layout of the default prefix (what settings give unless told otherwise)

@@ -1,0 +1,51 @@
+"""The effect contract (:mod:`streams.effect_contract`) on the test stack's redis-server, with the Redis Functions
+loaded: every effect writes as the worker does (one ``MGET`` / ``FCALL`` per kind and batch).
+
+The world, the contexts and the cases are the unit suite's (``tests/unit/test_effect_contract.py``, one
+definition of the effects' test parameters), loaded by path: the test folders are not packages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from online_state.keys import KeyLayout
+from online_state.redis_functions import functions_available
+from streams.effect_contract import CHECKS
+from streams.effects_registry import CATALOG_EFFECTS, INTERACTION_EFFECTS
+
+
+def _unit_suite() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "unit" / "test_effect_contract.py"
+    spec = importlib.util.spec_from_file_location("effect_contract_cases", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+UNIT = _unit_suite()
+NAMES = [f.name for f in (*INTERACTION_EFFECTS, *CATALOG_EFFECTS)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return UNIT.make_world(tmp_path_factory.mktemp("effect-contract-redis"))
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__.removeprefix("check_") for c in CHECKS])
+@pytest.mark.parametrize("name", NAMES)
+async def test_effect_contract_on_redis(world: Any, redis_client: aioredis.Redis, name: str,
+                                        check: Callable[..., Any]) -> None:
+    assert await functions_available(redis_client)
+    (case,) = [c for c in UNIT.contract_cases(world, redis_client, bulk=True) if c.name == name]
+    await check(case, redis_client, KeyLayout("contract"))
