@@ -518,6 +518,15 @@ async def test_a_zombie_batch_is_fenced_by_watch(stack: Settings, redis_client: 
         worker = Worker(settings, WorkerOptions(), effects=[effect], catalog_effects=[])
         worker.redis = redis_client
         workers.append(worker)
+    # Both batches must be under their WATCH before either commits (else the second simply finds the offset
+    # stored and skips, which is right but tests nothing): each waits for the other once its WATCH is set.
+    both_watching = asyncio.Barrier(2)
+    for worker in workers:
+        async def prepare(*args: Any, _prepare: Any = worker.intake.batch, **kw: Any) -> Any:
+            await both_watching.wait()
+            return await _prepare(*args, **kw)
+
+        worker.intake.batch = prepare  # type: ignore[method-assign]
     fenced_before = metrics.FENCED.labels(settings.topic_interactions)._value.get()
     lasts = await asyncio.gather(*(worker.handle(tp, records) for worker in workers))
     assert lasts == [149, 149]
