@@ -122,6 +122,16 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Seconds a server process reuses the trending lists and new releases (the same for "
         "every request); 0: read them per request."
     )
+    serving_admission_initial_limit: int = Field(
+        20, ge=1, description="Read requests a server process works on at once before it has measured any latency; "
+        "the limit then adapts (serving/admission.py). Past it, 503 with Retry-After at once."
+    )
+    serving_admission_min_limit: int = Field(
+        2, ge=1, description="The adaptive admission limit never goes below this many requests in flight."
+    )
+    serving_admission_max_limit: int = Field(
+        200, ge=1, description="The adaptive admission limit never goes above this many requests in flight."
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod

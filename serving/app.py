@@ -6,8 +6,9 @@ aiohttp rather than Starlette: the same server CPU per request in the comparison
 Every resource (the recommendation service with its Redis pool, ONNX session and index; the Kafka producer) is opened
 in the app's startup context, never at import, so ``create_app`` is cheap and tests can inject stubs. The guard
 middleware turns anything a handler raises into a JSON answer: a 400 naming the field, a degraded 200 for the read
-endpoints when the service fails or runs out of time, so a valid request never sees a 5xx (the only 503s are
-/readyz before readiness and POST /v1/events when Kafka does not acknowledge).
+endpoints when the service fails or runs out of time, so a valid request never sees a 5xx other than a documented
+503: /readyz before readiness, POST /v1/events when Kafka does not acknowledge, and a read request over the
+admission limit (:mod:`serving.admission`), refused at once with ``Retry-After`` instead of queued.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ from foundation.logs import get_logger
 from foundation.settings import Settings
 from models.recommend.pipeline import RecommendRequest
 from schemas.events import is_catalog
+from serving.admission import AdaptiveLimiter, LimitConfig
 from serving.http_events import BodyError, EventPublisher, KafkaEventPublisher, PublisherUnavailable, decode_events
 from serving.http_metrics import (
+    ADMISSION_IN_FLIGHT,
+    ADMISSION_LIMIT,
+    ADMISSION_SHED,
     EVENTS_ACCEPTED,
     EVENTS_REFUSED,
     FALLBACK_ANSWERS,
@@ -73,6 +78,10 @@ SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", Service)  # type: ignore[type-abstract]
 PUBLISHER = web.AppKey("publisher", Publisher)  # type: ignore[type-abstract]
 REQUEST_ID = web.RequestKey("request_id", str)
+ADMISSION = web.AppKey("admission", AdaptiveLimiter)
+# The read endpoints behind admission control; writes and operations are never shed.
+_ADMITTED = frozenset({"/v1/recommendations/{user_id}", "/v1/items/{item_id}/similar"})
+RETRY_AFTER_S = 1  # what a shed request's Retry-After says
 
 _JSON = "application/json"
 _SLOW_S = 0.5  # answers slower than this are logged one by one
@@ -106,6 +115,38 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitabl
     request_id = request_id_from(request.headers.get("X-Request-ID"))
     request[REQUEST_ID] = request_id
     endpoint = _endpoint(request)
+    limiter = request.app[ADMISSION] if endpoint in _ADMITTED else None
+    admitted = limiter.try_acquire() if limiter is not None else True
+    if limiter is not None:
+        ADMISSION_IN_FLIGHT.set(limiter.in_flight)
+    if not admitted:
+        # Over the limit: refuse now rather than queue (a queued request only makes every other one later).
+        ADMISSION_SHED.labels(endpoint).inc()
+        response = _error(503, "capacity", "the server is at its admission limit; retry", request_id)
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        response.headers["X-Request-ID"] = request_id
+        REQUEST_SECONDS.labels(endpoint, "503").observe(time.perf_counter() - started)
+        return response
+    try:
+        response = await _handle(request, handler, endpoint, request_id)
+    finally:
+        if limiter is not None:
+            limiter.release(time.perf_counter() - started)
+            ADMISSION_LIMIT.set(limiter.current_limit)
+            ADMISSION_IN_FLIGHT.set(limiter.in_flight)
+    response.headers["X-Request-ID"] = request_id
+    elapsed = time.perf_counter() - started
+    REQUEST_SECONDS.labels(endpoint, str(response.status)).observe(elapsed)
+    if elapsed > _SLOW_S or response.status >= 500:
+        # No log line per request (the histogram has the rates); only the answers worth a look.
+        log.warning("slow or failed request", endpoint=endpoint, status=response.status, request_id=request_id,
+                    ms=round(elapsed * 1000, 1))
+    return response
+
+
+async def _handle(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                  endpoint: str, request_id: str) -> web.StreamResponse:
+    """The handler's response, or the JSON error answer for what it raised."""
     try:
         response = await handler(request)
     except ParamError as exc:
@@ -122,13 +163,6 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitabl
         log.exception("unhandled error", endpoint=endpoint, request_id=request_id)
         FALLBACK_ANSWERS.labels(endpoint, "unhandled").inc()
         response = _error(503, "server", "internal error; retry", request_id)
-    response.headers["X-Request-ID"] = request_id
-    elapsed = time.perf_counter() - started
-    REQUEST_SECONDS.labels(endpoint, str(response.status)).observe(elapsed)
-    if elapsed > _SLOW_S or response.status >= 500:
-        # No log line per request (the histogram has the rates); only the answers worth a look.
-        log.warning("slow or failed request", endpoint=endpoint, status=response.status, request_id=request_id,
-                    ms=round(elapsed * 1000, 1))
     return response
 
 
@@ -247,6 +281,9 @@ def create_app(
     """The app; nothing is opened until it starts (then the service, then the Kafka producer in the background)."""
     app = web.Application(middlewares=[_guard], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[ADMISSION] = AdaptiveLimiter(LimitConfig(initial=settings.serving_admission_initial_limit,
+                                                 min_limit=settings.serving_admission_min_limit,
+                                                 max_limit=settings.serving_admission_max_limit))
     app[_OPENAPI_BYTES] = orjson.dumps(openapi_document())
     make_service = service_factory or _default_service
     make_publisher: PublisherFactory = publisher_factory or KafkaEventPublisher

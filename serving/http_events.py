@@ -10,6 +10,7 @@ is what was validated, never a re-encoding of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -118,6 +119,9 @@ class KafkaEventPublisher:
             producer = make_producer(self._settings, linger_ms=1)
             try:
                 await producer.start()
+            except asyncio.CancelledError:
+                await producer.stop()  # closed while connecting: leave no connection behind
+                raise
             except Exception as exc:  # Kafka not reachable yet: keep serving reads, retry with back-off
                 log.warning("events producer not connected; retrying", error=str(exc), retry_s=delay)
                 await producer.stop()
@@ -154,6 +158,8 @@ class KafkaEventPublisher:
     async def close(self) -> None:
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
         if self._producer is not None:
             await self._producer.stop()  # flushes what is still in the accumulator
             self._producer = None

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 # Fine buckets below 50 ms: the latency goal (p99 < 25 ms) and the 50 ms knee must be readable from the histogram.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -31,6 +39,15 @@ FALLBACK_ANSWERS = Counter(
     "Answers the HTTP layer made itself because the service failed or ran out of time (never a 5xx).",
     ("endpoint", "reason"),
 )
+
+# Admission control (serving/admission.py), per process ("liveall": one series per live replica).
+ADMISSION_LIMIT = Gauge("streamrec_http_admission_limit", "Current adaptive limit on read requests in flight.",
+                        multiprocess_mode="liveall")
+ADMISSION_IN_FLIGHT = Gauge("streamrec_http_admission_in_flight", "Read requests being worked on now.",
+                            multiprocess_mode="liveall")
+ADMISSION_SHED = Counter("streamrec_http_admission_shed_total",
+                         "Read requests refused at once with 503 (over the admission limit), per endpoint.",
+                         ("endpoint",))
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -177,6 +177,15 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
+# A read request over the server's adaptive admission limit (serving/admission.py): refused at once, never queued.
+_SHED_503 = {
+    **_json(_ref("Error"), "The server is at its admission limit (the error's field is `capacity`); nothing was "
+                           "computed. Retry after the `Retry-After` seconds, on this or another replica."),
+    "headers": {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                "schema": {"type": "integer", "minimum": 0}}},
+}
+
+
 def _paths() -> dict[str, Any]:
     return {
         "/v1/recommendations/{user_id}": {
@@ -200,6 +209,7 @@ def _paths() -> dict[str, Any]:
                                  "Always for a valid request; `degraded` says when a part was missing. "
                                  "An unknown user gets a cold-start list."),
                     "400": _ERROR_400,
+                    "503": _SHED_503,
                 },
             }
         },
@@ -213,6 +223,7 @@ def _paths() -> dict[str, Any]:
                     "200": _json(_ref("Similar"), "Similar titles."),
                     "400": _ERROR_400,
                     "404": _json(_ref("Error"), "The title is not in the catalogue."),
+                    "503": _SHED_503,
                 },
             }
         },

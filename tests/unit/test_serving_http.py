@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,34 @@ async def test_service_past_its_budget_becomes_a_degraded_answer(make_harness: A
     body = await h.call("GET", "/v1/recommendations/u1", REC, expect=200)
     assert body["degraded"] is True and body["model_version"] == "v-test"
     assert h.service.fallbacks == ["timeout"]
+
+
+async def test_over_the_admission_limit_requests_get_a_fast_503_not_a_queue(make_harness: Any) -> None:
+    h = await make_harness(serving_admission_initial_limit=2, serving_admission_min_limit=2,
+                           serving_admission_max_limit=2)
+    h.service.delay_s = 0.5  # each admitted request holds its slot for half a second
+
+    async def one(n: int) -> tuple[int, float, Any]:
+        started = time.perf_counter()
+        response = await h.client.get(f"/v1/recommendations/u{n}?k=3")
+        body = await response.json()
+        return response.status, time.perf_counter() - started, (response.headers.get("Retry-After"), body)
+
+    results = await asyncio.gather(*(one(n) for n in range(10)))
+    admitted = [r for r in results if r[0] == 200]
+    shed = [r for r in results if r[0] == 503]
+    assert len(admitted) == 2 and len(shed) == 8
+    for _, seconds, (retry_after, body) in shed:
+        assert seconds < 0.25, "refused at once, not after waiting for a slot"
+        assert retry_after == "1" and body["error"]["field"] == "capacity"
+        jsonschema.Draft202012Validator(response_schema(REC, "GET", 503)).validate(body)
+    assert len(h.service.requests) == 2, "a refused request never reaches the service"
+    # Writes and operations are never shed.
+    assert (await h.client.get("/healthz")).status == 200
+    text = await (await h.client.get("/metrics")).text()
+    assert "streamrec_http_admission_limit 2.0" in text
+    assert 'streamrec_http_admission_shed_total{endpoint="/v1/recommendations/{user_id}"}' in text
+    assert "streamrec_http_admission_in_flight 0.0" in text
 
 
 # --- similar -----------------------------------------------------------------------------------
