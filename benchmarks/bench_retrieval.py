@@ -250,10 +250,8 @@ def main() -> None:
     per_user: dict[str, list[NDArray[np.int32]]] = {name: [] for name in (*SOURCES, "merged")}
     for u in range(log.n_users):
         cands = retrieve(split_model, RecommendRequest(log.user_ids[u]), Snapshot(), split_now).candidates
-        for name in SOURCES:
-            per_user[name].append(cands.items[cands.from_source(name)] if name in cands.source_names
-                                  else np.zeros(0, np.int32))
-        per_user["merged"].append(cands.items)
+        for name, items in cands.by_source().items():
+            per_user[name].append(items)
     recall: dict[str, dict[str, float]] = {}
     for name, lists in per_user.items():
         r = [np.isin(pos, lists[u]).mean() for u, pos in enumerate(positives) if len(pos)]

@@ -311,6 +311,13 @@ class Candidates:
     def from_source(self, name: str) -> NDArray[np.bool_]:
         return (self.sources & np.uint32(self.source_bit(name))) != 0
 
+    def by_source(self) -> dict[str, Items]:
+        """Each source's candidates (those left after the merge's exclusions) and the whole set, ``"merged"``."""
+        out = {name: self.items[self.from_source(name)] if name in self.source_names else np.zeros(0, np.int32)
+               for name in SOURCES}
+        out["merged"] = self.items
+        return out
+
     def score_matrix(self, fill: float = 0.0) -> NDArray[np.float32]:
         """The score columns with absent entries filled (the ranker cannot take NaN)."""
         return np.where(np.isnan(self.scores), np.float32(fill), self.scores)

@@ -164,33 +164,26 @@ class CatalogTable:
         return list(base) + sorted({g for gs in self.genres for g in gs if g not in known})
 
     def to_catalog(self) -> Catalog:
-        """The described titles as a training :class:`~models.dataset.Catalog` (genres sorted)."""
-        rows = [r for r, d in enumerate(self.described) if d]
-        if len(rows) != len(self.item_ids):  # placeholders are not titles yet: renumber without them
-            keep = CatalogTable()
-            for r in rows:
-                keep._copy_row(self, r)
-            return keep.to_catalog()
-        vocab = sorted({g for gs in self.genres for g in gs})
+        """The described titles as a training :class:`~models.dataset.Catalog` (placeholders are not titles
+        yet and are left out; rows renumbered in order; genres sorted)."""
+        rows = [r for r, described in enumerate(self.described) if described]
+        item_ids = [self.item_ids[r] for r in rows]
+        genres = [list(self.genres[r]) for r in rows]
+        vocab = sorted({g for gs in genres for g in gs})
         pos = {g: i for i, g in enumerate(vocab)}
-        matrix = np.zeros((len(self.item_ids), max(1, len(vocab))), np.float32)
-        for i, gs in enumerate(self.genres):
-            for g in gs:
-                matrix[i, pos[g]] = 1.0
+        matrix = np.zeros((len(rows), max(1, len(vocab))), np.float32)
+        for i, gs in enumerate(genres):
+            matrix[i, [pos[g] for g in gs]] = 1.0
+        take = np.array(rows, np.int64)
         return Catalog(
-            item_ids=list(self.item_ids), index=dict(self.index), titles=list(self.titles),
-            genres=[list(g) for g in self.genres], tags=[list(t) for t in self.tags],
-            cast=[list(c) for c in self.cast], year=np.array(self.year, np.int32),
-            release_ts=np.array(self.release_ts, np.int64), first_seen_ts=np.array(self.first_seen_ts, np.int64),
-            maturity=np.array(self.maturity, np.int8), is_original=np.array(self.is_original, bool),
-            available=np.array(self.available, bool), genre_vocab=vocab, genre_matrix=matrix,
+            item_ids=item_ids, index={item_id: i for i, item_id in enumerate(item_ids)},
+            titles=[self.titles[r] for r in rows], genres=genres, tags=[list(self.tags[r]) for r in rows],
+            cast=[list(self.cast[r]) for r in rows], year=np.array(self.year, np.int32)[take],
+            release_ts=np.array(self.release_ts, np.int64)[take],
+            first_seen_ts=np.array(self.first_seen_ts, np.int64)[take],
+            maturity=np.array(self.maturity, np.int8)[take], is_original=np.array(self.is_original, bool)[take],
+            available=np.array(self.available, bool)[take], genre_vocab=vocab, genre_matrix=matrix,
         )
-
-    def _copy_row(self, other: CatalogTable, row: int) -> None:
-        new = self._new_row(other.item_ids[row], other.first_seen_ts[row])
-        for name in ("titles", "genres", "tags", "cast", "year", "release_ts", "maturity", "is_original",
-                     "available", "described"):
-            getattr(self, name)[new] = getattr(other, name)[row]
 
 
 def load_catalog(path: Path) -> Catalog:

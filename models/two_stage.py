@@ -95,12 +95,10 @@ def recommender(retrieval: Retrieval, log: EventLog, config: TwoStageConfig, lay
 
 def request_at(log: EventLog, user: int, row: int, ts: int, k: int = 20) -> RecommendRequest:
     """A request of log user ``user`` at ``ts`` in the context of event ``row`` (its device, country, hour)."""
-    context = context_at(log, row)
-    country = int(log.country[row])
+    device, country, hour = int(log.device[row]), int(log.country[row]), int(log.hour[row])  # 0 / 0 / -1: unknown
     return RecommendRequest(
-        user_id=log.user_ids[user], k=k, device=DEVICES[context.device - 1] if context.device > 0 else None,
-        country=log.countries[country - 1] if country > 0 else None,
-        hour=context.hour if context.hour >= 0 else None, now_ms=ts)
+        user_id=log.user_ids[user], k=k, device=DEVICES[device - 1] if device > 0 else None,
+        country=log.countries[country - 1] if country > 0 else None, hour=hour if hour >= 0 else None, now_ms=ts)
 
 
 @dataclass

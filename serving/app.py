@@ -116,29 +116,28 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitabl
     request[REQUEST_ID] = request_id
     endpoint = _endpoint(request)
     limiter = request.app[ADMISSION] if endpoint in _ADMITTED else None
-    admitted = limiter.try_acquire() if limiter is not None else True
-    if limiter is not None:
-        ADMISSION_IN_FLIGHT.set(limiter.in_flight)
-    if not admitted:
+    shed = limiter is not None and not limiter.try_acquire()
+    if shed:
         # Over the limit: refuse now rather than queue (a queued request only makes every other one later).
         ADMISSION_SHED.labels(endpoint).inc()
-        response = _error(503, "capacity", "the server is at its admission limit; retry", request_id)
+        response: web.StreamResponse = _error(503, "capacity", "the server is at its admission limit; retry",
+                                              request_id)
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
-        response.headers["X-Request-ID"] = request_id
-        REQUEST_SECONDS.labels(endpoint, "503").observe(time.perf_counter() - started)
-        return response
-    try:
-        response = await _handle(request, handler, endpoint, request_id)
-    finally:
+    else:
         if limiter is not None:
-            limiter.release(time.perf_counter() - started)
-            ADMISSION_LIMIT.set(limiter.current_limit)
             ADMISSION_IN_FLIGHT.set(limiter.in_flight)
+        try:
+            response = await _handle(request, handler, endpoint, request_id)
+        finally:
+            if limiter is not None:
+                limiter.release(time.perf_counter() - started)
+                ADMISSION_LIMIT.set(limiter.current_limit)
+                ADMISSION_IN_FLIGHT.set(limiter.in_flight)
     response.headers["X-Request-ID"] = request_id
     elapsed = time.perf_counter() - started
     REQUEST_SECONDS.labels(endpoint, str(response.status)).observe(elapsed)
-    if elapsed > _SLOW_S or response.status >= 500:
-        # No log line per request (the histogram has the rates); only the answers worth a look.
+    if elapsed > _SLOW_S or (response.status >= 500 and not shed):
+        # No log line per request (the histogram and the shed counter have the rates); only answers worth a look.
         log.warning("slow or failed request", endpoint=endpoint, status=response.status, request_id=request_id,
                     ms=round(elapsed * 1000, 1))
     return response

@@ -50,10 +50,8 @@ class TwoStageSystem(TwoStageRecommender):
         """Each source's candidates (after the merge's exclusions) and the merged set, per user."""
         out: dict[str, list[NDArray[np.int32]]] = {name: [] for name in (*SOURCES, "merged")}
         for cands in self.retrieve_all(users):
-            for name in SOURCES:
-                found = cands.from_source(name) if name in cands.source_names else np.zeros(len(cands), bool)
-                out[name].append(cands.items[found])
-            out["merged"].append(cands.items)
+            for name, items in cands.by_source().items():
+                out[name].append(items)
         return out
 
 

@@ -10,11 +10,9 @@ seen on ``catalog`` or ``item-vectors`` get the next rows. The per-item arrays g
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -207,11 +205,6 @@ class RecommenderModel:
         limit = int(self.maturity_limit[row])
         return None if limit < 0 else limit
 
-    def rows_of(self, item_ids: Iterable[str]) -> NDArray[np.int64]:
-        """Rows of known ids, in order; unknown ids are left out."""
-        get = self.items.index.get
-        return np.fromiter((r for r in (get(i) for i in item_ids) if r is not None), np.int64)
-
     # -- live updates -------------------------------------------------------------------------------
 
     def apply_catalog(self, events: Sequence[CatalogEvent]) -> int:
@@ -281,10 +274,3 @@ class RecommenderModel:
         self.apply_catalog(catalog)
         self.apply_vectors(vectors)
         return self
-
-    def with_post(self, **changes: Any) -> TwoStageConfig:
-        """The model's config with post-processing knobs changed (``None`` values are ignored)."""
-        changes = {k: v for k, v in changes.items() if v is not None}
-        if not changes:
-            return self.config
-        return dataclasses.replace(self.config, post=dataclasses.replace(self.config.post, **changes))
