@@ -92,6 +92,7 @@ class RateResult:
     # client machine, not the server, was the bottleneck at this rate.
     p99_send_lag_ms: float
     degraded: int = 0  # 200 answers with "degraded": true
+    shed: int = 0  # refused at once by admission control (503 with Retry-After); not in the percentiles
     server_cpu_ms_per_request: float | None = None  # the server process's CPU time over the run / requests
     server_stage_p50_ms: dict[str, float] | None = None  # medians of the answers' timings_ms
 
@@ -121,6 +122,7 @@ async def open_loop(url_for: Callable[[int], str], rate: float, seconds: float, 
     offsets = np.cumsum(rng.exponential(1.0 / rate, n)) if poisson else np.arange(n) / rate
     latency = np.full(n, np.nan)
     ok = np.zeros(n, bool)
+    shed = np.zeros(n, bool)
     lag = np.zeros(n)
     degraded = np.zeros(n, bool)
     stages: list[dict[str, float]] = []  # the server's own per-stage timings, to see where the time goes
@@ -136,6 +138,7 @@ async def open_loop(url_for: Callable[[int], str], rate: float, seconds: float, 
                 async with session.get(url_for(i)) as response:
                     raw = await response.read()
                     ok[i] = response.status == 200
+                    shed[i] = response.status == 503 and "Retry-After" in response.headers
                 if ok[i]:
                     body = orjson.loads(raw)
                     degraded[i] = bool(body.get("degraded"))
@@ -156,11 +159,13 @@ async def open_loop(url_for: Callable[[int], str], rate: float, seconds: float, 
         await asyncio.gather(*tasks)
         elapsed = clock() - start
         cpu = cpu_seconds(server_pid) - cpu_before
-    ms = latency * 1000
+    # Latency of the requests the server took on: a shed request's fast refusal must not flatter the tail.
+    ms = latency[~shed] * 1000 if (~shed).any() else latency * 1000
     p50, p99, p999 = np.percentile(ms, [50, 99, 99.9]).tolist()
     return RateResult(rate=rate, requests=n, achieved_rps=round(n / elapsed, 1), p50_ms=round(p50, 2),
                       p99_ms=round(p99, 2), p999_ms=round(p999, 2), max_ms=round(float(ms.max()), 2),
-                      errors=int((~ok).sum()), p99_send_lag_ms=round(float(np.percentile(lag, 99)) * 1000, 2),
+                      errors=int((~ok & ~shed).sum()), shed=int(shed.sum()),
+                      p99_send_lag_ms=round(float(np.percentile(lag, 99)) * 1000, 2),
                       degraded=int(degraded.sum()),
                       server_cpu_ms_per_request=None if np.isnan(cpu) else round(cpu * 1000 / n, 3),
                       server_stage_p50_ms={k: round(float(np.median([t[k] for t in stages if k in t])), 3)
@@ -481,10 +486,12 @@ async def compare_frameworks(args: argparse.Namespace) -> dict[str, Any]:
 
 def _table(title: str, rates: list[dict[str, Any]]) -> str:
     lines = [title, f"{'rate':>7} {'achieved':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} "
-                    f"{'errors':>7} {'degraded':>9} {'p99 send lag':>13} {'cpu ms/req':>11}  server stages p50 ms"]
+                    f"{'errors':>7} {'shed':>6} {'degraded':>9} {'p99 send lag':>13} {'cpu ms/req':>11}  "
+                    "server stages p50 ms"]
     for r in rates:
         lines.append(f"{r['rate']:>7.0f} {r['achieved_rps']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-                     f"{r['p999_ms']:>9.2f} {r['max_ms']:>8.2f} {r['errors']:>7d} {r['degraded']:>9d} "
+                     f"{r['p999_ms']:>9.2f} {r['max_ms']:>8.2f} {r['errors']:>7d} {r.get('shed', 0):>6d} "
+                     f"{r['degraded']:>9d} "
                      f"{r['p99_send_lag_ms']:>13.2f} {r['server_cpu_ms_per_request'] or float('nan'):>11.3f}  "
                      f"{r['server_stage_p50_ms'] or ''}")
     return "\n".join(lines)

@@ -78,11 +78,12 @@ def test_decode_summary_reads_the_decoder_row_against_the_parse_floor() -> None:
 
 def test_serving_summary_has_percentiles_per_rate_and_the_floor() -> None:
     raw = {"rates": [{"rate": 50.0, "p50_ms": 4.0, "p99_ms": 9.0, "errors": 0},
-                     {"rate": 100.0, "p50_ms": 5.0, "p99_ms": 30.0, "errors": 2}],
+                     {"rate": 100.0, "p50_ms": 5.0, "p99_ms": 30.0, "errors": 2, "shed": 7}],
            "floor": {"floor_ms": 2.0, "ann_ms": 0.5, "label": "x"}, "p50_over_floor": 2.0}
     summary = summarize_serving(raw)
     assert summary.figures["p99_ms@100rps"] == 30.0
     assert summary.figures["errors@100rps"] == 2
+    assert summary.figures["shed@100rps"] == 7 and summary.figures["shed@50rps"] == 0
     assert summary.floor == {"floor_ms": 2.0, "ann_ms": 0.5}
     assert summary.ratio == 2.0
 

@@ -155,6 +155,7 @@ def summarize_serving(raw: dict[str, Any]) -> Summary:
         figures[f"p50_ms@{rate}"] = _round(row.get("p50_ms"), 2)
         figures[f"p99_ms@{rate}"] = _round(row.get("p99_ms"), 2)
         figures[f"errors@{rate}"] = row.get("errors")
+        figures[f"shed@{rate}"] = row.get("shed", 0)
     knee = raw.get("p99_over_50ms_at_rps")
     if isinstance(knee, dict):  # {"rps": r, "bound": "below" | "above" | ...}: r is a bound, not a crossing
         figures["p99_over_50ms_at_rps"] = knee.get("rps")
