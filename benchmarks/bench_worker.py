@@ -20,6 +20,9 @@ topic measured in the same run, and freshness (produce -> state visible in Redis
 - ``freshness``: with the worker caught up, records are produced at half the measured worker rate;
   for every 20th record, the time from ``send`` until its offset is stored in Redis (the state and
   the offset commit in one EXEC, so that is when its effects become visible); p50 / p99.
+- ``item_state_staleness``: a server's copy of the item state (:mod:`serving.item_state_tail`) runs in this
+  process during the full-rate run; per applied item-state record, the time from the worker's ``EXEC`` to the
+  row being in the table's arrays; p50 / p99 over every record.
 - ``--faust-floor``: a Faust agent on the same topic that only counts, through
   ``stream.take_events(2000, within=0.2)`` (why :mod:`streams.app` does not consume through Faust).
 
@@ -54,7 +57,9 @@ from foundation.settings import Settings, get_settings
 from foundation.topics import delete_topics, ensure_topics_retrying
 from models.config import TwoStageConfig
 from models.train import train_bundle
+from online_state.item_state import ItemStateTable
 from online_state.keys import KeyLayout
+from serving.item_state_tail import ItemStateTail
 from streams.rebuild import delete_state
 from tools.catch_up import end_offsets
 from tools.datasets.world import generate_world
@@ -242,6 +247,12 @@ async def main() -> None:
 
     env = settings_env(scoped.model_copy(update={"log_level": "WARNING"}))
     client = aioredis.Redis.from_url(settings.redis_url)
+    # A server's copy of the item state, fed by the worker's item-state records while it runs at full rate.
+    table = ItemStateTable()
+    tail = ItemStateTail(scoped, table, client, KeyLayout(prefix), resync_s=3600)
+    tail.staleness_s = []
+    tail.start()
+    await asyncio.wait_for(tail.loaded.wait(), 60)
     proc = _spawn_worker(env, prefix, args.concurrency, args.max_records, artifacts, args.profile)
     try:
         first_at, first_count, first_cpu = 0.0, 0, 0.0
@@ -259,6 +270,14 @@ async def main() -> None:
         result["worker_events_per_s"] = round(worker_rate)
         result["worker_cpu_us_per_event"] = round(cpu / max(1, total - first_count) * 1e6, 1)
         result["worker_vs_raw"] = round(worker_rate / raw, 3)
+        await asyncio.sleep(1.0)  # the last batches' records
+        stale = sorted(tail.staleness_s)
+        if stale:
+            result.update(item_state_records=len(stale), item_state_titles=len(table),
+                          item_state_staleness_p50_ms=round(1000 * stale[len(stale) // 2], 1),
+                          item_state_staleness_p99_ms=round(1000 * stale[min(len(stale) - 1, int(len(stale) * 0.99))],
+                                                            1))
+        tail.staleness_s = None
         if not args.no_freshness:
             lines = (world / "events.jsonl").read_bytes().splitlines()[:50_000]
             values = [(orjson.loads(line)["user_id"].encode(), line) for line in lines]
@@ -267,6 +286,7 @@ async def main() -> None:
             result.update(freshness_rate=round(rate), freshness_sent=sent,
                           freshness_p50_ms=round(p50 * 1000, 1), freshness_p99_ms=round(p99 * 1000, 1))
     finally:
+        await tail.close()
         terminate(proc, timeout_s=30)
         await delete_state(client, KeyLayout(prefix))
         await client.aclose()

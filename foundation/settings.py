@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     topic_interactions: str = Field(topics.INTERACTIONS, description="Interaction events, keyed by user id.")
     topic_catalog: str = Field(topics.CATALOG, description="Catalog events, keyed by item id (compacted).")
     topic_item_vectors: str = Field(topics.ITEM_VECTORS, description="Item vectors from workers (compacted).")
+    topic_item_state: str = Field(
+        topics.ITEM_STATE, description="Item feature state after each worker commit, tailed by servers (compacted)."
+    )
     topic_dead_letters: str = Field(topics.DEAD_LETTERS, description="Invalid records with error and source.")
     interactions_partitions: int = Field(8, ge=1, description="Partitions of the interactions topic.")
     kafka_version: str = Field(
@@ -116,7 +119,16 @@ class Settings(BaseSettings):
         50.0, gt=0, description="Budget of the feature stage's Redis read; past it, default features (degraded)."
     )
     serving_item_state_ttl_s: float = Field(
-        1.0, ge=0, description="Seconds a candidate's item feature row is reused by a server process; 0: never."
+        1.0, ge=0, description="Without the in-process item state: seconds a candidate's item feature row read from "
+        "Redis is reused by a server process; 0: never."
+    )
+    serving_item_state_in_process: bool = Field(
+        True, description="Hold every title's feature state in each server process, fed by the item-state topic "
+        "and snapshots of Redis (online_state/item_state.py); false: read the candidates' rows from Redis."
+    )
+    serving_item_state_resync_s: float = Field(
+        300.0, gt=0, description="Seconds between a server's full re-reads of the item state from Redis (repairs "
+        "rows whose item-state record was never sent)."
     )
     serving_shared_reads_ttl_s: float = Field(
         1.0, ge=0, description="Seconds a server process reuses the trending lists and new releases (the same for "
@@ -182,6 +194,7 @@ class Settings(BaseSettings):
         return self.model_copy(update={
             "topic_interactions": f"{prefix}-{topics.INTERACTIONS}", "topic_catalog": f"{prefix}-{topics.CATALOG}",
             "topic_item_vectors": f"{prefix}-{topics.ITEM_VECTORS}",
+            "topic_item_state": f"{prefix}-{topics.ITEM_STATE}",
             "topic_dead_letters": f"{prefix}-{topics.DEAD_LETTERS}",
         })
 

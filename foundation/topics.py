@@ -41,6 +41,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_interactions, settings.interactions_partitions),
         TopicSpec(settings.topic_catalog, settings.catalog_partitions, dict(COMPACTED)),
         TopicSpec(settings.topic_item_vectors, settings.catalog_partitions, dict(COMPACTED)),
+        TopicSpec(settings.topic_item_state, settings.catalog_partitions, dict(COMPACTED)),
         TopicSpec(
             settings.topic_dead_letters,
             DEAD_LETTER_PARTITIONS,

@@ -13,9 +13,15 @@ The user's own value is read fresh for every request (it is what real-time learn
 the request's first read (:func:`~online_state.reads.read_online_state`) hands it over as a
 :class:`~online_state.feature_codec.StoredUser`.
 
-**Item state cache** (``ttl_s`` > 0): an item's counters are the same for every request and move slowly, while
-re-reading hundreds of rows costs every request Redis time. So the rows are kept in one numpy matrix per
-process, aligned to item ids, with the time each was fetched; a request fetches only its candidates whose row
+**Item state held in process** (``table``, :mod:`online_state.item_state`): when the server's copy of every
+title's state covers the read (loaded, and ``now``'s epochs held), the candidates' rows come from it and the
+read sends nothing to Redis. Otherwise (not loaded yet, or a backtest far in the past) the rows are read
+from Redis as below.
+
+**Item state cache** (``ttl_s`` > 0, without a table): an item's counters are the same for every request and
+move slowly, while re-reading hundreds of rows costs every request Redis time. So the rows are kept in one
+numpy matrix per process, aligned to item ids, with the time each was fetched;
+a request fetches only its candidates whose row
 is older than ``ttl_s`` and reads the rest from the matrix. An item's counters may so lag by up to ``ttl_s``;
 replays and evaluations that need exact point-in-time rows use ``ttl_s`` = 0. The matrix is dropped when
 ``now``'s popularity epochs change (other fields).
@@ -24,7 +30,7 @@ replays and evaluations that need exact point-in-time rows use ``ttl_s`` = 0. Th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -34,6 +40,7 @@ from numpy.typing import NDArray
 from models.features.state import ItemStates, StaticRows
 from online_state.feature_codec import StoredUser, item_fields
 from online_state.feature_store import StateSnapshot
+from online_state.item_state import ItemStateTable
 from online_state.redis_store import RedisFeatureStore
 
 HMGET_MANY: Final = """
@@ -55,8 +62,11 @@ class FeatureReader:
     (and, with ``ttl_s`` > 0, kept for that long: see the module docstring)."""
 
     def __init__(self, store: RedisFeatureStore, ttl_s: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, table: ItemStateTable | None = None) -> None:
         self.store = store
+        # Every title's state held in this process (online_state.item_state): when it covers a read, the
+        # candidates' rows come from it and the read does no I/O.
+        self.table = table
         self.script = store.client.register_script(HMGET_MANY)
         self.scripting = True  # set False after the server refused the script (no Lua): plain reads then
         self.ttl_s = ttl_s
@@ -67,6 +77,7 @@ class FeatureReader:
         self._values = np.zeros((0, 0), np.int64)
         self._fetched = np.zeros(0, np.float64)
         self.fetched_rows = 0  # rows read from Redis so far (metrics, tests)
+        self.held_reads = 0  # reads answered from the table (no I/O)
 
     def _cached_rows(self, item_ids: Sequence[str], n_fields: int, epochs: tuple[int, ...]) -> NDArray[np.int64]:
         """Matrix rows of ``item_ids`` (new ids get rows that count as never fetched)."""
@@ -85,10 +96,23 @@ class FeatureReader:
         return np.fromiter((row[i] for i in item_ids), np.int64, len(item_ids))
 
     async def read(self, user_id: str, item_ids: Sequence[str], now_ts: int, *,
-                   user: StoredUser | None = None) -> StateSnapshot:
+                   user: StoredUser | None = None, rows: Sequence[int] | None = None,
+                   universe: tuple[Sequence[str], Mapping[str, int]] | None = None) -> StateSnapshot:
         """The snapshot for ``user_id`` and ``item_ids`` at ``now_ts``; ``user``: the user's value as this
-        request read it already (``None``: read it here, in the same round trip as the items)."""
+        request read it already (``None``: read it here, in the same round trip as the items). ``rows`` and
+        ``universe`` (the caller's numbering of items: ``item_ids[j] == universe[0][rows[j]]``, and its id ->
+        row index) let the table map the candidates with one gather (:meth:`ItemStateTable.row_map`)."""
         store = self.store
+        if self.table is not None and user is not None:
+            _, epochs = item_fields(now_ts)
+            if self.table.covers(epochs):
+                self.held_reads += 1
+                if rows is not None and universe is not None:
+                    mapping = self.table.row_map(*universe)
+                    values = self.table.values_at(mapping[np.asarray(rows, np.int64)], epochs)
+                else:
+                    values = self.table.values(item_ids, epochs)
+                return store.snapshot(user_id, store.user_states(user), item_ids, values, epochs, now_ts)
         if not self.scripting or not item_ids:
             return await store.read(user_id, item_ids, now_ts, user=user)
         user_key = store.keys.user_state(user_id) if user is None else None

@@ -17,6 +17,8 @@ touches in ``KEYS`` (``ARGV[1]`` is the packed payload, aligned with ``KEYS``):
                        of the counts, then of the ``{prefix}:{epoch}`` decayed sums; when an epoch field
                        is created by this call (the reply equals the amount) the fields of epochs
                        ``epoch-2 .. epoch-6`` are deleted (they are never read again).
+``streamrec_hincr_rows`` the same, then per key ``[HINCRBY key v 1, HGETALL key]`` (the hash's new version and
+                       the hash), packed by ``cmsgpack`` (:mod:`online_state.item_state` publishes them).
 ``streamrec_zincr``    per key ``[ttl, member, amount, ...]``: ``ZINCRBY`` each, then ``EXPIRE key ttl``.
 
 Amounts travel as decimal strings (``repr`` of a float: Redis parses it back to the same double),
@@ -37,7 +39,7 @@ import msgspec
 LIBRARY_NAME: Final = "streamrec"
 # Bump the version (in the name of nothing, just the text) when a function changes: LOAD REPLACE is cheap.
 LIBRARY: Final = """#!lua name=streamrec
--- v1: streamrec_set, streamrec_hincr, streamrec_zincr (see online_state/redis_functions.py)
+-- v2: streamrec_set, streamrec_hincr, streamrec_hincr_rows, streamrec_zincr (see online_state/redis_functions.py)
 
 local function set_many(keys, args)
   local ttl = tonumber(args[1])
@@ -51,7 +53,7 @@ local function set_many(keys, args)
   return #keys
 end
 
-local function hincr_many(keys, args)
+local function hincr_keys(keys, args, rows)
   local payload = cmsgpack.unpack(args[1])
   local n = 0
   for i = 1, #keys do
@@ -71,8 +73,21 @@ local function hincr_many(keys, args)
                    prefix .. ':' .. (epoch - 4), prefix .. ':' .. (epoch - 5), prefix .. ':' .. (epoch - 6))
       end
     end
+    if rows then
+      rows[i] = {redis.call('HINCRBY', key, 'v', 1), redis.call('HGETALL', key)}
+    end
   end
   return n
+end
+
+local function hincr_many(keys, args)
+  return hincr_keys(keys, args, nil)
+end
+
+local function hincr_rows(keys, args)
+  local rows = {}
+  hincr_keys(keys, args, rows)
+  return cmsgpack.pack(rows)
 end
 
 local function zincr_many(keys, args)
@@ -91,6 +106,7 @@ end
 
 redis.register_function('streamrec_set', set_many)
 redis.register_function('streamrec_hincr', hincr_many)
+redis.register_function('streamrec_hincr_rows', hincr_rows)
 redis.register_function('streamrec_zincr', zincr_many)
 """
 
@@ -124,13 +140,24 @@ def set_many(pipe: Any, keys: Sequence[str], values: Sequence[bytes], ttl_s: int
     return 1
 
 
-def hincr_many(pipe: Any, keys: Sequence[str], entries: Sequence[tuple[list[str], list[str]]]) -> int:
+def hincr_many(pipe: Any, keys: Sequence[str], entries: Sequence[tuple[list[str], list[str]]], *,
+               rows: bool = False) -> int:
     """Queue the item increments (``entries[i]`` = (``[field, amount, ...]``, ``[prefix, epoch, amount, ...]``)
-    for ``keys[i]``) as one command; returns the commands queued (0 or 1)."""
+    for ``keys[i]``) as one command; returns the commands queued (0 or 1). ``rows``: also bump each hash's
+    version and reply with every hash as it is after the call (``streamrec_hincr_rows``: :func:`decode_rows`)."""
     if not keys:
         return 0
-    pipe.execute_command("FCALL", "streamrec_hincr", len(keys), *keys, _pack(entries))
+    pipe.execute_command("FCALL", "streamrec_hincr_rows" if rows else "streamrec_hincr", len(keys), *keys,
+                         _pack(entries))
     return 1
+
+
+_decode_rows = msgspec.msgpack.Decoder(list[tuple[int, list[str]]]).decode
+
+
+def decode_rows(reply: bytes) -> list[tuple[int, list[str]]]:
+    """The reply of ``streamrec_hincr_rows``: per key (its new version, its ``HGETALL`` flat names and values)."""
+    return _decode_rows(reply)
 
 
 def zincr_many(pipe: Any, keys: Sequence[str], entries: Sequence[list[Any]]) -> int:

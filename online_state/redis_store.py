@@ -51,8 +51,9 @@ from models.features.state import (
 )
 from online_state.feature_codec import StoredUser, UserStateCodec, item_fields, item_states, parse_item_rows
 from online_state.feature_store import OnlineFeatureStore, StateSnapshot
+from online_state.item_state import VERSION_FIELD
 from online_state.keys import DEFAULT_KEYS, KeyLayout
-from online_state.redis_functions import hincr_many, set_many
+from online_state.redis_functions import decode_rows, hincr_many, set_many
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -74,6 +75,12 @@ class ApplyPlan:
     # (reply index, key, prefix, epoch, amount) of the popularity increments (non-bulk path)
     pop_writes: list[tuple[int, str, str, int, int]] = field(default_factory=list)
     cleanup: dict[str, set[str]] = field(default_factory=dict)
+    # With read_back: the item ids whose hash the transaction reads back, and where the replies are (the
+    # bulk path: one FCALL reply of every row; else one HGETALL reply per item).
+    row_items: list[str] = field(default_factory=list)
+    row_replies: list[int] = field(default_factory=list)
+    # After the EXEC: item id -> (its hash's version, the hash as HGETALL read it: flat list or dict).
+    rows: dict[str, tuple[int, Any]] = field(default_factory=dict)
 
     def stats(self, round_trips: int) -> ApplyStats:
         return ApplyStats(events=len(self.batch), users_written=len(self.touched), items_written=self.items_written,
@@ -106,6 +113,7 @@ class RedisFeatureStore(OnlineFeatureStore):
         user_ttl_s: int | None = DEFAULT_USER_TTL_S,
         transaction: bool = True,
         bulk: bool = False,
+        read_back: bool = False,
     ) -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("RedisFeatureStore needs a client with decode_responses=False (it parses bytes)")
@@ -117,6 +125,9 @@ class RedisFeatureStore(OnlineFeatureStore):
         # bulk: one MGET for the users and the writes as FCALLs (redis_functions; the library must be
         # loaded); else one command per user and per item field (any Redis, fakeredis too).
         self.bulk = bulk
+        # read_back: every item write also bumps the hash's version and reads the hash back in the same
+        # transaction (plan.rows after the EXEC), for the servers' copies (online_state.item_state).
+        self.read_back = read_back
         self.codec = UserStateCodec(static.genre_vocab)
         self._cleanup: dict[str, set[str]] = {}  # item key -> old epoch fields to delete next batch
 
@@ -124,7 +135,7 @@ class RedisFeatureStore(OnlineFeatureStore):
         """This store over a newer catalogue (a worker's grows as titles arrive); the epoch clean-ups still
         pending carry over."""
         store = RedisFeatureStore(self.client, static, keys=self.keys, user_ttl_s=self.user_ttl_s,
-                                  transaction=self.transaction, bulk=self.bulk)
+                                  transaction=self.transaction, bulk=self.bulk, read_back=self.read_back)
         store._cleanup = self._cleanup
         return store
 
@@ -194,7 +205,7 @@ class RedisFeatureStore(OnlineFeatureStore):
         item_keys: Sequence[str] = batch.item_keys
         if self.bulk:
             plan.commands = self._queue_bulk(pipe, [self.keys.user_state(user_ids[u]) for u in touched], blobs, deltas,
-                                             item_keys)
+                                             item_keys, plan)
             return plan.commands
         for u, blob in zip(touched, blobs, strict=True):
             pipe.set(self.keys.user_state(user_ids[u]), blob, ex=self.user_ttl_s)
@@ -216,11 +227,19 @@ class RedisFeatureStore(OnlineFeatureStore):
         for key, stale in plan.cleanup.items():
             pipe.hdel(key, *sorted(stale))
             commands += 1
+        if self.read_back:
+            for pos in deltas.item.tolist():
+                key = self.keys.item_state(item_keys[pos])
+                pipe.hincrby(key, VERSION_FIELD, 1)
+                pipe.hgetall(key)
+                plan.row_items.append(item_keys[pos])
+                plan.row_replies.append(commands + 1)
+                commands += 2
         plan.commands = commands
         return commands
 
     def _queue_bulk(self, pipe: Any, user_keys: list[str], blobs: list[bytes], deltas: Any,
-                    item_keys: Sequence[str]) -> int:
+                    item_keys: Sequence[str], plan: ApplyPlan) -> int:
         """The batch's writes as three ``FCALL`` s (:mod:`online_state.redis_functions`): the
         user values, then every item's count and popularity increments (old epochs cleaned up inside)."""
         commands = set_many(pipe, user_keys, blobs, self.user_ttl_s)
@@ -241,8 +260,11 @@ class RedisFeatureStore(OnlineFeatureStore):
                     entry = entries[pos] = ([], [])
                 entry[1].extend((field_prefix, str(epoch), str(amount)))
         if entries:
+            if self.read_back:
+                plan.row_items = [item_keys[pos] for pos in entries]
+                plan.row_replies = [commands]
             commands += hincr_many(pipe, [self.keys.item_state(item_keys[pos]) for pos in entries],
-                                   list(entries.values()))
+                                   list(entries.values()), rows=self.read_back)
         return commands
 
     def committed(self, plan: ApplyPlan, replies: list[Any]) -> None:
@@ -251,6 +273,12 @@ class RedisFeatureStore(OnlineFeatureStore):
         for index, key, field_prefix, epoch, amount in plan.pop_writes:
             if replies[index] == amount:  # this batch created the field: a new epoch for the item
                 self._cleanup.setdefault(key, set()).update(f"{field_prefix}:{epoch - k}" for k in _CLEANUP_EPOCHS)
+        if plan.row_items:
+            if self.bulk:
+                rows: list[tuple[int, Any]] = decode_rows(replies[plan.row_replies[0]])
+            else:  # HINCRBY v, then HGETALL (a dict by redis-py's callback)
+                rows = [(int(replies[i - 1]), replies[i]) for i in plan.row_replies]
+            plan.rows = dict(zip(plan.row_items, rows, strict=True))
 
     def failed(self, plan: ApplyPlan) -> None:
         """The transaction did not commit: nothing was deleted, so the clean-ups are due again."""

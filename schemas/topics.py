@@ -11,6 +11,7 @@ from typing import Final
 INTERACTIONS: Final = "interactions"  # key: user id; interaction and user_upsert events
 CATALOG: Final = "catalog"  # key: item id; compacted; item_upsert / item_remove
 ITEM_VECTORS: Final = "item-vectors"  # key: item id; compacted; written by workers, tailed by servers
+ITEM_STATE: Final = "item-state"  # key: item id; compacted; item hashes after each commit, tailed by servers
 DEAD_LETTERS: Final = "dead-letters"  # key: the source record's key; value: the original bytes
 
 # A dead letter's value is the original record's bytes, unchanged; why it was refused and where

@@ -156,6 +156,11 @@ async def _handle(request: web.Request, handler: Callable[[web.Request], Awaitab
     except web.HTTPException as exc:  # aiohttp's own 404 / 405: same JSON shape as ours
         field = {404: "path", 405: "method"}.get(exc.status, "request")
         response = _error(exc.status, field, exc.reason, request_id)
+    except ConnectionResetError:
+        # The client hung up while its body was being read: nothing of ours failed and nobody reads the answer
+        # (aiohttp drops it quietly); not the traceback of an "unhandled error".
+        log.debug("client closed the connection mid-request", endpoint=endpoint, request_id=request_id)
+        response = _error(400, "body", "the connection closed before the body was read", request_id)
     except Exception:
         # Handlers answer the service's failures themselves; reaching here is a bug of ours. Say so in the log and
         # answer without a 5xx body the client cannot parse.

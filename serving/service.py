@@ -1,9 +1,11 @@
 """The serving core: ``RecommendationService`` reads the online state and answers with THE pipeline.
 
-One request (``recommend``): one pipelined Redis read of the user's online state (:mod:`online_state.reads`)
-under ``candidates_timeout_ms``; :func:`models.recommend.pipeline.retrieve`; one round trip for the
-candidates' feature state (:class:`online_state.feature_reads.FeatureReader`) under ``features_timeout_ms``;
-:func:`models.recommend.pipeline.rank_and_answer`. Offline evaluation calls the same two pipeline functions.
+One request (``recommend``): one Redis command, the ``MGET`` of the user's online state (:mod:`online_state.reads`)
+under ``candidates_timeout_ms`` (the trending lists and new releases are process state, refreshed in the
+background); :func:`models.recommend.pipeline.retrieve`; the candidates' feature state from this process's copy
+of every title's state (:mod:`online_state.item_state`, fed by :mod:`serving.item_state_tail`; read from Redis
+under ``features_timeout_ms`` only until the copy is loaded); :func:`models.recommend.pipeline.rank_and_answer`.
+Offline evaluation calls the same two pipeline functions.
 
 Degrading, not failing: a Redis read that fails or times out is replaced by what the process has (the last
 trending and new-release lists, the bundle's history and vector of the user, the features' defaults) and the
@@ -43,10 +45,12 @@ from models.recommend.pipeline import (
 )
 from online_state.feature_codec import StoredUser
 from online_state.feature_reads import FeatureReader
+from online_state.item_state import ItemStateTable
 from online_state.keys import KeyLayout
-from online_state.reads import RequestScopes, SharedReads, read_online_state
+from online_state.reads import RequestScopes, SharedReads, read_online_state, refresh_shared
 from online_state.redis_store import RedisFeatureStore
 from serving import metrics
+from serving.item_state_tail import ItemStateTail
 from serving.live_tail import LiveTail
 from serving.options import ServingOptions, options_from_settings
 
@@ -89,6 +93,10 @@ class RecommendationService:
         # Trending lists and new releases, shared by every request for shared_reads_ttl_s (not model state),
         # and the last ones read, for answers while Redis cannot be read.
         self.shared_reads = SharedReads(options.shared_reads_ttl_s)
+        self._shared_task: asyncio.Task[None] | None = None
+        # Every title's feature state, held here (None: read from Redis per request); fed by item_tail.
+        self.item_states: ItemStateTable | None = served.reader.table if served.reader is not None else None
+        self.item_tail: ItemStateTail | None = None
         self.reloads = 0
         self._post_changes: dict[str, Any] = {}
 
@@ -110,10 +118,21 @@ class RecommendationService:
         # Short socket timeouts: a dead or hung Redis must fail inside the stage budget, not after seconds.
         redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=options.redis_timeout_s,
                                         socket_timeout=options.redis_timeout_s, retry_on_timeout=False)
-        service = cls(settings, root, cls._serve(model, redis, options), redis, options)
+        table = ItemStateTable() if options.item_state_in_process else None
+        service = cls(settings, root, cls._serve(model, redis, options, table), redis, options)
         # Open a connection now so that the first request does not pay the connect inside its budget.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(redis.ping(), options.redis_timeout_s)
+            async with asyncio.timeout(options.redis_timeout_s):
+                await redis.ping()
+        if table is not None:
+            service.item_tail = ItemStateTail(settings, table, redis, KeyLayout(options.redis_prefix),
+                                              kafka=tail_index, resync_s=options.item_state_resync_s)
+            if not tail_index:  # no Kafka: the snapshot is the feed; take the first one before serving
+                with contextlib.suppress(Exception):
+                    await service.item_tail.load()
+            service.item_tail.start()
+        if options.shared_reads_ttl_s > 0:
+            service._shared_task = asyncio.create_task(service._refresh_shared(), name="serving-shared-lists")
         if tail_index:
             service.tail = LiveTail(settings, service._apply_live)
             service.tail.start()
@@ -125,7 +144,8 @@ class RecommendationService:
         return service
 
     @staticmethod
-    def _serve(model: RecommenderModel, redis: Any, options: ServingOptions) -> _Served:
+    def _serve(model: RecommenderModel, redis: Any, options: ServingOptions,
+               table: ItemStateTable | None = None) -> _Served:
         post = model.config.post
         changes = {"diversity": options.diversity, "original_boost": options.original_boost,
                    "new_release_boost": options.new_release_boost,
@@ -134,13 +154,16 @@ class RecommendationService:
         if changes:
             post = dataclasses.replace(post, **changes)
         store = RedisFeatureStore(redis, model.static, keys=KeyLayout(options.redis_prefix))
-        return _Served(model, store, post, FeatureReader(store, options.item_state_ttl_s))
+        return _Served(model, store, post, FeatureReader(store, options.item_state_ttl_s, table=table))
 
     async def close(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch_task
+        for task in (self._watch_task, self._shared_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.item_tail is not None:
+            await self.item_tail.close()
         if self.tail is not None:
             await self.tail.close()
         with contextlib.suppress(Exception):
@@ -155,9 +178,12 @@ class RecommendationService:
     async def use_redis(self, client: Any) -> None:
         """Point the service at another Redis client (failover; tests redirect it to a dead port)."""
         old, self.redis = self.redis, client
+        if self.item_tail is not None:
+            self.item_tail.redis = client
         served = self._served
         store = RedisFeatureStore(client, served.model.static, keys=served.store.keys)
-        self._served = _Served(served.model, store, served.post, FeatureReader(store, self.options.item_state_ttl_s))
+        self._served = _Served(served.model, store, served.post,
+                               FeatureReader(store, self.options.item_state_ttl_s, table=self.item_states))
         with contextlib.suppress(Exception):
             await old.aclose()
 
@@ -168,6 +194,22 @@ class RecommendationService:
     @property
     def model(self) -> RecommenderModel:
         return self._served.model
+
+    async def _refresh_shared(self) -> None:
+        """Keep the shared lists (trending per scope, new releases) fresh off the request path: every
+        ``shared_reads_ttl_s / 2``, one round trip for every list requests wanted (online_state.reads)."""
+        period = max(self.options.shared_reads_ttl_s / 2, 0.05)
+        failing = False
+        while True:
+            await asyncio.sleep(period)
+            try:
+                async with asyncio.timeout(self.options.redis_timeout_s * 4):
+                    await refresh_shared(self.redis, self._served.store.keys, self.shared_reads, _now_ms())
+                failing = False
+            except Exception as exc:  # Redis away: requests read (and degrade) themselves; log once per outage
+                if not failing:
+                    log.warning("serving.shared_lists_failed", error=repr(exc))
+                failing = True
 
     # -- live index and hot reload ---------------------------------------------------------------------
 
@@ -215,7 +257,7 @@ class RecommendationService:
             model.apply_catalog(events)
             model.apply_vectors(vectors)
         old = self.model_version
-        served = self._serve(model, self.redis, self.options)
+        served = self._serve(model, self.redis, self.options, self.item_states)
         if self._post_changes:
             served = _Served(model, served.store, dataclasses.replace(served.post, **self._post_changes),
                              served.reader)
@@ -244,10 +286,13 @@ class RecommendationService:
         degraded: list[str] = []
         cfg = model.config.candidates
         try:
-            online = await asyncio.wait_for(read_online_state(
-                self.redis, served.store.keys, req.user_id, RequestScopes(req.country, req.device, req.hour), now,
-                trending_k=cfg.popular, new_k=2 * cfg.new_releases, window=opts.trending_window, space=model.space,
-                dim=model.dim, shared=self.shared_reads), opts.candidates_timeout_ms / 1000)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can drop the inner task's own error when the
+            # budget and redis-py's socket timeout fire together ("Task exception was never retrieved").
+            async with asyncio.timeout(opts.candidates_timeout_ms / 1000):
+                online = await read_online_state(
+                    self.redis, served.store.keys, req.user_id, RequestScopes(req.country, req.device, req.hour), now,
+                    trending_k=cfg.popular, new_k=2 * cfg.new_releases, window=opts.trending_window,
+                    space=model.space, dim=model.dim, shared=self.shared_reads)
         except Exception as exc:
             degraded.append("redis_timeout_candidates" if isinstance(exc, TimeoutError) else "redis_candidates")
             online = self.shared_reads.last_known()
@@ -281,8 +326,10 @@ class RecommendationService:
         ids = retrieved.item_ids(model)
         try:
             assert served.reader is not None
-            snap = await asyncio.wait_for(served.reader.read(req.user_id, ids, now, user=user_value),
-                                          self.options.features_timeout_ms / 1000)
+            items = model.items
+            async with asyncio.timeout(self.options.features_timeout_ms / 1000):
+                snap = await served.reader.read(req.user_id, ids, now, user=user_value, rows=retrieved.candidates.items,
+                                                universe=(items.ids, items.index))
             return RankingState(snap.user, snap.items, snap.static), None
         except Exception as exc:
             problem = "redis_timeout_features" if isinstance(exc, TimeoutError) else "redis_features"
@@ -331,12 +378,18 @@ class RecommendationService:
         model = self._served.model
         redis_ok = False
         with contextlib.suppress(Exception):
-            redis_ok = bool(await asyncio.wait_for(self.redis.ping(), self.options.redis_timeout_s))
+            async with asyncio.timeout(self.options.redis_timeout_s):
+                redis_ok = bool(await self.redis.ping())
         caught_up = self.tail.caught_up if self.tail is not None else True
         lag = max(self.tail.lag, 0) if self.tail is not None else 0
         metrics.INDEX_LAG.set(lag)
+        table = self.item_states
         return {"ready": caught_up, "bundle": model.version, "redis": redis_ok,
-                "index": {"size": model.cf_index.n_live, "lag": lag, "caught_up": caught_up}}
+                "index": {"size": model.cf_index.n_live, "lag": lag, "caught_up": caught_up},
+                # Until loaded, the candidates' rows are read from Redis (answers are the same, slower).
+                "item_state": {"in_process": table is not None, "loaded": bool(table is not None and table.loaded),
+                               "items": len(table) if table is not None else 0,
+                               "reads_held": self._served.reader.held_reads if self._served.reader else 0}}
 
 
 def _ms(timings: dict[str, float]) -> dict[str, float]:

@@ -77,6 +77,9 @@ class Effect(Generic[E]):
     def failed(self, batch: Batch[E], reads: Reads[Any]) -> None:
         """The transaction did not commit (fenced or failed): nothing this effect queued was written."""
 
+    async def idle(self, timeout_s: float = 5.0) -> None:
+        """Wait (at most ``timeout_s``) for what this effect sends after its commits (before the worker stops)."""
+
 
 @dataclass
 class EffectContext:

@@ -15,6 +15,7 @@ from online_state.redis_store import ApplyPlan, RedisFeatureStore
 from schemas.events import InteractionEvent
 from streams.catalogue import LiveCatalogue
 from streams.effects import Batch, Effect, EffectContext, Reads
+from streams.item_state import ItemStatePublisher
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +33,13 @@ class FeatureStoreEffect(Effect[InteractionEvent]):
 
     name = "features"
 
-    def __init__(self, store: RedisFeatureStore, catalogue: LiveCatalogue) -> None:
+    def __init__(self, store: RedisFeatureStore, catalogue: LiveCatalogue,
+                 publisher: ItemStatePublisher | None = None) -> None:
         self.store = store
         self.catalogue = catalogue
+        # The servers' copies of the item state (online_state.item_state): the hashes this batch changed, as
+        # read back inside its transaction, go to the item-state topic once it committed.
+        self.publisher = publisher
 
     def _current(self) -> RedisFeatureStore:
         static = self.catalogue.static()
@@ -56,14 +61,24 @@ class FeatureStoreEffect(Effect[InteractionEvent]):
 
     def committed(self, batch: Batch[InteractionEvent], reads: Reads[_Planned], replies: list[Any]) -> None:
         if reads.state is not None:
-            reads.state.store.committed(reads.state.plan, replies)
+            plan = reads.state.plan
+            reads.state.store.committed(plan, replies)
+            if self.publisher is not None and plan.rows:
+                self.publisher.note(plan.rows)
 
     def failed(self, batch: Batch[InteractionEvent], reads: Reads[_Planned]) -> None:
         if reads.state is not None:
             reads.state.store.failed(reads.state.plan)
 
 
+    async def idle(self, timeout_s: float = 5.0) -> None:
+        if self.publisher is not None:
+            await self.publisher.idle(timeout_s)
+
+
 def make_effect(ctx: EffectContext) -> FeatureStoreEffect:
     catalogue = ctx.catalog if ctx.catalog is not None else LiveCatalogue()
-    store = RedisFeatureStore(ctx.redis, catalogue.static(), keys=ctx.keys, bulk=ctx.bulk)
-    return FeatureStoreEffect(store, catalogue)
+    publisher = ItemStatePublisher(ctx.producer, ctx.settings.topic_item_state) if ctx.producer is not None else None
+    store = RedisFeatureStore(ctx.redis, catalogue.static(), keys=ctx.keys, bulk=ctx.bulk,
+                              read_back=publisher is not None)
+    return FeatureStoreEffect(store, catalogue, publisher)

@@ -59,3 +59,10 @@ def serve(port: int) -> bool:
         start_http_server(port)
         _served.add(port)
     return True
+ITEM_STATE_PUBLISHED: Final = Counter(
+    "streamrec_worker_item_state_published_total",
+    "Item-state records (an item hash after a commit) sent to the item-state topic for the servers' copies.",
+)
+ITEM_STATE_PENDING: Final = Gauge(
+    "streamrec_worker_item_state_pending", "Item-state records committed in Redis and not yet sent (one per item).",
+)

@@ -187,6 +187,9 @@ class Worker:
                  catalog_effects=[e.name for e in self.catalog_effects])
 
     async def stop(self) -> None:
+        for effect in [*self.effects, *self.catalog_effects]:
+            with contextlib.suppress(Exception):
+                await effect.idle()
         if self.consumer is not None and self._uncommitted:
             with contextlib.suppress(Exception):
                 await self._commit_kafka()

@@ -129,4 +129,8 @@ async def test_offline_and_served_answers_are_the_same(stack: Settings, redis_cl
             assert [i["reason"] for i in served["items"]] == [i["reason"] for i in offline]
             compared += 1
             with_items += bool(offline)
+        ready = await (await client.get("/readyz")).json()
+        # The served side read every candidate row from its in-process copy of the item state (a snapshot of
+        # Redis here: no Kafka tail), the offline side from Redis: the same answers.
+        assert ready["item_state"]["loaded"] and ready["item_state"]["reads_held"] == compared, ready
     assert compared == len(users) + 1 and with_items == compared

@@ -218,6 +218,7 @@ async def test_serve_command_runs_replicas_and_stops_on_sigterm(
     port = free_port()
     env = {**stack_env, "STREAMREC_TOPIC_CATALOG": settings.topic_catalog,
            "STREAMREC_TOPIC_ITEM_VECTORS": settings.topic_item_vectors,
+           "STREAMREC_TOPIC_ITEM_STATE": settings.topic_item_state,
            "STREAMREC_TOPIC_INTERACTIONS": settings.topic_interactions}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp_path / "serve.log"

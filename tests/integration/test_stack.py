@@ -94,6 +94,7 @@ async def test_topics_have_partitions_and_configs(stack: Settings) -> None:
         stack.topic_interactions: stack.interactions_partitions,
         stack.topic_catalog: stack.catalog_partitions,
         stack.topic_item_vectors: stack.catalog_partitions,
+        stack.topic_item_state: stack.catalog_partitions,
         stack.topic_dead_letters: 4,
     }
     configs = {
@@ -103,6 +104,7 @@ async def test_topics_have_partitions_and_configs(stack: Settings) -> None:
     }
     assert configs[stack.topic_catalog]["cleanup.policy"] == "compact"
     assert configs[stack.topic_item_vectors]["cleanup.policy"] == "compact"
+    assert configs[stack.topic_item_state]["cleanup.policy"] == "compact"
     assert configs[stack.topic_interactions]["cleanup.policy"] == "delete"
     assert configs[stack.topic_dead_letters]["cleanup.policy"] == "delete"
     assert configs[stack.topic_dead_letters]["retention.ms"] == str(DEAD_LETTER_RETENTION_MS)
@@ -117,7 +119,7 @@ async def test_ensure_topics_creates_missing_topics(stack: Settings) -> None:
     names = {
         "topic_interactions": f"it-interactions-{suffix}",
         "topic_catalog": f"it-catalog-{suffix}",
-        "topic_item_vectors": f"it-item-vectors-{suffix}",
+        "topic_item_vectors": f"it-item-vectors-{suffix}", "topic_item_state": f"it-item-state-{suffix}",
         "topic_dead_letters": f"it-dead-letters-{suffix}",
     }
     settings = stack.model_copy(update=names)

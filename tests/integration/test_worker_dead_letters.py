@@ -28,7 +28,8 @@ def per_test_settings(stack: Settings, tag: str) -> Settings:
     suffix = f"{tag}-{uuid.uuid4().hex[:8]}"
     return stack.model_copy(update={
         "topic_interactions": f"interactions-{suffix}", "topic_catalog": f"catalog-{suffix}",
-        "topic_item_vectors": f"item-vectors-{suffix}", "topic_dead_letters": f"dead-letters-{suffix}",
+        "topic_item_vectors": f"item-vectors-{suffix}", "topic_item_state": f"item-state-{suffix}",
+        "topic_dead_letters": f"dead-letters-{suffix}",
         "interactions_partitions": 4, "catalog_partitions": 2,
     })
 

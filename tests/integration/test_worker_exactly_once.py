@@ -119,7 +119,8 @@ def _settings(stack: Settings, tag: str) -> Settings:
     suffix = f"{tag}-{uuid.uuid4().hex[:8]}"
     return stack.model_copy(update={
         "topic_interactions": f"interactions-{suffix}", "topic_catalog": f"catalog-{suffix}",
-        "topic_item_vectors": f"item-vectors-{suffix}", "topic_dead_letters": f"dead-letters-{suffix}",
+        "topic_item_vectors": f"item-vectors-{suffix}", "topic_item_state": f"item-state-{suffix}",
+        "topic_dead_letters": f"dead-letters-{suffix}",
         "interactions_partitions": PARTITIONS,
     })
 
@@ -156,6 +157,7 @@ def _env(stack_env: dict[str, str], settings: Settings) -> dict[str, str]:
     return {**stack_env, "STREAMREC_TOPIC_INTERACTIONS": settings.topic_interactions,
             "STREAMREC_TOPIC_CATALOG": settings.topic_catalog,
             "STREAMREC_TOPIC_ITEM_VECTORS": settings.topic_item_vectors,
+            "STREAMREC_TOPIC_ITEM_STATE": settings.topic_item_state,
             "STREAMREC_TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
             "STREAMREC_INTERACTIONS_PARTITIONS": str(PARTITIONS), "STREAMREC_LOG_LEVEL": "WARNING",
             "STREAMREC_ARTIFACTS": "/nonexistent-bundle"}  # the bundle comes as --artifacts

@@ -75,7 +75,8 @@ async def test_rebuild_after_flush_restores_the_same_state(
     suffix = uuid.uuid4().hex[:8]
     settings = stack.model_copy(update={
         "topic_interactions": f"interactions-rb-{suffix}", "topic_catalog": f"catalog-rb-{suffix}",
-        "topic_item_vectors": f"item-vectors-rb-{suffix}", "topic_dead_letters": f"dead-letters-rb-{suffix}",
+        "topic_item_vectors": f"item-vectors-rb-{suffix}", "topic_item_state": f"item-state-rb-{suffix}",
+        "topic_dead_letters": f"dead-letters-rb-{suffix}",
         "interactions_partitions": PARTITIONS,
     })
     await ensure_topics_retrying(settings)
@@ -92,6 +93,7 @@ async def test_rebuild_after_flush_restores_the_same_state(
     env = {**stack_env, "STREAMREC_TOPIC_INTERACTIONS": settings.topic_interactions,
            "STREAMREC_TOPIC_CATALOG": settings.topic_catalog,
            "STREAMREC_TOPIC_ITEM_VECTORS": settings.topic_item_vectors,
+           "STREAMREC_TOPIC_ITEM_STATE": settings.topic_item_state,
            "STREAMREC_TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
            "STREAMREC_INTERACTIONS_PARTITIONS": str(PARTITIONS), "STREAMREC_ARTIFACTS": str(tmp_path / "none")}
 

@@ -50,3 +50,21 @@ def test_an_app_limited_server_keeps_its_limit() -> None:
     limiter = AdaptiveLimiter(LimitConfig(initial=50, min_limit=2, max_limit=200))
     _run(limiter, 100, 0.5, 3)
     assert limiter.current_limit == 50
+
+
+def test_a_cpu_bound_loop_under_lasting_overload_keeps_a_small_limit() -> None:
+    # One event loop: a request's latency is its own 5 ms times the requests it shares the CPU with. Demand stays
+    # at 4x what the loop can take for a long time: the limit must settle low and stay there (Gradient2's
+    # all-sample long-term average drifted up with the queued samples, and the limit with it).
+    limiter = AdaptiveLimiter(LimitConfig(initial=20, min_limit=2, max_limit=200))
+    service = 0.005
+    limits = []
+    for _ in range(3000):
+        admitted = sum(limiter.try_acquire() for _ in range(400))
+        for _ in range(admitted):
+            limiter.release(service * limiter.in_flight)
+        limits.append(limiter.current_limit)
+    assert max(limits[-1000:]) <= 6, limits[-20:]
+    # And once more work no longer means more latency (a faster machine, an I/O-bound spell), it grows back.
+    _run(limiter, 100, service, 400)
+    assert limiter.current_limit >= 20

@@ -400,3 +400,47 @@ def test_every_route_is_documented_and_every_documented_path_is_routed() -> None
               if route.resource is not None and route.method != "HEAD"}
     documented = {(path, method) for path, item in openapi_document()["paths"].items() for method in item}
     assert routed == documented
+
+
+
+async def test_a_client_hanging_up_mid_body_is_not_an_unhandled_error() -> None:
+    from aiohttp import web
+
+    from serving.http_metrics import FALLBACK_ANSWERS, REQUEST_SECONDS
+
+    publisher = StubPublisher()
+
+    async def service_factory(settings: Settings, artifacts: Path | None) -> StubService:
+        return StubService()
+
+    app = create_app(_settings(), service_factory=service_factory, publisher_factory=lambda settings: publisher)
+    # As `streamrec serve` runs it (web.run_app): a client's hang-up does not cancel the handler, whose body read
+    # fails instead (aiohttp's TestServer cancels handlers, which would skip the path under test).
+    runner = web.AppRunner(app, handler_cancellation=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    unhandled = FALLBACK_ANSWERS.labels(EVENTS, "unhandled")
+    answered_400 = REQUEST_SECONDS.labels(EVENTS, "400")
+    unhandled_before, count_before = unhandled._value.get(), _histogram_count(answered_400)
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5000\r\n\r\n[{\"type\": \"play\"")  # a body promised, never sent
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()  # the client is gone while the handler reads its body
+        for _ in range(200):
+            if _histogram_count(answered_400) > count_before:
+                break
+            await asyncio.sleep(0.01)
+        assert _histogram_count(answered_400) == count_before + 1
+        assert unhandled._value.get() == unhandled_before
+        assert publisher.published == []
+    finally:
+        await runner.cleanup()
+
+
+def _histogram_count(child: Any) -> float:
+    return sum(bucket.get() for bucket in child._buckets)

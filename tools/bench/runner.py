@@ -141,7 +141,8 @@ def summarize_replay(raw: dict[str, Any]) -> Summary:
 def summarize_worker(raw: dict[str, Any]) -> Summary:
     if "worker_events_per_s" not in raw:
         return generic_summary(raw)
-    return Summary(_pick(raw, "worker_events_per_s", "freshness_p50_ms", "freshness_p99_ms", "freshness_rate"),
+    return Summary(_pick(raw, "worker_events_per_s", "freshness_p50_ms", "freshness_p99_ms", "freshness_rate",
+                         "item_state_staleness_p50_ms", "item_state_staleness_p99_ms", "item_state_records"),
                    {"raw_consume_events_per_s": raw.get("raw_events_per_s")}, _round(raw.get("worker_vs_raw")))
 
 
@@ -162,9 +163,35 @@ def summarize_serving(raw: dict[str, Any]) -> Summary:
         figures["p99_over_50ms_bound"] = knee.get("bound")
     elif knee is not None:
         figures["p99_over_50ms_at_rps"] = knee
+    figures.update(overload_figures(raw.get("overload")))
     floor = raw.get("floor") if isinstance(raw.get("floor"), dict) else {}
     floor = {k: _round(v, 3) for k, v in floor.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     return Summary(figures, floor, _round(raw.get("p50_over_floor")))
+
+
+def overload_figures(overload: Any) -> dict[str, Any]:
+    """The overload bursts of bench_serving (``overload`` of its output) as flat figures: per burst ``@Nx``, the
+    admitted p99, the shed share and time to shed, other non-200, recovery, the largest RSS ratio 10 s after over
+    before (of the server processes) and the goals' verdict (``PASS``/``FAIL``)."""
+    if not isinstance(overload, dict) or not overload.get("bursts"):
+        return {}
+    figures: dict[str, Any] = {"overload_capacity_rps": (overload.get("capacity") or {}).get("rps")}
+    for burst in overload["bursts"]:
+        at = f"@{burst['multiplier']:g}x"
+        recovered = (burst.get("recovery") or {})
+        ratios = [row.get("after_over_before") for row in (burst.get("rss") or {}).get("processes", [])]
+        ratios = [r for r in ratios if isinstance(r, int | float)]
+        figures.update({
+            f"overload_achieved_rps{at}": burst.get("achieved_rps"),
+            f"overload_admitted_p99_ms{at}": _round(burst.get("p99_ms"), 2),
+            f"overload_shed_share{at}": burst.get("shed_share"),
+            f"overload_shed_p99_ms{at}": _round(burst.get("shed_p99_ms"), 2),
+            f"overload_other_non_200{at}": burst.get("other_non_200"),
+            f"overload_recovered_s{at}": recovered.get("p99_recovered_s"),
+            f"overload_rss_after_over_before{at}": max(ratios) if ratios else None,
+            f"overload_goals{at}": "PASS" if burst.get("pass") else "FAIL",
+        })
+    return figures
 
 
 def summarize_freshness(raw: dict[str, Any]) -> Summary:
