@@ -1,7 +1,7 @@
 """Latency of ``RecommendationService.recommend()`` per stage, beside floors measured in the same run.
 
     STREAMREC_REDIS_URL=redis://127.0.0.1:46379/0 python benchmarks/bench_pipeline.py \
-        [--artifacts DIR --data DIR] [--requests 300] [--users 400 --items 3000 --events 30000]
+        [--artifacts DIR --data DIR] [--requests 300] [--users 400 --items 3000 --events 30000] [--candidates 1000]
 
 Needs a running Redis (``streamrec stack up``; Kafka is not used: the live tail and the bundle
 watcher are off). Without ``--artifacts`` it generates a world and trains a bundle first (~1-2 min).
@@ -9,8 +9,9 @@ Redis is loaded with realistic online state for the world's events re-stamped to
 feature state through ``RedisFeatureStore.apply``, trending through ``TrendingEffect``, online user
 vectors (the bundle's CF vectors) — so every source and every feature read hits real keys.
 
-Requests cycle over the bundle's users (with context), after a warm-up. Per stage the median over
-requests of the service's own ``timings_ms``; the floors, timed in blocks interleaved with the
+``--candidates N`` scales the bundle's retrieval budgets (all sources in proportion) until about N candidates
+are merged per request. Requests cycle over the bundle's users (with context), after a warm-up. Per stage
+the median over requests of the service's own ``timings_ms``; the floors, timed in blocks interleaved with the
 requests so that noise from the shared machine lands on both:
 
 - candidates floor: one HNSW query for as many items as the request's merged candidates plus one
@@ -20,6 +21,11 @@ requests so that noise from the shared machine lands on both:
   pipeline of ``RedisFeatureStore.read`` (``features_hmget_pipeline``);
 - ranking floor: ``InferenceSession.run`` on the same-sized, pre-built feed.
 
+Beside the wall medians, CPU (``time.thread_time``, this thread's): of each ``service.recommend()`` call,
+and per stage of the same request replayed part by part right after it (the service's own functions, see
+``_staged_cpu``), so that CPU spent in the process shows apart from time spent waiting on Redis or on the
+other processes of a shared machine.
+
 Prints a table and one JSON line.
 """
 
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import platform
 import statistics
@@ -44,9 +51,18 @@ from models.config import TwoStageConfig
 from models.features.hashing import hash_str
 from models.features.rows import RequestContext, feature_batch
 from models.features.state import EventBatch, ItemStates
-from models.recommend.pipeline import RecommendRequest, Snapshot, extra_dense, retrieve
+from models.recommend.pipeline import (
+    RecommendRequest,
+    Snapshot,
+    answer,
+    extra_dense,
+    feature_rows,
+    retrieve,
+    score,
+)
 from models.train import train_bundle
 from online_state.keys import DEFAULT_KEYS
+from online_state.reads import RequestScopes, read_online_state
 from online_state.trending import WINDOWS, generation
 from online_state.user_vectors import pack_user_vector
 from schemas.decoder import interaction_decoder
@@ -58,6 +74,10 @@ from tools.datasets.world import generate_world
 
 BLOCK = 20
 STAGES = ("candidates", "features", "ranking", "postprocess", "total")
+# CPU seconds (time.thread_time) per stage of a replay of the service's stages: the four stages and their parts.
+CPU_PARTS = ("online_read", "retrieve", "feature_read", "feature_rows", "ranking", "answer", "answer_json")
+CPU_STAGES = {"candidates": ("online_read", "retrieve"), "features": ("feature_read", "feature_rows"),
+              "ranking": ("ranking",), "postprocess": ("answer", "answer_json")}
 
 
 def _build(users: int, items: int, events: int) -> tuple[Path, Path]:
@@ -126,6 +146,55 @@ async def _raw_features(service: RecommendationService, user_id: str, ids: list[
     await pipe.execute()
 
 
+def scale_candidates(model: Any, target: int, users: list[str], rounds: int = 3) -> int:
+    """Scale ``model``'s retrieval budgets (every source, in proportion) until the merged candidate set of
+    ``users`` (without context, as of now) is about ``target`` on median; returns that median. The budgets are
+    the model's own config (the pipeline reads ``model.config.candidates``), so the service uses them too."""
+    cfg = model.config
+    base = cfg.candidates
+    factor = target / base.total
+    merged = 0
+    for _ in range(rounds):
+        budgets = {name: max(1, round(value * factor)) for name, value in base.budgets().items()}
+        model.config = dataclasses.replace(cfg, candidates=dataclasses.replace(base, **budgets))
+        now = int(time.time() * 1000)
+        merged = int(statistics.median(len(retrieve(model, RecommendRequest(u), Snapshot(), now).candidates)
+                                       for u in users[:30]))
+        if merged == 0 or abs(merged - target) <= 0.03 * target:
+            break
+        factor *= target / merged
+    return merged
+
+
+async def _staged_cpu(service: RecommendationService, req: RecommendRequest) -> dict[str, float]:
+    """CPU seconds (this thread's) of each part of one request, the service's stages replayed one by one with
+    the functions ``RecommendationService._recommend`` calls (awaits on Redis cost no CPU here)."""
+    served, opts = service._served, service.options
+    model = served.model
+    cfg = model.config.candidates
+    now = req.now_ms if req.now_ms is not None else int(time.time() * 1000)
+    clock = time.thread_time
+    t0 = clock()
+    online = await read_online_state(
+        service.redis, served.store.keys, req.user_id, RequestScopes(req.country, req.device, req.hour), now,
+        trending_k=cfg.popular, new_k=2 * cfg.new_releases, window=opts.trending_window, space=model.space,
+        dim=model.dim, shared=service.shared_reads)
+    t1 = clock()
+    retrieved = retrieve(model, req, online.snapshot(), now)
+    t2 = clock()
+    state, _ = await service._ranking_state(served, req, retrieved, now, online.features_user)
+    t3 = clock()
+    batch = feature_rows(model, req, retrieved, state, now)
+    t4 = clock()
+    scores, _ = score(model, batch, retrieved)
+    t5 = clock()
+    picked = answer(model, req, retrieved, scores, now, served.post)
+    t6 = clock()
+    picked.items(model)
+    t7 = clock()
+    return dict(zip(CPU_PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6), strict=True))
+
+
 def _median_ms(xs: list[float]) -> float:
     return round(statistics.median(xs) * 1000, 3)
 
@@ -142,12 +211,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         loaded = await _load_redis(service, data)
         model = service.model
         users = [u for u, row in model.user_index.items() if model.trained_users[row]]
+        scaled = scale_candidates(model, args.candidates, users) if args.candidates else None
         contexts = [("tv", "US", 20), ("mobile", "DE", 8), ("web", None, None)]
         sess = model.ranker.session
         stage: dict[str, list[float]] = {s: [] for s in STAGES}
         floors: dict[str, list[float]] = {"ann": [], "stage1_redis": [], "features_redis": [], "onnx": [],
                                           "features_hmget_pipeline": []}
         n_cands: list[int] = []
+        cpu: dict[str, list[float]] = {p: [] for p in ("request", *CPU_PARTS)}
         degraded = 0
         for i in range(args.warmup):
             await service.recommend(RecommendRequest(users[i % len(users)], f"w{i}", k=20))
@@ -156,8 +227,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for j in range(BLOCK):
                 u = users[(done + j) % len(users)]
                 device, country, hour = contexts[(done + j) % len(contexts)]
-                r = await service.recommend(RecommendRequest(u, f"b{done + j}", k=20, device=device, country=country,
-                                                             hour=hour))
+                req = RecommendRequest(u, f"b{done + j}", k=20, device=device, country=country, hour=hour)
+                c0 = time.thread_time()
+                r = await service.recommend(req)
+                cpu["request"].append(time.thread_time() - c0)
+                for part, value in (await _staged_cpu(service, req)).items():
+                    cpu[part].append(value)
                 degraded += bool(r["degraded"])
                 for s in STAGES:
                     stage[s].append(r["timings_ms"][s] / 1000)
@@ -194,12 +269,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         p99 = {s: round(float(np.percentile(v, 99)) * 1000, 3) for s, v in stage.items()}
         fl = {k: _median_ms(v) for k, v in floors.items()}
         cand_floor = fl["ann"] + fl["stage1_redis"]
+        cpu_ms = {p: _median_ms(v) for p, v in cpu.items()}
+        # Per stage: the median over requests of the sum of its parts (not the sum of the parts' medians).
+        cpu_stage_ms = {st: _median_ms([sum(cpu[p][i] for p in parts) for i in range(len(cpu["request"]))])
+                        for st, parts in CPU_STAGES.items()}
+        cpu_stage_ms["total"] = _median_ms([sum(cpu[p][i] for p in CPU_PARTS) for i in range(len(cpu["request"]))])
         ratios = {"candidates": round(med["candidates"] / cand_floor, 2),
                   "features": round(med["features"] / fl["features_redis"], 2),
                   "ranking": round(med["ranking"] / fl["onnx"], 2)}
         return {"requests": len(stage["total"]), "degraded": degraded, "events_loaded": loaded,
                 "items": len(model.items), "candidates_median": int(statistics.median(n_cands)),
-                "median_ms": med, "p99_ms": p99, "floor_ms": fl, "ratio_to_floor": ratios,
+                "candidate_budgets": (model.config.candidates.budgets() if scaled is not None else None),
+                "median_ms": med, "p99_ms": p99, "cpu_ms": cpu_stage_ms, "cpu_parts_ms": cpu_ms,
+                "floor_ms": fl, "ratio_to_floor": ratios,
                 "machine": platform.processor() or platform.machine()}
     finally:
         await service.close()
@@ -214,20 +296,27 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=400)
     parser.add_argument("--items", type=int, default=3000)
     parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--candidates", type=int, default=0,
+                        help="scale the bundle's retrieval budgets so that about N candidates are merged per request "
+                             "(0: the bundle's budgets)")
     args = parser.parse_args()
     if args.artifacts and not args.data:
         parser.error("--artifacts needs --data (the world the bundle was trained on, to load Redis)")
     if args.artifacts:
         open_bundle(Path(args.artifacts), verify=False)  # fail early on a wrong folder
     out = asyncio.run(run(args))
-    print(f"{'stage':<12}{'median ms':>11}{'p99 ms':>10}   floor")
+    print(f"{'stage':<12}{'median ms':>11}{'p99 ms':>10}{'cpu ms':>9}   floor")
     floor_of = {"candidates": ("ann + stage1_redis", out["floor_ms"]["ann"] + out["floor_ms"]["stage1_redis"]),
                 "features": ("features_redis", out["floor_ms"]["features_redis"]),
                 "ranking": ("onnx", out["floor_ms"]["onnx"])}
     for s in STAGES:
         label, value = floor_of.get(s, ("", None))
         extra = f"{label} {value:.3f} ms  (x{out['ratio_to_floor'][s]})" if value is not None else ""
-        print(f"{s:<12}{out['median_ms'][s]:>11.3f}{out['p99_ms'][s]:>10.3f}   {extra}")
+        print(f"{s:<12}{out['median_ms'][s]:>11.3f}{out['p99_ms'][s]:>10.3f}{out['cpu_ms'][s]:>9.3f}   {extra}")
+    parts = out["cpu_parts_ms"]
+    print("cpu ms per part (thread_time, stages replayed): "
+          + ", ".join(f"{p} {parts[p]:.3f}" for p in CPU_PARTS)
+          + f"; one service.recommend() call: {parts['request']:.3f}")
     print(f"candidates per request (median): {out['candidates_median']}, degraded answers: {out['degraded']}")
     print(json.dumps(out))
 

@@ -13,13 +13,15 @@ For each rate: p50 / p99 / p99.9, errors, and the achieved rate; then the rate a
 (interpolated between the two measured rates around it).
 
 Floor, measured in the same run on the same bundle and Redis (before the load, server idle): one ANN query over the
-CF index (the retrieval budget), one ONNX Runtime batch of the candidate rows (~1,000), one pipelined Redis read of
-the same user's and candidates' feature state. The end-to-end p50 at the lowest rate is reported as a multiple of
-their sum.
+CF index (the retrieval budget), one ONNX Runtime batch of the candidate rows (~1,000), one ``MGET`` of the same
+user's three online values (the server's one Redis command per request; the candidates' state is in its memory).
+The end-to-end p50 at the lowest rate is reported as a multiple of their sum. For reference, the reads of the
+candidates' rows the server used to make (a pipelined ``HMGET`` each, and the one-script read).
 
 The server is ``streamrec serve`` in its own process; with ``--worker`` a ``streamrec worker`` runs beside it (with
 ``--data``, the first ``--replay-events`` events are replayed into Kafka first, so the worker is busy and Redis
-holds real online state). Users are drawn from the bundle's users, 10% unknown (cold start).
+holds real online state; with ``--worker-rate R`` the rest of the log then arrives at R events/s through the whole
+load, so the worker stays busy). Users are drawn from the bundle's users, 10% unknown (cold start).
 
 Overload (after the rates; ``--overload-seconds 0`` skips it): the measured capacity is the highest rate with p99
 under 25 ms (no errors, at most 1% shed), or where p99 crosses the 50 ms knee when none is (``--capacity`` gives it
@@ -575,7 +577,7 @@ def _median_ms(fn: Callable[[], Any], reps: int) -> float:
 
 
 async def measure_floor(settings: Any, artifacts: Path, user_ids: list[str], reps: int) -> dict[str, Any]:
-    """One ANN query, one ONNX batch of the candidates, one pipelined Redis read of their feature state."""
+    """One ANN query, one ONNX batch of the candidates, one MGET of the user's online values."""
     model = RecommenderModel.load(artifacts)
     user_id = user_ids[0]
     now = int(time.time() * 1000)
@@ -597,25 +599,30 @@ async def measure_floor(settings: Any, artifacts: Path, user_ids: list[str], rep
 
     redis = aioredis.Redis.from_url(settings.redis_url)
     store = RedisFeatureStore(redis, model.static)
-    # Two ways to fetch the same keys: one pipelined HMGET per candidate, and the serving core's one-script read
-    # (online_state.feature_reads). The floor takes the faster: a floor is what the fetch costs at best.
-    readers: dict[str, Any] = {"pipelined_hmget": store, "script": FeatureReader(store)}
+    keys = store.keys
+    user_keys = [keys.user_vector(user_id), keys.session(user_id), keys.user_state(user_id)]
+    # The server's one Redis command per request (the MGET of the user's values: the items' state is in process
+    # memory), raw; for reference, the reads of the candidates' rows the server no longer makes: one pipelined HMGET
+    # per candidate, and the one-script read (online_state.feature_reads).
+    reads: dict[str, Any] = {"user_mget": lambda: redis.mget(user_keys),
+                             "items_pipelined_hmget": lambda: store.read(user_id, ids, now),
+                             "items_script": lambda: FeatureReader(store).read(user_id, ids, now)}
     redis_ms: dict[str, float] = {}
     try:
-        for name, reader in readers.items():
-            await reader.read(user_id, ids, now)
+        for name, read in reads.items():
+            await read()
             times = []
             for _ in range(reps):
                 t0 = time.perf_counter()
-                await reader.read(user_id, ids, now)
+                await read()
                 times.append(time.perf_counter() - t0)
             redis_ms[name] = round(float(np.median(times)) * 1000, 3)
     finally:
         await redis.aclose()
-    best_redis = min(redis_ms.values())
-    return {"candidates": n, "ann_k": ann_k, "ann_ms": ann_ms, "onnx_batch_ms": onnx_ms, "redis_read_ms": best_redis,
+    user_read = redis_ms["user_mget"]
+    return {"candidates": n, "ann_k": ann_k, "ann_ms": ann_ms, "onnx_batch_ms": onnx_ms, "redis_read_ms": user_read,
             **{f"redis_read_{name}_ms": value for name, value in redis_ms.items()},
-            "floor_ms": round(ann_ms + onnx_ms + best_redis, 3), "reps": reps}
+            "floor_ms": round(ann_ms + onnx_ms + user_read, 3), "reps": reps}
 
 
 # --- the end-to-end run ---------------------------------------------------------------------------
@@ -659,6 +666,11 @@ async def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
             if args.worker:
                 stack.enter_context(process(_cli("worker", "--artifacts", str(artifacts), "--metrics-port", "0"),
                                             env, logs / "worker.log"))
+            if args.worker and args.data is not None and args.worker_rate:
+                # A worker that stays busy through the load: the rest of the log arrives at a steady rate.
+                stack.enter_context(process(_cli("replay", str(args.data / "events.jsonl"), "--skip",
+                                                 str(args.replay_events), "--rate", str(args.worker_rate)),
+                                            env, logs / "replay.log"))
             server = stack.enter_context(process(
                 _cli("serve", "--artifacts", str(artifacts), "--port", str(port), "--workers", str(args.workers)),
                 env, logs / "server.log"))
@@ -675,6 +687,7 @@ async def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
             await manager.down(settings)
     lowest = min(results, key=lambda r: r.rate)
     return {"bench": "serving", "mode": "end_to_end", "workers": args.workers, "worker_beside": args.worker,
+            "worker_events_per_s": args.worker_rate if args.worker and args.data is not None else 0,
             "seconds_per_rate": args.seconds, "arrivals": "poisson" if args.poisson else "fixed",
             "rates": [asdict(r) for r in results], "p99_over_50ms_at_rps": knee(results), "floor": floor,
             "p50_over_floor": round(lowest.p50_ms / floor["floor_ms"], 2) if floor["floor_ms"] else None,
@@ -891,7 +904,7 @@ def report(results: dict[str, Any]) -> str:
                f"{results['worker_beside']})", results["rates"]),
         f"p99 crosses {P99_KNEE_MS:.0f} ms at: {results['p99_over_50ms_at_rps']}",
         f"floor ({floor['candidates']} candidates): ANN k={floor['ann_k']} {floor['ann_ms']} ms + ONNX batch "
-        f"{floor['onnx_batch_ms']} ms + Redis read {floor['redis_read_ms']} ms = {floor['floor_ms']} ms "
+        f"{floor['onnx_batch_ms']} ms + Redis MGET {floor['redis_read_ms']} ms = {floor['floor_ms']} ms "
         f"(Redis reads: {reads})",
         f"end-to-end p50 at the lowest rate / floor = {results['p50_over_floor']}x",
         *([overload_table(overload, floor["floor_ms"])] if overload else []),
@@ -908,6 +921,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short runs at fewer rates")
     parser.add_argument("--poisson", action="store_true", help="Poisson arrivals instead of a fixed interval")
     parser.add_argument("--worker", action="store_true", help="run `streamrec worker` beside the server")
+    parser.add_argument("--worker-rate", type=float, default=0.0,
+                        help="with --worker and --data: replay the rest of the log at this many events/s during the "
+                             "load, so the worker stays busy (0: only the --replay-events before it)")
     parser.add_argument("--workers", type=int, default=1, help="server processes (serve --workers)")
     parser.add_argument("--settle", type=float, default=0.0,
                         help="seconds to wait after the server is ready (e.g. for the worker to drain a replay)")

@@ -84,18 +84,19 @@ def as_mask(items_or_mask: ItemMask | NDArray[np.integer] | Sequence[int] | None
     return out
 
 
-def _top_k(scores: NDArray[np.floating], k: int, exclude: ItemMask | None = None) -> tuple[Items, Scores]:
+def top_k(scores: NDArray[np.floating], k: int, exclude: ItemMask | None = None) -> tuple[Items, Scores]:
     """Indices of the ``k`` best finite scores (best first), skipping ``exclude``; no full sort."""
     s = np.asarray(scores, np.float32)
+    neg = -s  # selection runs on -score: best first (an excluded title: +inf, never finite)
     if exclude is not None:
-        s = np.where(exclude if len(exclude) == len(s) else as_mask(exclude, len(s)), -np.inf, s)
-    valid = int(np.isfinite(s).sum())
+        neg = np.where(exclude if len(exclude) == len(s) else as_mask(exclude, len(s)), np.float32(np.inf), neg)
+    valid = int(np.isfinite(neg).sum())
     k = min(int(k), valid)
     if k <= 0:
         return _empty()
-    top = np.argpartition(-s, k - 1)[:k]
+    top = np.argpartition(neg, k - 1)[:k]
     # Stable order on (score desc, item asc) so equal scores come out the same way every time.
-    top = top[np.lexsort((top, -s[top]))]
+    top = top[np.lexsort((top, neg[top]))]
     return top.astype(np.int32), s[top]
 
 
@@ -151,19 +152,33 @@ def recent_positives(
     return uniq[order].astype(np.int32), net[order].astype(np.float32), last[order]
 
 
+def most_recent(positives: tuple[Items, NDArray[np.float32], NDArray[np.int64]], max_items: int | None
+                ) -> tuple[Items, NDArray[np.float32], NDArray[np.int64]]:
+    """``recent_positives(items, weights, ts, max_items)`` from ``positives = recent_positives(items, weights,
+    ts)`` (no ``max_items``): several cuts of one history for the price of one."""
+    if max_items is None:
+        return positives
+    # The cut exactly as recent_positives makes it (the same slice of the same order).
+    cut = slice(len(positives[0]) - max_items, None) if max_items > 0 else slice(0, 0)
+    return positives[0][cut], positives[1][cut], positives[2][cut]
+
+
 def user_content_profile(
     content_vectors: NDArray[np.floating], items: NDArray[np.integer], weights: NDArray[np.floating],
     ts: NDArray[np.integer] | None = None, now: int | None = None, *, max_items: int = 50,
     half_life_days: float | None = 60.0,
+    positives: tuple[Items, NDArray[np.float32], NDArray[np.int64]] | None = None,
 ) -> NDArray[np.float32]:
     """L2-normalised weighted mean of the content vectors of the user's recent positive titles.
 
     Weight = net feedback weight × ``0.5 ** (age / half_life)`` (age from ``now``, default the last
     event), so the profile follows what the user watches *now* (tastes drift). Zeros when the user
-    has no positive title yet.
+    has no positive title yet. ``positives``: ``recent_positives(items, weights, ts)`` (no
+    ``max_items``), when the caller has it already.
     """
     cv = np.asarray(content_vectors, np.float32)
-    pos_items, net, last = recent_positives(items, weights, ts, max_items)
+    pos_items, net, last = (recent_positives(items, weights, ts, max_items) if positives is None
+                            else most_recent(positives, max_items))
     pos_items_ok = pos_items < len(cv)
     pos_items, net, last = pos_items[pos_items_ok], net[pos_items_ok], last[pos_items_ok]
     if len(pos_items) == 0:
@@ -194,7 +209,7 @@ def content_based(content: ItemIndex | NDArray[np.floating], profile: NDArray[np
     # Titles with no content vector score exactly 0; keep them out rather than rank them at random.
     # (Testing the score, not the rows, saves a pass over the whole matrix per request.)
     scores[scores == 0.0] = -np.inf
-    return _top_k(scores, budget, exclude)
+    return top_k(scores, budget, exclude)
 
 
 def popular(popularity_scores: NDArray[np.floating], budget: int, context_scores: NDArray[np.floating] | None = None,
@@ -204,13 +219,19 @@ def popular(popularity_scores: NDArray[np.floating], budget: int, context_scores
     Both are scaled by their maximum before blending (``(1−w)·pop + w·ctx``), so the blend does not
     depend on how many events each was counted over. Titles with zero popularity are not returned.
     """
+    return top_k(popular_scores(popularity_scores, context_scores, context_weight), budget, exclude)
+
+
+def popular_scores(popularity_scores: NDArray[np.floating], context_scores: NDArray[np.floating] | None = None,
+                   context_weight: float = 0.5) -> NDArray[np.float32]:
+    """:func:`popular`'s score per title before the top-k (-inf: not returned); the same for every request
+    that shares the popularity arrays, so a caller may keep it."""
     pop = np.asarray(popularity_scores, np.float32)
     blended = _unit_max(pop)
     if context_scores is not None and context_weight > 0:
         ctx = np.asarray(context_scores, np.float32)
         blended = (1.0 - context_weight) * blended + context_weight * _unit_max(ctx)
-    blended = np.where(blended > 0, blended, -np.inf).astype(np.float32)
-    return _top_k(blended, budget, exclude)
+    return np.where(blended > 0, blended, -np.inf).astype(np.float32)
 
 
 def _unit_max(x: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -274,7 +295,13 @@ def because_you_watched(
     labels, sims = index.query(index.vectors[seeds], per + 1 + _overfetch(per, exclude))
     seed_col = np.repeat(seeds.astype(np.int32), labels.shape[1])
     flat, flat_sims = labels.ravel(), sims.ravel()
-    keep = ~np.isin(flat, seeds)  # watched titles are no "because you watched" candidates
+    if len(flat) == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32)
+    # Labels are item rows (non-negative): masks over the label range instead of sorting.
+    size = max(int(flat.max()) + 1, int(seeds.max()) + 1)
+    is_seed = np.zeros(size, bool)
+    is_seed[seeds] = True
+    keep = ~is_seed[flat]  # watched titles are no "because you watched" candidates
     if exclude is not None:
         inside = flat < len(exclude)
         keep[inside] &= ~exclude[flat[inside]]
@@ -283,8 +310,11 @@ def because_you_watched(
         return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32)
     order = np.lexsort((seed_col, -flat_sims))  # best similarity first (ties: lower seed index)
     flat, flat_sims, seed_col = flat[order], flat_sims[order], seed_col[order]
-    _, first = np.unique(flat, return_index=True)  # the first occurrence is the best one
-    first = np.sort(first)[:budget]  # already in score order: keep the best ``budget``
+    # The first occurrence of each label is its best one; positions ascending = score order.
+    at = np.arange(len(flat), dtype=np.int64)
+    first_at = np.full(size, len(flat), np.int64)
+    np.minimum.at(first_at, flat, at)
+    first = np.flatnonzero(first_at[flat] == at)[:budget]  # keep the best ``budget``
     return flat[first].astype(np.int32), flat_sims[first].astype(np.float32), seed_col[first]
 
 
@@ -333,21 +363,23 @@ def merge_candidates(
     ``exclude``: a bool mask over items or an array of item indices (already watched). Items outside
     the ``available`` mask, including indices beyond its length (titles it does not know), are
     dropped. A source given as ``(items, scores, seeds)`` provides the seed column (its best-scoring
-    seed per item; the first such source wins). Vectorised: concatenations, ``np.unique`` and
-    ``ufunc.at``; no loop per candidate.
+    seed per item; the first such source wins). Vectorised: concatenations, a scatter over the item
+    range (or ``np.unique``) and 1-d ``ufunc.at``; no loop per candidate.
     """
     names = tuple(sources)
     if len(names) > 32:
         raise ValueError("at most 32 sources fit the uint32 bitmask")
     parts = [sources[n] for n in names]
+    s = len(names)
     lengths = np.array([len(p[0]) for p in parts], np.int64)
     items = np.concatenate([np.asarray(p[0], np.int64) for p in parts]) if parts else np.zeros(0, np.int64)
     scores = np.concatenate([np.asarray(p[1], np.float32) for p in parts]) if parts else np.zeros(0, np.float32)
-    src = np.repeat(np.arange(len(names), dtype=np.int64), lengths)
+    src = np.repeat(np.arange(s, dtype=np.int64), lengths)
     rank = np.arange(len(items), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    has_seed = np.repeat(np.array([len(p) == 3 for p in parts], bool), lengths)
+    seeded = [len(p) == 3 for p in parts]
+    has_seed = np.repeat(np.array(seeded, bool), lengths) if any(seeded) else None
     seeds = np.concatenate([np.asarray(p[2], np.int64) if len(p) == 3 else np.full(len(p[0]), NO_SEED, np.int64)
-                            for p in parts]) if parts else np.zeros(0, np.int64)
+                            for p in parts]) if has_seed is not None else None
 
     keep = items >= 0
     if exclude is not None:
@@ -362,28 +394,56 @@ def merge_candidates(
         inside = items < len(avail)
         keep &= inside
         keep[inside] &= avail[items[inside]]
-    items, scores, src, rank, has_seed, seeds = (a[keep] for a in (items, scores, src, rank, has_seed, seeds))
+    if not keep.all():
+        items, scores, src, rank = items[keep], scores[keep], src[keep], rank[keep]
+        if has_seed is not None and seeds is not None:
+            has_seed, seeds = has_seed[keep], seeds[keep]
 
-    uniq, inv = np.unique(items, return_inverse=True)
-    m, s = len(uniq), len(names)
+    uniq, inv = _unique_inverse(items)
+    m = len(uniq)
+    cell = inv * s + src  # (candidate, source) as one flat index into the (m, s) columns
     score_cols = np.full((m, s), np.nan, np.float32)
-    np.fmax.at(score_cols, (inv, src), scores)  # fmax ignores the NaN fill; a repeated item keeps its best
-    rank_cols = np.full((m, s), np.iinfo(np.int32).max, np.int64)
-    np.minimum.at(rank_cols, (inv, src), rank)
+    np.fmax.at(score_cols.reshape(-1), cell, scores)  # fmax ignores the NaN fill; a repeated item keeps its best
+    rank_cols = np.full((m, s), np.iinfo(np.int32).max, np.int32)
+    np.minimum.at(rank_cols.reshape(-1), cell, rank.astype(np.int32))
     rank_cols[rank_cols == np.iinfo(np.int32).max] = -1
-    present = rank_cols >= 0
-    bitmask = (present.astype(np.uint32) << np.arange(s, dtype=np.uint32)).sum(axis=1, dtype=np.uint32) \
-        if s else np.zeros(m, np.uint32)
+    bitmask = np.zeros(m, np.uint32)
+    np.bitwise_or.at(bitmask, inv, np.left_shift(np.uint32(1), src.astype(np.uint32)))
 
     seed_out = np.full(m, NO_SEED, np.int32)
-    if has_seed.any():
+    if has_seed is not None and seeds is not None and has_seed.any():
         rows = np.flatnonzero(has_seed)
+        seeded_inv = inv[rows]
+        once = np.zeros(m, bool)
+        once[seeded_inv] = True
+        if int(once.sum()) == len(rows):  # one seed row per candidate (the usual case): nothing to choose
+            seed_out[seeded_inv] = seeds[rows]
+            return Candidates(uniq.astype(np.int32), score_cols, rank_cols, bitmask, seed_out, names)
         # Per candidate: the first seed-providing source, then its best score, wins.
-        order = np.lexsort((-scores[rows], src[rows], inv[rows]))
+        order = np.lexsort((-scores[rows], src[rows], seeded_inv))
         rows = rows[order]
-        _, first = np.unique(inv[rows], return_index=True)
-        seed_out[inv[rows[first]]] = seeds[rows[first]]
-    return Candidates(uniq.astype(np.int32), score_cols, rank_cols.astype(np.int32), bitmask, seed_out, names)
+        by_candidate = inv[rows]
+        first = np.ones(len(rows), bool)
+        first[1:] = by_candidate[1:] != by_candidate[:-1]  # sorted by candidate: the first row of each run
+        seed_out[by_candidate[first]] = seeds[rows[first]]
+    return Candidates(uniq.astype(np.int32), score_cols, rank_cols, bitmask, seed_out, names)
+
+
+def _unique_inverse(items: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """``np.unique(items, return_inverse=True)`` for non-negative ids: a scatter over the id range (item
+    rows: at most the catalogue), or the sort when the range is far larger than the ids."""
+    if len(items) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    size = int(items.max()) + 1
+    if size > max(1 << 22, 64 * len(items)):
+        uniq, inv = np.unique(items, return_inverse=True)
+        return uniq, inv.reshape(-1)
+    present = np.zeros(size, bool)
+    present[items] = True
+    uniq = np.flatnonzero(present)
+    slot = np.empty(size, np.int64)
+    slot[uniq] = np.arange(len(uniq), dtype=np.int64)
+    return uniq, slot[items]
 
 
 # -- popularity helpers ----------------------------------------------------------------------------

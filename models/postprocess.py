@@ -59,17 +59,21 @@ def mmr(
     s = np.asarray(scores, np.float64)[cand]
     span = s.max() - s.min()
     s = (s - s.min()) / span if span > 0 else np.zeros_like(s)
-    f = np.asarray(features, np.float64)[cand]
+    f = np.asarray(features)[cand].astype(np.float64)  # the pool's rows only (a float64 copy is exact)
     norms = np.linalg.norm(f, axis=1, keepdims=True)
     f = np.divide(f, norms, out=np.zeros_like(f), where=norms > 0)
     max_sim = np.zeros(len(cand))
     taken = np.zeros(len(cand), bool)
     picks: list[int] = []
+    relevance = (1 - diversity) * s  # the same each step
+    value = np.empty(len(cand))
     for _ in range(k):
-        value = (1 - diversity) * s - diversity * max_sim
+        # value = (1 - diversity) * s - diversity * max_sim, in preallocated arrays
+        np.multiply(diversity, max_sim, out=value)
+        np.subtract(relevance, value, out=value)
         value[taken] = -np.inf
         best = int(np.argmax(value))
         picks.append(best)
         taken[best] = True
-        max_sim = np.maximum(max_sim, f @ f[best])
+        np.maximum(max_sim, f @ f[best], out=max_sim)
     return cand[np.array(picks, np.int64)]

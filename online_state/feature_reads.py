@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.features.state import ItemStates, StaticRows
-from online_state.feature_codec import StoredUser, item_fields
+from online_state.feature_codec import StoredUser, item_fields, item_states
 from online_state.feature_store import StateSnapshot
 from online_state.item_state import ItemStateTable
 from online_state.redis_store import RedisFeatureStore
@@ -94,6 +94,24 @@ class FeatureReader:
             self._values = np.vstack([self._values, np.zeros((grow, n_fields), np.int64)])
             self._fetched = np.concatenate([self._fetched, np.full(grow, -np.inf)])
         return np.fromiter((row[i] for i in item_ids), np.int64, len(item_ids))
+
+    def held(self, user_id: str, user: StoredUser, rows: NDArray[np.int64],
+             universe: tuple[Sequence[str], Mapping[str, int]],
+             static_lookup: tuple[NDArray[np.int64], NDArray[np.int64]], now_ts: int) -> StateSnapshot | None:
+        """The snapshot from the table alone, no I/O and no string per candidate (``rows``: the candidates' rows
+        in the caller's numbering ``universe``; ``static_lookup``: their ``static.lookup`` (index, hashes));
+        ``None`` when the table does not cover ``now_ts`` (then :meth:`read`)."""
+        table = self.table
+        if table is None:
+            return None
+        epochs = ItemStates.epochs_at(now_ts)
+        if not table.covers(epochs):
+            return None
+        self.held_reads += 1
+        values = table.values_at(table.row_map(*universe)[rows], epochs)
+        store = self.store
+        return StateSnapshot(user_id=user_id, user=store.user_states(user), items=item_states(values, epochs),
+                             static=store.static.rows(*static_lookup), now_ts=now_ts)
 
     async def read(self, user_id: str, item_ids: Sequence[str], now_ts: int, *,
                    user: StoredUser | None = None, rows: Sequence[int] | None = None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,9 +311,9 @@ class RecommendationService:
         timings = {"candidates": t1 - t0, "features": t2 - t1 + seconds["features"], "ranking": seconds["ranking"],
                    "postprocess": seconds["postprocess"], "total": time.perf_counter() - t0}
         for stage, value in timings.items():
-            metrics.STAGE_SECONDS.labels(stage).observe(value)
+            _stage_metric(stage).observe(value)
         for source, count in source_counts(retrieved.candidates).items():
-            metrics.CANDIDATES.labels(source).observe(count)
+            _candidates_metric(source).observe(count)
         for reason in degraded:
             metrics.DEGRADED.labels(reason).inc()
         return {"user_id": req.user_id, "request_id": req.request_id, "model_version": model.version,
@@ -323,13 +324,20 @@ class RecommendationService:
                              user_value: StoredUser | None) -> tuple[RankingState, str | None]:
         """The user's and the candidates' feature state, or the features' defaults when it cannot be read."""
         model = served.model
+        reader = served.reader
+        assert reader is not None
+        items = model.items
+        rows = retrieved.candidates.items.astype(np.int64)
+        if user_value is not None:  # the usual case: every candidate's row from this process, no I/O
+            held = reader.held(req.user_id, user_value, rows, (items.ids, items.index), retrieved.static_lookup(model),
+                               now)
+            if held is not None:
+                return RankingState(held.user, held.items, held.static), None
         ids = retrieved.item_ids(model)
         try:
-            assert served.reader is not None
-            items = model.items
             async with asyncio.timeout(self.options.features_timeout_ms / 1000):
-                snap = await served.reader.read(req.user_id, ids, now, user=user_value, rows=retrieved.candidates.items,
-                                                universe=(items.ids, items.index))
+                snap = await reader.read(req.user_id, ids, now, user=user_value, rows=rows,
+                                         universe=(items.ids, items.index))
             return RankingState(snap.user, snap.items, snap.static), None
         except Exception as exc:
             problem = "redis_timeout_features" if isinstance(exc, TimeoutError) else "redis_features"
@@ -390,6 +398,17 @@ class RecommendationService:
                 "item_state": {"in_process": table is not None, "loaded": bool(table is not None and table.loaded),
                                "items": len(table) if table is not None else 0,
                                "reads_held": self._served.reader.held_reads if self._served.reader else 0}}
+
+
+@functools.cache
+def _stage_metric(stage: str) -> Any:
+    """The stage's histogram child, looked up once (``labels()`` takes a lock and hashes per call)."""
+    return metrics.STAGE_SECONDS.labels(stage)
+
+
+@functools.cache
+def _candidates_metric(source: str) -> Any:
+    return metrics.CANDIDATES.labels(source)
 
 
 def _ms(timings: dict[str, float]) -> dict[str, float]:

@@ -62,13 +62,40 @@ def mix64(values: ArrayLike) -> NDArray[np.uint64]:
     return z ^ (z >> _S31)
 
 
+def _mix64_in_place(z: NDArray[np.uint64]) -> None:
+    """:func:`mix64` of a fresh 1-d ``uint64`` array, written over it (the same operations, fewer temporaries)."""
+    t = z >> _S30
+    z ^= t
+    z *= _M1
+    np.right_shift(z, _S27, out=t)
+    z ^= t
+    z *= _M2
+    np.right_shift(z, _S31, out=t)
+    z ^= t
+
+
 def cross(a: ArrayLike, b: ArrayLike, salt: int, buckets: int) -> NDArray[np.int64]:
     """Bucket of the pair ``(a, b)`` for the crossed feature ``salt``, in ``[0, buckets)``.
 
     ``a`` and ``b`` broadcast against each other (a scalar user hash against a column of items).
     """
     a_arr, b_arr = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
+    return cross_mixed(mix64(a_arr.ravel()), b_arr.ravel(), salt, buckets).reshape(a_arr.shape)
+
+
+def cross_mixed(a_mixed: NDArray[np.uint64], b: ArrayLike, salt: int, buckets: int) -> NDArray[np.int64]:
+    """:func:`cross` of ``a`` and ``b`` given ``a_mixed = mix64(a)`` (1-d; length 1 or ``b``'s, broadcast).
+
+    The same numbers as ``cross``; for a caller that crosses one column with several others (the item
+    hash with each context code) or a scalar with a column: ``mix64(a)`` is computed once, and a
+    scalar's once instead of once per row.
+    """
+    b_arr = _as_u64(b)
     # The salt constant is computed with Python ints: numpy scalar arithmetic warns on overflow.
-    salted = mix64(a_arr.ravel()) + np.uint64((salt * _GOLDEN_INT) & _MASK64)
-    mixed = mix64((salted ^ _as_u64(b_arr.ravel())).view(np.int64))
-    return (mixed % np.uint64(buckets)).astype(np.int64).reshape(a_arr.shape)
+    mixed = (a_mixed + np.uint64((salt * _GOLDEN_INT) & _MASK64)) ^ b_arr  # length 1 broadcasts; a fresh array
+    _mix64_in_place(mixed)
+    if buckets > 0 and buckets & (buckets - 1) == 0:  # a power of two: the remainder is the low bits
+        mixed &= np.uint64(buckets - 1)
+    else:
+        mixed %= np.uint64(buckets)
+    return mixed.view(np.int64)

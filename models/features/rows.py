@@ -65,7 +65,7 @@ from numpy.typing import NDArray
 from models.dataset import MATURITY_ORDER
 from models.features import spec
 from models.features.batch import FeatureBatch
-from models.features.hashing import cross
+from models.features.hashing import cross_mixed, mix64
 from models.features.state import (
     I_CLICK,
     I_COMP,
@@ -112,6 +112,19 @@ def _log_scaled(x: NDArray[np.float64] | float, div: float) -> NDArray[np.float6
     return np.log1p(np.ascontiguousarray(np.maximum(np.asarray(x, np.float64), 0.0))) / div
 
 
+def _first_match(values: NDArray[np.int64], recent: NDArray[np.int64]) -> tuple[NDArray[np.bool_], NDArray[np.int64]]:
+    """Per value: whether it is among ``recent``'s filled slots (not ``NO_ITEM_HASH``) and the first such
+    slot (0 when none), as ``(values[:, None] == recent).argmax(axis=1)`` would, without the (n, 20) matrix."""
+    filled = np.flatnonzero(recent != NO_ITEM_HASH)
+    if len(filled) == 0 or len(values) == 0:
+        return np.zeros(len(values), bool), np.zeros(len(values), np.int64)
+    slots = filled[np.argsort(recent[filled], kind="stable")]  # equal hashes keep slot order: the first wins
+    keys = recent[slots]
+    pos = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
+    seen = keys[pos] == values
+    return seen, np.where(seen, slots[pos], 0)
+
+
 def feature_batch(
     user_hash: int,
     user: UserStates,
@@ -141,7 +154,7 @@ def feature_batch(
     if last_ts != NO_TS and now_ts - last_ts > spec.USER_RETENTION_MS:
         user = UserStates.empty(1, user.n_genres)
         last_ts = NO_TS
-    cols: dict[str, NDArray[np.float64] | float] = {}
+    cols: dict[str, NDArray[np.float64] | NDArray[np.bool_] | float] = {}
 
     # --- user (the same for every candidate) -----------------------------------------------------
     uc = user.counts[0].astype(np.float64)
@@ -176,21 +189,22 @@ def feature_batch(
     cols["i_log_age_days"] = np.where(known, _log_scaled((now_ts - static.release_ts) / spec.DAY_MS, 10.0), 0.0)
     cols["i_log_days_in_catalog"] = np.where(
         known, _log_scaled((now_ts - static.first_seen_ts) / spec.DAY_MS, 10.0), 0.0)
-    cols["i_is_original"] = static.is_original.astype(np.float64)
+    cols["i_is_original"] = static.is_original  # bool: 0.0 / 1.0 once in the float32 matrix
     cols["i_maturity"] = static.maturity / float(len(MATURITY_ORDER) - 1)
-    cols["i_unknown"] = (~known).astype(np.float64)
+    cols["i_unknown"] = ~known
 
     # --- user x item ---------------------------------------------------------------------------
     dot = np.zeros(n)
-    for g in range(len(taste)):  # explicit order of additions: the same bits for any n
+    # Explicit order of additions: the same bits for any n. A genre without taste adds +-0.0 to each row,
+    # which leaves it as it is (the sum is never -0.0: it starts at +0.0), so only genres with taste are added.
+    for g in np.flatnonzero(taste).tolist():
         dot = dot + static.genre_unit[:, g] * taste[g]
     denom = static.genre_norm * float(np.sqrt(np.sum(taste * taste)))
     cols["ui_genre_affinity"] = np.where(denom > 0.0, dot / np.where(denom > 0.0, denom, 1.0), 0.0)
     recent = user.recent_item[0]
-    hit = (static.item_hash[:, None] == recent[None, :]) & (recent[None, :] != NO_ITEM_HASH)
-    seen = hit.any(axis=1)
-    seen_ts = user.recent_ts[0][hit.argmax(axis=1)]
-    cols["ui_seen_recent"] = seen.astype(np.float64)
+    seen, first = _first_match(static.item_hash, recent)
+    seen_ts = user.recent_ts[0][first]
+    cols["ui_seen_recent"] = seen
     cols["ui_recent_decay"] = np.where(seen, decay(now_ts - seen_ts, spec.DAY_MS), 0.0)
 
     # --- context -------------------------------------------------------------------------------
@@ -204,24 +218,27 @@ def feature_batch(
 
     for name, values in (extra_dense or {}).items():
         cols[name] = np.asarray(values, np.float64)
-    dense = np.zeros((n, len(spec.DENSE_NAMES)), np.float32)
+    # Filled column by column as rows of the transpose (contiguous writes), then laid out row-major once.
+    columns = np.zeros((len(spec.DENSE_NAMES), n), np.float32)
     for j, name in enumerate(spec.DENSE_NAMES):
         if name in cols:
-            dense[:, j] = cols.pop(name)  # a scalar or an (n,) column
+            columns[j] = cols.pop(name)  # a scalar or an (n,) column
     if cols:  # a column computed above that the spec does not list
         raise AssertionError(f"features missing from spec.DENSE_NAMES: {sorted(cols)}")
+    dense = np.ascontiguousarray(columns.T)
 
     # --- wide ----------------------------------------------------------------------------------
+    # hashing.cross of each pair; mix64 of the item hash (crossed three times) and of the scalars once.
     b = spec.WIDE_BUCKETS
     item_hash = static.item_hash
+    item_mix = mix64(item_hash)
     last_item = int(recent[0])
-    wide = np.stack([
-        cross(user_hash, static.primary_genre_hash, 1, b),
-        cross(item_hash, device, 2, b),
-        cross(item_hash, hour // 3 if hour >= 0 else 8, 3, b),
-        cross(item_hash, country, 4, b),
-        cross(last_item, item_hash, 5, b),
-    ], axis=1)
+    wide = np.empty((n, len(spec.WIDE_NAMES)), np.int64)
+    wide[:, 0] = cross_mixed(mix64(user_hash), static.primary_genre_hash, 1, b)
+    wide[:, 1] = cross_mixed(item_mix, device, 2, b)
+    wide[:, 2] = cross_mixed(item_mix, hour // 3 if hour >= 0 else 8, 3, b)
+    wide[:, 3] = cross_mixed(item_mix, country, 4, b)
+    wide[:, 4] = cross_mixed(mix64(last_item), item_hash, 5, b)
 
     # --- categorical ---------------------------------------------------------------------------
     events = int(user.counts[0, U_EV])

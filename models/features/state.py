@@ -54,6 +54,7 @@ memory layout), and Redis stores integers only.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
@@ -197,8 +198,8 @@ class ItemStatic:
 
     def lookup(self, item_ids: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """(static index or -1, stable hash) of each id; unknown ids still get their hash."""
-        get = self.index.get
-        index = np.fromiter((get(i, -1) for i in item_ids), np.int64, len(item_ids))
+        # map() of the dict's own get: no Python frame per id (a generator here cost twice as much).
+        index = np.fromiter(map(self.index.get, item_ids, itertools.repeat(-1)), np.int64, len(item_ids))
         # Known ids take the hash computed when the table was built (hashing ~1,000 ids per request
         # was a measurable share of the server's feature stage); only unknown ones are hashed here.
         hashes = self.item_hash[index]
@@ -492,8 +493,14 @@ class UserStates:
     def taste(self, row: int, now_ts: int) -> NDArray[np.float64]:
         """Row ``row``'s genre taste decayed to ``now_ts`` (``(G,)``)."""
         end, weights = epoch_weights(now_ts, spec.USER_GENRE_HALF_LIFE_MS)
-        window = align_epochs(self.genre_epoch[row:row + 1], self.genre_sums[row:row + 1], end)[0]  # (2, G)
-        return decayed(np.moveaxis(window, 0, -1), weights)
+        # align_epochs for one row: slot j holds epoch end - 1 + j, read from the row's slot j + shift.
+        window = np.zeros((2, self.n_genres), np.int64)
+        epoch = int(self.genre_epoch[row])
+        if epoch != NO_EPOCH:
+            for j in range(2):
+                if 0 <= j + end - epoch <= 1:
+                    window[j] = self.genre_sums[row, j + end - epoch]
+        return decayed(window.T, weights)
 
 
 def _groups(keys: NDArray[np.int64]) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:

@@ -26,14 +26,16 @@ from models.candidates import (
     because_you_watched,
     content_based,
     merge_candidates,
+    most_recent,
     new_releases,
-    popular,
+    popular_scores,
     recent_positives,
+    top_k,
     user_content_profile,
 )
 from models.dataset import DEVICE_CODE, MATURITY_ORDER
 from models.features.batch import FeatureBatch
-from models.features.hashing import hash_str
+from models.features.hashing import hash_str, hash_strs
 from models.features.rows import RequestContext, feature_batch
 from models.features.spec import country_code
 from models.features.state import ITEM_COUNT_NAMES, ItemStates, StaticRows, UserStates
@@ -86,17 +88,36 @@ class RankedIds:
     requests that share the list (the reader hands out the same object until it refreshes) share it.
     """
 
-    __slots__ = ("_dense", "pairs")
+    __slots__ = ("_dense", "_known", "_popular", "pairs")
 
     def __init__(self, pairs: Sequence[tuple[str, float]]) -> None:
         self.pairs = list(pairs)
         self._dense: tuple[tuple[str, int, int], tuple[NDArray[np.float32], NDArray[np.int64]]] | None = None
+        self._known: tuple[tuple[str, int, int], NDArray[np.int64], list[Any], dict[Any, NDArray[Any]]] | None = None
+        # On the global list: the popular source's scores per set of context lists (see popular_source_scores).
+        self._popular: dict[tuple[Any, ...], tuple[tuple[RankedIds | None, ...], NDArray[np.float32],
+                                                    NDArray[np.int64]]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.pairs)
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def known(self, model: RecommenderModel, dtype: Any) -> tuple[NDArray[np.int64], NDArray[Any]]:
+        """(item rows, values as ``dtype``) of the pairs whose id ``model`` knows, in list order; kept per
+        model state (and dtype), so requests sharing the list convert it once."""
+        items = model.items
+        key = (model.version, items.generation, len(items))
+        hit = self._known
+        if hit is None or hit[0] != key:
+            index = items.index
+            known = [(index[i], s) for i, s in self.pairs if i in index]
+            hit = self._known = (key, np.array([r for r, _ in known], np.int64), [s for _, s in known], {})
+        arrays = hit[3]
+        if dtype not in arrays:
+            arrays[dtype] = np.array(hit[2], dtype)
+        return hit[1], arrays[dtype]
 
     def dense(self, model: RecommenderModel) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """(score per item row, max over duplicates; the rows present), for ``model``'s current rows."""
@@ -105,12 +126,10 @@ class RankedIds:
         hit = self._dense
         if hit is not None and hit[0] == key:
             return hit[1]
-        index = items.index
-        known = [(index[i], s) for i, s in self.pairs if i in index]
-        rows = np.array([r for r, _ in known], np.int64)
+        rows, values = self.known(model, np.float32)
         out = np.zeros(len(items), np.float32)
         if len(rows):
-            np.maximum.at(out, rows, np.array([s for _, s in known], np.float32))
+            np.maximum.at(out, rows, values)
         self._dense = (key, (out, rows))
         return out, rows
 
@@ -156,6 +175,19 @@ class Retrieved:
 
     def item_ids(self, model: RecommenderModel) -> list[str]:
         return model.items.ids[self.candidates.items].tolist()  # type: ignore[no-any-return]
+
+    def static_lookup(self, model: RecommenderModel) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """``model.static.lookup(self.item_ids(model))`` from the candidates' rows, without a string per
+        candidate: the static table holds the bundle's titles, the model's first rows in the same order (see
+        ``RecommenderModel.assemble``); a title added since (-1) is hashed from its id as ``lookup`` does."""
+        rows = self.candidates.items.astype(np.int64)
+        static = model.static
+        index = np.where(rows < min(static.n_items, model.n_bundle_items), rows, -1)
+        hashes = static.item_hash[index]
+        unknown = np.flatnonzero(index < 0)
+        if len(unknown):
+            hashes[unknown] = hash_strs(model.items.ids[rows[unknown]].tolist())
+        return index, hashes
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +254,36 @@ def trending_arrays(model: RecommenderModel, snap: Snapshot
     return pop, (np.mean(parts, axis=0).astype(np.float32) if parts else None), country_rows
 
 
+POPULAR_CACHE_SIZE: Final = 64  # context-list combinations kept per global trending list
+
+
+def popular_source_scores(model: RecommenderModel, snap: Snapshot, context_weight: float
+                          ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """(:func:`~models.candidates.popular_scores` of :func:`trending_arrays`, rows trending in the country).
+
+    Request-independent given the trending lists, which requests share until they are read again: kept on
+    the global list per combination of context lists (identity; the entry holds them, so no id is reused
+    while it lives), at most ``POPULAR_CACHE_SIZE`` of them.
+    """
+    everyone = snap.trending.get("all")
+    if not everyone:
+        pop, ctx, country_rows = trending_arrays(model, snap)
+        return popular_scores(pop, ctx, context_weight), country_rows
+    items = model.items
+    lists = tuple(snap.trending.get(label) or None for label in ("country", "device", "hour"))
+    key = (model.version, items.generation, len(items), context_weight, *(id(x) for x in lists))
+    cache = everyone._popular
+    hit = cache.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], lists, strict=True)):
+        return hit[1], hit[2]
+    pop, ctx, country_rows = trending_arrays(model, snap)
+    scores = popular_scores(pop, ctx, context_weight)
+    if len(cache) >= POPULAR_CACHE_SIZE:
+        cache.clear()
+    cache[key] = (lists, scores, country_rows)
+    return scores, country_rows
+
+
 def release_candidates(model: RecommenderModel, snap: Snapshot, now: int, budget: int,
                        exclude: NDArray[np.bool_]) -> SourceResult:
     """New releases: the online list when there is one (recency score in (0, 1]), else the model's arrays."""
@@ -230,12 +292,10 @@ def release_candidates(model: RecommenderModel, snap: Snapshot, now: int, budget
         return new_releases(model.items.new_since, now, budget, cfg.new_window_days, model.items.popularity,
                             exclude)
     window = cfg.new_window_days * DAY_MS
-    index = model.items.index
-    known = [(index[i], ts) for i, ts in snap.new_releases.pairs if i in index]
-    if not known:
+    rows, release_ts = snap.new_releases.known(model, np.int64)  # kept on the shared list: no loop per request
+    if not len(rows):
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
-    rows = np.array([r for r, _ in known], np.int64)
-    age = now - np.array([t for _, t in known], np.int64)
+    age = now - release_ts
     keep = (age >= 0) & (age < window) & ~exclude[rows]
     rows, age = rows[keep][:budget], age[keep][:budget]
     return rows.astype(np.int32), (1.0 - age / window).astype(np.float32)
@@ -251,13 +311,16 @@ def retrieve(model: RecommenderModel, request: RecommendRequest, snap: Snapshot,
     found: dict[str, SourceResult] = {}
     if user.vector is not None:
         found["ann_cf"] = ann_cf(model.cf_index, user.vector, cfg.ann_cf, exclude)
+    # The user's recent positive titles, once for both the content profile and the seeds (each its own cut).
+    positives = recent_positives(user.history_items, user.history_weights, user.history_ts)
     profile = user_content_profile(items.content, user.history_items, user.history_weights, user.history_ts, now,
-                                   max_items=cfg.profile_items, half_life_days=cfg.profile_half_life_days)
+                                   max_items=cfg.profile_items, half_life_days=cfg.profile_half_life_days,
+                                   positives=positives)
     found["content"] = content_based(items.content, profile, cfg.content, exclude)
-    pop, ctx, country_rows = trending_arrays(model, snap)
-    found["popular"] = popular(pop, cfg.popular, ctx, context_weight=cfg.context_weight, exclude=exclude)
+    popularity, country_rows = popular_source_scores(model, snap, cfg.context_weight)
+    found["popular"] = top_k(popularity, cfg.popular, exclude)  # = popular(*trending_arrays(...), ...)
     found["new_releases"] = release_candidates(model, snap, now, cfg.new_releases, exclude)
-    seeds, _, _ = recent_positives(user.history_items, user.history_weights, user.history_ts, cfg.byw_seeds)
+    seeds, _, _ = most_recent(positives, cfg.byw_seeds)
     found["byw"] = because_you_watched(model.neighbour_index, seeds, cfg.byw, exclude=exclude)
     cands = merge_candidates(found, exclude=exclude, available=items.available[: len(items)])
     return Retrieved(cands, profile, user, country_rows)
@@ -385,37 +448,56 @@ def reasons(model: RecommenderModel, retrieved: Retrieved, rows: NDArray[np.int6
     names = cands.source_names
     bits = cands.sources[positions]
     seeds = cands.seed[positions]
-    in_country = np.isin(rows, retrieved.country_trending)
+    in_country = _isin(rows, retrieved.country_trending)
     age_days = (now - model.items.release_ts[rows]) / DAY_MS
     original = model.items.is_original[rows]
 
-    def has(j: int, name: str) -> bool:
-        return name in names and bool(bits[j] & np.uint32(1 << names.index(name)))
+    def has(name: str) -> NDArray[np.bool_]:
+        if name not in names:
+            return np.zeros(len(rows), bool)
+        return (bits & np.uint32(1 << names.index(name))) != 0
 
-    out = []
+    # The first rule that holds, per pick (np.select takes the first true condition).
+    rule = np.select([has("byw") & (seeds != NO_SEED), has("popular") & in_country,
+                      has("new_releases") | ((age_days >= 0) & (age_days <= post.new_window_days)),
+                      has("ann_cf"), has("content"), has("popular")], [0, 1, 2, 3, 4, 5], 6)
     titles = model.items.titles
-    for j in range(len(rows)):
-        if has(j, "byw") and seeds[j] != NO_SEED:
-            out.append(f"Because you watched {titles[int(seeds[j])]}")
-        elif has(j, "popular") and in_country[j]:
-            out.append("Trending in your country")
-        elif has(j, "new_releases") or 0 <= age_days[j] <= post.new_window_days:
-            out.append("New on streamrec" if not original[j] else "New streamrec original")
-        elif has(j, "ann_cf"):
-            out.append("Picked for you from viewers with similar taste")
-        elif has(j, "content"):
-            out.append("Similar to titles you enjoy")
-        elif has(j, "popular"):
-            out.append("Trending now")
+    fixed = ("", "Trending in your country", "", "Picked for you from viewers with similar taste",
+             "Similar to titles you enjoy", "Trending now", TOP_UP_REASON)
+    out = []
+    for r, seed, orig in zip(rule.tolist(), seeds.tolist(), original.tolist(), strict=True):  # the K picks
+        if r == 0:
+            out.append(f"Because you watched {titles[seed]}")
+        elif r == 2:
+            out.append("New on streamrec" if not orig else "New streamrec original")
         else:
-            out.append(TOP_UP_REASON)
+            out.append(fixed[r])
     return out
 
 
+def _isin(values: NDArray[np.int64], among: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """``np.isin(values, among)`` for integer arrays by one binary search (np.isin's setup costs more here)."""
+    if len(among) == 0 or len(values) == 0:
+        return np.zeros(len(values), bool)
+    keys = np.sort(among)
+    return keys[np.minimum(np.searchsorted(keys, values), len(keys) - 1)] == values
+
+
+_SOURCE_LISTS: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
+
+
 def source_names(cands: Candidates, positions: NDArray[np.int64]) -> list[list[str]]:
-    names = [PUBLIC_SOURCE.get(n, n) for n in cands.source_names]
-    bits = cands.sources[positions]
-    return [[names[s] for s in range(len(names)) if b & (1 << s)] for b in bits.tolist()]
+    """The public source names of each pick (a fresh list each; the lists per bitmask are kept)."""
+    out = []
+    for b in cands.sources[positions].tolist():
+        names = _SOURCE_LISTS.get((cands.source_names, b))
+        if names is None:
+            if len(_SOURCE_LISTS) > 4096:  # (source tuple, bitmask): a few dozen in practice
+                _SOURCE_LISTS.clear()
+            names = _SOURCE_LISTS[(cands.source_names, b)] = tuple(
+                PUBLIC_SOURCE.get(n, n) for s, n in enumerate(cands.source_names) if b & (1 << s))
+        out.append(list(names))
+    return out
 
 
 def source_counts(cands: Candidates) -> Mapping[str, int]:

@@ -10,7 +10,7 @@ import pytest
 
 from foundation.settings import Settings
 from models.ann import IndexParams, ItemIndex
-from models.candidates import CandidateConfig, Histories, merge_candidates
+from models.candidates import NO_SEED, CandidateConfig, Histories, merge_candidates, popular_scores
 from models.catalog import CatalogTable
 from models.config import TwoStageConfig
 from models.features.spec import feature_layout
@@ -19,12 +19,15 @@ from models.item_vector_codec import ItemVector
 from models.postprocess import PostConfig
 from models.recommend.model import ItemTable, RecommenderModel
 from models.recommend.pipeline import (
+    PUBLIC_SOURCE,
     RankedIds,
     RecommendRequest,
     Retrieved,
     Snapshot,
+    _isin,
     answer,
     fallback_scores,
+    popular_source_scores,
     reasons,
     release_candidates,
     retrieve,
@@ -167,6 +170,122 @@ def test_reasons_name_the_seed_then_country_trend() -> None:
     more = answer(model, RecommendRequest("u0", k=5), retrieved, np.array([3.0, 2.0, 1.0], np.float32), NOW,
                   PostConfig(diversity=0.0))
     assert more.rows.tolist() == [7, 8, 9, 3, 4] and more.reasons[3:] == ["Popular on streamrec"] * 2
+
+
+def test_a_shared_list_converts_its_pairs_once_per_model_state() -> None:
+    model = tiny_model()
+    releases = RankedIds([("i6", NOW - DAY), ("zz", NOW), ("i7", NOW - 40 * DAY)])
+    rows, ts = releases.known(model, np.int64)
+    assert rows.tolist() == [6, 7] and ts.tolist() == [NOW - DAY, NOW - 40 * DAY]
+    assert releases.known(model, np.int64)[1] is ts, "kept for the next request"
+    assert releases.known(model, np.float32)[1].dtype == np.float32
+    model.items.generation += 1  # the catalogue's arrays were replaced: convert again
+    assert releases.known(model, np.int64)[1] is not ts
+
+
+def test_popular_scores_are_kept_per_combination_of_shared_lists() -> None:
+    model = tiny_model()
+    everyone = RankedIds([("i3", 5.0), ("i5", 2.0)])
+    country_a, country_b = RankedIds([("i4", 2.0)]), RankedIds([("i6", 1.0)])
+    device = RankedIds([("i4", 1.0), ("i6", 0.5)])
+    snap_a = Snapshot(trending={"all": everyone, "country": country_a, "device": device})
+    snap_b = Snapshot(trending={"all": everyone, "country": country_b, "device": device})
+    for snap, rows in ((snap_a, [4]), (snap_b, [6])):
+        pop, ctx, _ = trending_arrays(model, snap)
+        scores, country_rows = popular_source_scores(model, snap, 0.5)
+        assert np.array_equal(scores, popular_scores(pop, ctx, 0.5)) and country_rows.tolist() == rows
+    again, _ = popular_source_scores(model, snap_a, 0.5)
+    assert again is popular_source_scores(model, snap_a, 0.5)[0], "a second request reuses it"
+    assert not np.array_equal(again, popular_source_scores(model, snap_b, 0.5)[0])
+    assert not np.array_equal(again, popular_source_scores(model, snap_a, 0.9)[0]), "keyed by the blend weight"
+    # Without live trending lists: the bundle's popularity, not kept.
+    scores, rows = popular_source_scores(model, Snapshot(), 0.5)
+    assert np.array_equal(scores, popular_scores(model.items.popularity, None, 0.5)) and len(rows) == 0
+
+
+def _reference_reasons(model: RecommenderModel, retrieved: Retrieved, rows: np.ndarray, positions: np.ndarray,
+                       now: int, post: PostConfig) -> list[str]:
+    """The per-pick reasons as first written (the specification of the vectorised ``reasons``)."""
+    cands = retrieved.candidates
+    names = cands.source_names
+    bits, seeds = cands.sources[positions], cands.seed[positions]
+    in_country = np.isin(rows, retrieved.country_trending)
+    age_days = (now - model.items.release_ts[rows]) / DAY
+    original = model.items.is_original[rows]
+
+    def has(j: int, name: str) -> bool:
+        return name in names and bool(bits[j] & np.uint32(1 << names.index(name)))
+
+    out = []
+    for j in range(len(rows)):
+        if has(j, "byw") and seeds[j] != NO_SEED:
+            out.append(f"Because you watched {model.items.titles[int(seeds[j])]}")
+        elif has(j, "popular") and in_country[j]:
+            out.append("Trending in your country")
+        elif has(j, "new_releases") or 0 <= age_days[j] <= post.new_window_days:
+            out.append("New on streamrec" if not original[j] else "New streamrec original")
+        elif has(j, "ann_cf"):
+            out.append("Picked for you from viewers with similar taste")
+        elif has(j, "content"):
+            out.append("Similar to titles you enjoy")
+        elif has(j, "popular"):
+            out.append("Trending now")
+        else:
+            out.append("Popular on streamrec")
+    return out
+
+
+def test_reasons_and_source_names_match_the_per_pick_rules() -> None:
+    model = tiny_model()
+    model.items.release_ts = model.items.release_ts.copy()
+    model.items.release_ts[10:14] = [NOW - DAY, NOW + DAY, NOW - 31 * DAY, NOW - 30 * DAY]
+    model.items.is_original = model.items.is_original.copy()
+    model.items.is_original[10] = True
+    user = user_context(model, RecommendRequest("u0"), Snapshot(), NOW)
+    rng = np.random.default_rng(4)
+    names = ("ann_cf", "content", "popular", "new_releases", "byw", "other")
+    for trial in range(25):
+        found: dict[str, Any] = {}
+        for name in names[: 3 + trial % 4]:
+            rows = rng.choice(N, int(rng.integers(0, 12)), replace=False).astype(np.int32)
+            scores = rng.random(len(rows)).astype(np.float32)
+            found[name] = (rows, scores, rng.choice([NO_SEED, 1, 2], len(rows)).astype(np.int32)) \
+                if name == "byw" else (rows, scores)
+        cands = merge_candidates(found)
+        retrieved = Retrieved(cands, np.zeros(12, np.float32), user,
+                              country_trending=rng.choice(N, int(rng.integers(0, 8)), replace=False))
+        positions = rng.permutation(len(cands))[: int(rng.integers(0, len(cands) + 1))]
+        rows = cands.items[positions].astype(np.int64)
+        post = PostConfig(new_window_days=(30.0, 0.5)[trial % 2])
+        assert reasons(model, retrieved, rows, positions, NOW, post) == \
+            _reference_reasons(model, retrieved, rows, positions, NOW, post)
+        expected = [[PUBLIC_SOURCE.get(n, n) for s, n in enumerate(cands.source_names) if b & (1 << s)]
+                    for b in cands.sources[positions].tolist()]
+        got = source_names(cands, positions)
+        assert got == expected
+        if got:
+            got[0].append("mutated")  # each pick's list is its own
+            assert source_names(cands, positions)[0] == expected[0]
+
+
+def test_static_lookup_by_rows_is_the_lookup_by_ids() -> None:
+    model = tiny_model()
+    model.apply_catalog([_upsert("new-title", title="New")])  # a row past the bundle's: not in the static table
+    new_row = model.items.index["new-title"]
+    assert new_row >= model.n_bundle_items
+    cands = merge_candidates({"a": (np.array([3, new_row, 0, 17], np.int32), np.ones(4, np.float32))})
+    retrieved = Retrieved(cands, np.zeros(12, np.float32), user_context(model, RecommendRequest("u0"), Snapshot(), NOW))
+    index, hashes = retrieved.static_lookup(model)
+    ref_index, ref_hashes = model.static.lookup(retrieved.item_ids(model))
+    assert np.array_equal(index, ref_index) and np.array_equal(hashes, ref_hashes)
+    assert index.tolist() == [0, 3, 17, -1]
+
+
+def test_isin_is_np_isin() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        values, among = rng.integers(0, 50, int(rng.integers(0, 30))), rng.integers(0, 50, int(rng.integers(0, 30)))
+        assert np.array_equal(_isin(values, among), np.isin(values, among))
 
 
 def test_fallback_scores_follow_the_best_source_rank() -> None:
