@@ -209,6 +209,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                 options=options)
     try:
         loaded = await _load_redis(service, data)
+        if service.item_tail is not None:  # the state went in after the service's start-up snapshot: read it again
+            await service.item_tail.load()
         model = service.model
         users = [u for u, row in model.user_index.items() if model.trained_users[row]]
         scaled = scale_candidates(model, args.candidates, users) if args.candidates else None
