@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from foundation.settings import ENV_PREFIX, Settings
 
 
@@ -21,6 +23,8 @@ def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict
             continue
         if isinstance(value, bool):
             text = "true" if value else "false"
+        elif isinstance(value, SecretStr):  # dumped masked: the child needs the secret itself
+            text = value.get_secret_value()
         elif isinstance(value, Path):
             text = str(value.resolve()) if not value.is_absolute() else str(value)
         else:

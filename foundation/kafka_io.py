@@ -25,6 +25,20 @@ def make_producer(settings: Settings, *, enable_idempotence: bool = True, **over
     return AIOKafkaProducer(**options)
 
 
+async def stop_quietly(client: Any) -> None:
+    """Stop an aiokafka consumer or producer whatever state its broker is in. With the broker gone, a consumer's
+    ``stop()`` cancels its fetch tasks and lets their ``CancelledError`` out (aiokafka's fetcher): that must not
+    pass for the caller's own cancellation (a server shutting down stopped there, its other clients left open)."""
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled ourselves
+    except Exception:
+        pass
+
+
 def producer_failure(producer: AIOKafkaProducer | None) -> BaseException | None:
     """Why a started producer can no longer send (its sender task ended), or ``None`` while it can.
 

@@ -9,16 +9,37 @@ keeps the two in agreement.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_serializer, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import topics
 
 ENV_PREFIX = "STREAMREC_"
+
+MASK = "**********"
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<password>[^@\s/]+)@")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user-info masked: ``redis://u:pw@h/0`` -> ``redis://u:**********@h/0``.
+
+    Also masks every such URL inside a longer text (an error message that quotes one)."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", url)
+
+
+class ApiKey(SecretStr):
+    """A secret string (``repr``, ``str`` and JSON dumps print ``**********``) that still offers the two things
+    existing callers do with a key: truth (is one set?) and ``encode()`` (for ``hmac.compare_digest``)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.get_secret_value().encode(encoding, errors)
 
 
 class Settings(BaseSettings):
@@ -86,6 +107,10 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         9108, ge=0, le=65535, description="Port of a stream worker's Prometheus metrics; 0: none."
     )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Address a stream worker's metrics server binds (0.0.0.0: every interface, "
+        "e.g. in a container scraped from outside)."
+    )
     worker_concurrency: int = Field(
         4, ge=1, description="Partition batches a stream worker handles at once (their Redis round trips overlap)."
     )
@@ -93,8 +118,9 @@ class Settings(BaseSettings):
     # --- Serving (HTTP) --------------------------------------------------------------------
     server_host: str = Field("127.0.0.1", description="Address `streamrec serve` binds (0.0.0.0 in containers).")
     server_port: int = Field(8000, ge=1, le=65535, description="Port `streamrec serve` listens on.")
-    api_key: str = Field(
-        "", description="Key required in the X-API-Key header of POST /v1/events; empty: writes need no key."
+    api_key: ApiKey = Field(
+        ApiKey(""), description="Key required in the X-API-Key header of POST /v1/events; empty: writes need no key. "
+        "A secret: printed and logged as **********; `api_key_value()` gives the key itself."
     )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted; bigger ones get 413."
@@ -103,7 +129,7 @@ class Settings(BaseSettings):
         1000, ge=1, description="Most events one POST /v1/events may carry (a JSON array)."
     )
     events_publish_timeout_s: float = Field(
-        5.0, gt=0, description="How long POST /v1/events waits for Kafka's acknowledgement before answering 503."
+        1.0, gt=0, description="How long POST /v1/events waits for Kafka's acknowledgement before answering 503."
     )
     request_timeout_s: float = Field(
         1.0, gt=0, description="Budget of one recommendation/similar call; past it the answer is degraded."
@@ -173,6 +199,27 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"unknown log level {value!r}")
         return level
+
+    # --- Secrets: never printed ------------------------------------------------------------------
+    def api_key_value(self) -> str:
+        """The API key itself ("" when none); ``api_key`` prints masked."""
+        key: Any = self.api_key
+        return key.get_secret_value() if isinstance(key, SecretStr) else str(key or "")
+
+    @property
+    def redis_url_masked(self) -> str:
+        """``redis_url`` with its password (if any) masked: for messages and logs."""
+        return mask_url(self.redis_url)
+
+    @field_serializer("redis_url", when_used="json")
+    def _mask_redis_url(self, value: str) -> str:
+        # JSON dumps (logs, reports) mask the password; model_dump() in Python keeps it (child_env needs it).
+        return mask_url(value)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # repr(), str() and rich's pretty printing (tracebacks with locals) all go through here.
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if isinstance(value, str) else value
 
     # --- Derived values (not settings of their own, so they cannot disagree) -------------------
     @property

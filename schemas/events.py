@@ -20,21 +20,35 @@ from msgspec import Meta, Struct
 
 SCHEMA_VERSION: Final = 1
 
-# Ids are opaque strings; numeric ids (MovieLens) are sent as strings. No pattern: a regex per id
-# made decoding 4.6x slower (benchmarks/bench_decode.py) for a rule no consumer relies on.
-Id = Annotated[str, Meta(min_length=1, max_length=128, description="Opaque id, 1 to 128 characters.")]
+# Ids are opaque strings; numeric ids (MovieLens) are sent as strings. Character set: any Unicode character
+# except control characters (U+0000-U+001F, U+007F-U+009F: NUL, tab, newlines, ...) and the line and paragraph
+# separators U+2028/U+2029. The pattern is published in the JSON Schema, but msgspec does not run it: a regex per id
+# made decoding 4.6x slower (benchmarks/bench_decode.py). JSON can only carry such characters escaped (``\u0000``,
+# ``\n``) or as non-ASCII bytes, so :mod:`schemas.decoder` checks the ids of exactly those records (ID_FORBIDDEN).
+ID_MAX_LENGTH: Final = 128
+ID_FORBIDDEN: Final = r"\x00-\x1f\x7f-\x9f\u2028\u2029"  # a regex character-class body
+Id = Annotated[str, Meta(
+    min_length=1, max_length=ID_MAX_LENGTH,
+    description="Opaque id, 1 to 128 characters; no control characters (NUL, tab, newlines) or line separators.",
+    extra_json_schema={"pattern": f"^[^{ID_FORBIDDEN}]*$"},
+)]
+# Integers are JSON integer literals: `3`, never `3.0` or `3e0` (the decoder refuses those although JSON Schema's
+# "integer" admits them); the descriptions say so.
+_INT_NOTE = " A JSON integer literal (no fraction or exponent)."
 # Milliseconds since the Unix epoch, UTC; bounded so that a seconds/microseconds mix-up fails loudly.
 TimestampMs = Annotated[
-    int, Meta(ge=0, le=4_102_444_800_000, description="Milliseconds since the Unix epoch (UTC), before 2100.")
+    int,
+    Meta(ge=0, le=4_102_444_800_000, description="Milliseconds since the Unix epoch (UTC), before 2100." + _INT_NOTE),
 ]
 # Release dates reach back before 1970 (a 1920s film has a negative release_ts).
 ReleaseTs = Annotated[
     int,
-    Meta(ge=-5_364_662_400_000, le=4_102_444_800_000, description="Release time, epoch ms, years 1800 to 2100."),
+    Meta(ge=-5_364_662_400_000, le=4_102_444_800_000,
+         description="Release time, epoch ms, years 1800 to 2100." + _INT_NOTE),
 ]
 Seconds = Annotated[float, Meta(ge=0.0, le=86_400.0 * 7, description="A duration in seconds.")]
 Country = Annotated[str, Meta(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 country code.")]
-LocalHour = Annotated[int, Meta(ge=0, le=23, description="Hour of day in the user's time zone.")]
+LocalHour = Annotated[int, Meta(ge=0, le=23, description="Hour of day in the user's time zone." + _INT_NOTE)]
 Label = Annotated[str, Meta(min_length=1, max_length=200)]
 Device = Literal["tv", "mobile", "tablet", "web", "console", "other"]
 # Content maturity, least to most restricted; "NR" (not rated) sorts last so that a
@@ -42,6 +56,7 @@ Device = Literal["tv", "mobile", "tablet", "web", "console", "other"]
 MaturityRating = Literal["G", "PG", "PG-13", "R", "NC-17", "NR"]
 MATURITY_ORDER: Final[tuple[str, ...]] = ("G", "PG", "PG-13", "R", "NC-17", "NR")
 
+IMPRESSION_MAX: Final = 1000  # items in one impression
 DEVICES: Final[tuple[str, ...]] = ("tv", "mobile", "tablet", "web", "console", "other")
 
 
@@ -94,7 +109,9 @@ class Click(_Interaction, tag="click"):
     """A click on a title, optionally attributed to a recommendation request and slot."""
 
     request_id: Id | None = None
-    position: Annotated[int, Meta(ge=0)] | None = None
+    # The slot in the impression it came from: impressions hold at most IMPRESSION_MAX items.
+    position: Annotated[int, Meta(ge=0, le=IMPRESSION_MAX - 1,
+                                  description="0-based slot in the list shown." + _INT_NOTE)] | None = None
 
 
 class Skip(_Interaction, tag="skip"):
@@ -111,7 +128,7 @@ class Impression(_Base, kw_only=True, tag="impression"):
     """A list of titles shown to the user for one recommendation request."""
 
     user_id: Id
-    item_ids: Annotated[list[Id], Meta(min_length=1, max_length=1000)]
+    item_ids: Annotated[list[Id], Meta(min_length=1, max_length=IMPRESSION_MAX)]
     request_id: Id
     context: Context | None = None
 
@@ -122,7 +139,7 @@ class UserUpsert(_Base, kw_only=True, tag="user_upsert"):
     user_id: Id
     country: Country | None = None
     maturity_limit: MaturityRating | None = None
-    age: Annotated[int, Meta(ge=0, le=130)] | None = None
+    age: Annotated[int, Meta(ge=0, le=130, description="Years." + _INT_NOTE)] | None = None
     gender: Label | None = None
     occupation: Label | None = None
     zip_code: Label | None = None
@@ -137,7 +154,7 @@ class ItemUpsert(_Base, kw_only=True, tag="item_upsert"):
     tags: Annotated[list[Label], Meta(max_length=500)] = []
     cast: Annotated[list[Label], Meta(max_length=200)] = []
     release_ts: ReleaseTs
-    year: Annotated[int, Meta(ge=1800, le=2100)] | None = None
+    year: Annotated[int, Meta(ge=1800, le=2100, description="Release year." + _INT_NOTE)] | None = None
     maturity_rating: MaturityRating = "NR"
     is_original: bool = False
     available: bool = True

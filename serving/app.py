@@ -26,6 +26,7 @@ from aiohttp import web
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from models.recommend.pipeline import RecommendRequest
+from schemas.decoder import MAX_DEPTH, TOO_DEEP, too_deep
 from schemas.events import is_catalog
 from serving.admission import AdaptiveLimiter, LimitConfig
 from serving.http_events import BodyError, EventPublisher, KafkaEventPublisher, PublisherUnavailable, decode_events
@@ -156,6 +157,12 @@ async def _handle(request: web.Request, handler: Callable[[web.Request], Awaitab
     except web.HTTPException as exc:  # aiohttp's own 404 / 405: same JSON shape as ours
         field = {404: "path", 405: "method"}.get(exc.status, "request")
         response = _error(exc.status, field, exc.reason, request_id)
+        if "Allow" in exc.headers:  # a 405 says which methods the path takes (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+    except RecursionError:
+        # Too deeply nested input that got past the depth checks: the client's fault, never a 5xx.
+        extra = {"refused": [{"index": 0, "field": "$", "reason": TOO_DEEP}]} if endpoint == "/v1/events" else {}
+        response = _error(400, "body", TOO_DEEP, request_id, **extra)
     except ConnectionResetError:
         # The client hung up while its body was being read: nothing of ours failed and nobody reads the answer
         # (aiohttp drops it quietly); not the traceback of an "unhandled error".
@@ -222,6 +229,10 @@ async def post_events(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=settings.max_body_bytes, actual_size=request.content_length)
     raw = await request.read()  # bounded by client_max_size (= max_body_bytes) for chunked bodies too
+    # Before any parsing (msgspec recurses). A batch array adds a level: an event too deep inside it is refused by
+    # index, by the decoder, like any other invalid event of a batch.
+    if too_deep(raw, MAX_DEPTH + (raw.lstrip()[:1] == b"[")):
+        return _error(400, "body", TOO_DEEP, request_id, refused=[{"index": 0, "field": "$", "reason": TOO_DEEP}])
     try:
         batch = decode_events(raw, settings.max_events_per_request)
     except BodyError as exc:
@@ -235,7 +246,12 @@ async def post_events(request: web.Request) -> web.Response:
         await request.app[PUBLISHER].publish(batch.events)
     except PublisherUnavailable as exc:
         log.warning("events not published", error=str(exc), events=len(batch.events), request_id=request_id)
-        return _error(503, "kafka", str(exc), request_id)
+        # Past the deadline the outcome is unknown: the broker may still have taken some of them (the probe saw
+        # 16 of 153 events answered 503 applied). Say so, rather than invite a blind retry.
+        response = _error(503, "kafka", f"{exc}; the events may or may not have been written", request_id,
+                          written="unknown")
+        response.headers["Retry-After"] = "1"
+        return response
     for valid in batch.events:
         EVENTS_ACCEPTED.labels(settings.topic_catalog if is_catalog(valid.event) else settings.topic_interactions).inc()
     return _json_response({"accepted": len(batch.events), "refused": refused, "request_id": request_id}, 202)
@@ -256,8 +272,12 @@ async def readyz(request: web.Request) -> web.Response:
         body = {"ready": False, "error": str(exc)}
     # The readiness: bundle loaded, index caught up *and* Redis reachable (the core's flag covers the first
     # two; a replica without Redis still answers, degraded, but should not be preferred by the load balancer).
-    ready = bool(body.get("ready")) and body.get("redis", True) is not False
-    body = {**body, "ready": ready, "events_producer": request.app[PUBLISHER].connected}
+    publisher = request.app[PUBLISHER]
+    # A broker that cannot be reached makes the replica unready for writes: reads still work, but a load balancer
+    # should send POST /v1/events elsewhere (it answers 503 within the publish deadline here).
+    broker = bool(getattr(publisher, "broker_reachable", publisher.connected))
+    ready = bool(body.get("ready")) and body.get("redis", True) is not False and broker
+    body = {**body, "ready": ready, "events_producer": publisher.connected, "kafka": broker}
     return _json_response(body, 200 if ready else 503)
 
 

@@ -105,13 +105,37 @@ class KafkaEventPublisher:
     """Publishes through one idempotent aiokafka producer (acks=all), started in the background so that a server
     whose Kafka is briefly away still serves reads; keys and topics follow ``schemas.topics``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, probe_s: float = 2.0) -> None:
         self._settings = settings
         self._producer: Any = None
         self._starting: asyncio.Task[None] | None = None
+        self._probing: asyncio.Task[None] | None = None
+        self.probe_s = probe_s
+        self.close_timeout_s = 5.0
+        # Whether the broker answered lately: a connected producer keeps existing while its broker is down (aiokafka
+        # reconnects by itself), so /readyz asks this, kept by a metadata probe and by each publish's outcome.
+        self.broker_reachable = False
 
     def start_background(self) -> None:
-        self._starting = asyncio.get_running_loop().create_task(self._connect(), name="events-producer-start")
+        loop = asyncio.get_running_loop()
+        self._starting = loop.create_task(self._connect(), name="events-producer-start")
+        self._probing = loop.create_task(self._probe(), name="events-broker-probe")
+
+    async def _probe(self) -> None:
+        """Every ``probe_s``: one metadata request to the cluster (bounded by the publish deadline)."""
+        while True:
+            await asyncio.sleep(self.probe_s)
+            producer = self._producer
+            if producer is None:
+                continue
+            try:
+                async with asyncio.timeout(self._settings.events_publish_timeout_s):
+                    await producer.client.fetch_all_metadata()
+                self.broker_reachable = True
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.broker_reachable = False
 
     async def _connect(self) -> None:
         delay = 0.5
@@ -129,6 +153,7 @@ class KafkaEventPublisher:
                 delay = min(delay * 2, 10.0)
                 continue
             self._producer = producer
+            self.broker_reachable = True
             log.info("events producer connected", bootstrap=self._settings.kafka_bootstrap)
             return
 
@@ -151,15 +176,25 @@ class KafkaEventPublisher:
                     await sender.add(topics[is_catalog(event)], partition_key(event).encode(), valid.original)
                 await sender.flush()
         except (TimeoutError, LookupError, OSError) as exc:
+            self.broker_reachable = False
             raise PublisherUnavailable(f"Kafka did not acknowledge the events: {exc or 'timeout'}") from exc
         except Exception as exc:  # aiokafka's KafkaError family: the broker refused or went away
+            self.broker_reachable = False
             raise PublisherUnavailable(f"Kafka refused the events: {exc}") from exc
+        self.broker_reachable = True
 
     async def close(self) -> None:
-        if self._starting is not None and not self._starting.done():
-            self._starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._starting
+        for task in (self._probing, self._starting):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._producer is not None:
-            await self._producer.stop()  # flushes what is still in the accumulator
-            self._producer = None
+            producer, self._producer = self._producer, None
+            # stop() flushes what is still in the accumulator: with the broker gone that never ends, and a server
+            # must still shut down (what is left was answered 503, "may or may not have been written").
+            try:
+                async with asyncio.timeout(self.close_timeout_s):
+                    await producer.stop()
+            except TimeoutError:
+                log.warning("events producer closed with unsent events (broker unreachable)")

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from models.recommend.pipeline import RecommendRequest
-from schemas.events import DEVICES
+from schemas.events import DEVICES, ID_FORBIDDEN, ID_MAX_LENGTH
 
 K_MIN: Final = 1
 K_MAX: Final = 200
 K_DEFAULT: Final = 20
-ID_MAX: Final = 128  # schemas.events.Id
+ID_MAX: Final = ID_MAX_LENGTH  # schemas.events.Id
+ID_PATTERN: Final = f"^[^{ID_FORBIDDEN}]*$"  # the event contract's id characters (no control characters)
+_BAD_ID = re.compile(f"[{ID_FORBIDDEN}]")
 _COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 # A caller's X-Request-ID is echoed only when it is short and printable-safe (it lands in logs and headers).
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -42,13 +44,25 @@ NOW_MAX = 4_102_444_800_000
 def check_id(value: str, field: str) -> str:
     if not value or len(value) > ID_MAX:
         raise ParamError(field, f"must be 1 to {ID_MAX} characters")
+    if _BAD_ID.search(value):
+        raise ParamError(field, "must not contain control characters (NUL, tab, newlines) or line separators")
     return value
 
 
-def _int(query: Mapping[str, str], field: str, low: int, high: int, default: int | None) -> int | None:
+def _present(query: Mapping[str, str], field: str) -> str | None:
+    """The parameter's value, None when absent; an empty value (``k=``) is invalid, as the OpenAPI document says."""
     raw = query.get(field)
-    if raw is None or raw == "":
+    if raw == "":
+        raise ParamError(field, "must not be empty (leave the parameter out for its default)")
+    return raw
+
+
+def _int(query: Mapping[str, str], field: str, low: int, high: int, default: int | None) -> int | None:
+    raw = _present(query, field)
+    if raw is None:
         return default
+    if len(raw) > 20:  # no int() of a 100 KB digit string
+        raise ParamError(field, f"must be an integer from {low} to {high}, got {raw[:40]!r}...")
     try:
         value = int(raw)
     except ValueError:
@@ -67,13 +81,13 @@ def parse_k(query: Mapping[str, str]) -> int:
 def parse_recommend_request(user_id: str, request_id: str, query: Mapping[str, str]) -> RecommendRequest:
     """The request object the pipeline takes, from the path's ``user_id`` and the query: ``k`` 1..200 (default 20),
     ``device`` one of the schema's devices, ``country`` ISO 3166 alpha-2 (any case, answered upper-case), ``hour``
-    0..23, ``now`` epoch ms (the request's clock, for replays of recorded logs; default the wall clock). Empty
-    values count as absent."""
+    0..23, ``now`` epoch ms (the request's clock, for replays of recorded logs; default the wall clock). An empty
+    value (``k=``) is a 400, not the default."""
     check_id(user_id, "user_id")
-    device = query.get("device") or None
+    device = _present(query, "device")
     if device is not None and device not in DEVICES:
         raise ParamError("device", f"must be one of {', '.join(DEVICES)}, got {device[:40]!r}")
-    country = query.get("country") or None
+    country = _present(query, "country")
     if country is not None:
         if not _COUNTRY.match(country):
             raise ParamError("country", f"must be an ISO 3166-1 alpha-2 code such as US, got {country[:40]!r}")

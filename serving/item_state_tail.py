@@ -18,7 +18,7 @@ import contextlib
 import time
 from typing import Any
 
-from foundation.kafka_io import make_consumer
+from foundation.kafka_io import make_consumer, stop_quietly
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from foundation.topics import ensure_topics
@@ -61,8 +61,7 @@ class ItemStateTail:
 
     async def _drop_consumer(self) -> None:
         if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
+            await stop_quietly(self.consumer)
             self.consumer = None
 
     async def load(self) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundation.dead_letters import decode_records
-from foundation.kafka_io import make_consumer
+from foundation.kafka_io import make_consumer, stop_quietly
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from foundation.topics import ensure_topics
@@ -90,8 +90,7 @@ class LiveTail:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         for consumer in self._consumers.values():
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+            await stop_quietly(consumer)
         self._consumers.clear()
 
     async def _open(self) -> None:
@@ -125,8 +124,7 @@ class LiveTail:
                 self.error = repr(exc)
                 log.warning("serving.tail_error", error=self.error)
                 for consumer in self._consumers.values():
-                    with contextlib.suppress(Exception):
-                        await consumer.stop()
+                    await stop_quietly(consumer)
                 self._consumers.clear()
                 self._targets.clear()
                 await asyncio.sleep(1.0)

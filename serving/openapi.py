@@ -13,8 +13,9 @@ from typing import Any
 
 import msgspec
 
+from schemas.decoder import MAX_DEPTH
 from schemas.events import DEVICES, Event
-from serving.http_validation import ID_MAX, K_DEFAULT, K_MAX, K_MIN
+from serving.http_validation import ID_MAX, ID_PATTERN, K_DEFAULT, K_MAX, K_MIN
 
 _REF = "#/components/schemas/{name}"
 
@@ -29,7 +30,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 _NUMBER = {"type": "number"}
 _STRING = {"type": "string"}
-_ID = {"type": "string", "minLength": 1, "maxLength": ID_MAX}
+_ID = {"type": "string", "minLength": 1, "maxLength": ID_MAX, "pattern": ID_PATTERN,
+       "description": "1 to 128 characters, no control characters (NUL, tab, newlines) or line separators."}
 
 _SHAPES: dict[str, dict[str, Any]] = {
     "Error": {
@@ -46,6 +48,8 @@ _SHAPES: dict[str, dict[str, Any]] = {
                 "additionalProperties": False,
             },
             "request_id": _STRING,
+            "written": {"const": "unknown", "description": "POST /v1/events' 503: the events may or may not have "
+                        "been written (the broker did not acknowledge them within the deadline)."},
         },
         "additionalProperties": False,
     },
@@ -135,6 +139,8 @@ _SHAPES: dict[str, dict[str, Any]] = {
             "ready": {"type": "boolean"},
             "bundle": {"type": ["string", "null"], "description": "Version of the loaded model bundle."},
             "redis": {"type": "boolean"},
+            "kafka": {"type": "boolean", "description": "The broker answered lately (a metadata probe every 2 s, "
+                      "and each publish); false makes the replica unready."},
             "index": {
                 "type": "object",
                 "properties": {
@@ -245,10 +251,14 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "202": _json(_ref("EventsAccepted"),
                                  "At least one event was published; the refused ones are listed by index."),
-                    "400": _json(_ref("EventsRejected"), "Not JSON, an empty or too large array, or no valid event."),
+                    "400": _json(_ref("EventsRejected"),
+                                 "Not JSON, nested deeper than " + str(MAX_DEPTH) + " levels, an empty or too "
+                                 "large array, or no valid event."),
                     "401": _json(_ref("Error"), "Missing or wrong X-API-Key."),
                     "413": _json(_ref("Error"), "The body is larger than STREAMREC_MAX_BODY_BYTES."),
-                    "503": _json(_ref("Error"), "Kafka did not acknowledge the events in time; nothing is promised."),
+                    "503": _json(_ref("Error"), "Kafka did not acknowledge the events within "
+                                 "STREAMREC_EVENTS_PUBLISH_TIMEOUT_S (1 s): they may or may not have been written "
+                                 "(`written: unknown`); `Retry-After: 1`."),
                 },
             }
         },
@@ -291,7 +301,9 @@ def openapi_document() -> dict[str, Any]:
             "title": "streamrec",
             "version": "1",
             "description": "Real-time recommendations. Every error body is `{error: {field, message}, request_id}`; "
-                           "unknown routes answer 404 and wrong methods 405 with the same shape.",
+                           "unknown routes answer 404 and wrong methods 405 (with an `Allow` header) with the same "
+                           "shape. A query parameter sent empty (`k=`) is invalid (400), not its default. Integers "
+                           "in events are JSON integer literals: `3`, not `3.0`.",
         },
         "paths": _paths(),
         "components": {"schemas": components},

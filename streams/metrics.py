@@ -1,7 +1,9 @@
 """Prometheus metrics of the stream worker (one set per process, on the default registry).
 
 Served over HTTP by :func:`serve` on the worker's metrics port (``settings.worker_metrics_port``, or
-``streamrec worker --metrics-port``; 0 disables).
+``streamrec worker --metrics-port``; 0 disables), bound to ``settings.worker_metrics_host``: 127.0.0.1 by
+default, so that only the host itself can scrape it; set ``STREAMREC_WORKER_METRICS_HOST=0.0.0.0`` where a
+scraper elsewhere must reach it (a container), behind a firewall.
 """
 
 from __future__ import annotations
@@ -47,17 +49,19 @@ RESTARTS: Final = Counter(
     "streamrec_worker_restarts_total", "In-process restarts (new Kafka clients and effects) after a client died."
 )
 
-_served: set[int] = set()
+DEFAULT_HOST: Final = "127.0.0.1"
+
+_served: set[tuple[str, int]] = set()
 
 
-def serve(port: int) -> bool:
-    """Expose the metrics on ``port`` (0: disabled; once per process and port: a restart keeps the
-    server). Returns whether a server was started."""
+def serve(port: int, host: str = DEFAULT_HOST) -> bool:
+    """Expose the metrics on ``host:port`` (port 0: disabled; once per process and address: a restart
+    keeps the server). Loopback unless told otherwise. Returns whether a server is serving."""
     if port <= 0:
         return False
-    if port not in _served:
-        start_http_server(port)
-        _served.add(port)
+    if (host, port) not in _served:
+        start_http_server(port, addr=host)
+        _served.add((host, port))
     return True
 ITEM_STATE_PUBLISHED: Final = Counter(
     "streamrec_worker_item_state_published_total",

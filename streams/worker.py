@@ -165,8 +165,8 @@ class Worker:
                                       heartbeat_interval_ms=max(100, o.session_timeout_ms // 3))
         self.consumer.subscribe([s.topic_interactions, s.topic_catalog], listener=_Listener(self))
         await self.consumer.start()
-        if metrics.serve(o.metrics_port):
-            log.info("worker.metrics", port=o.metrics_port)
+        if metrics.serve(o.metrics_port, s.worker_metrics_host):
+            log.info("worker.metrics", host=s.worker_metrics_host, port=o.metrics_port)
         # The bundle, catalogue and effect tables are long-lived: out of the collector's sight, so that the
         # full collections the per-batch garbage triggers do not walk them (pauses of 100+ ms otherwise).
         gc.collect()

@@ -103,7 +103,7 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
     out.print(f"API      {url}/v1/recommendations/USER_ID   (docs: {url}/openapi.json, metrics: {url}/metrics)")
     metrics_port = settings.worker_metrics_port
     out.print(f"worker   metrics on :{metrics_port}" if metrics_port else "worker   running")
-    out.print(f"Kafka    {settings.kafka_bootstrap}    Redis {settings.redis_url}")
+    out.print(f"Kafka    {settings.kafka_bootstrap}    Redis {settings.redis_url_masked}")
     out.print("Everything keeps running. Stop it all with: streamrec demo --down")
 
 

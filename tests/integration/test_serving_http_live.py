@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from models.bundle import open_bundle
 from serving.app import create_app
+from tools.stack import process
+from tools.stack.layout import StackLayout
 from tools.stack.probes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -258,3 +261,33 @@ async def test_serve_command_runs_replicas_and_stops_on_sigterm(
     # Multiprocess metrics: whichever replica answered the scrape reports the requests of both.
     count = 'streamrec_http_request_seconds_count{endpoint="/v1/recommendations/{user_id}",status="200"} 12.0'
     assert count in text, text
+
+
+def test_a_dead_broker_fails_writes_fast_and_the_replica_unready(stack_factory: Any, artifacts: Path) -> None:
+    # A stack of its own: its broker is SIGKILLed here (the factory is synchronous: the test runs its own loop).
+    own = stack_factory("deadbroker", 22092, 22093, 19379)
+    asyncio.run(_dead_broker(own, artifacts))
+
+
+async def _dead_broker(own: Settings, artifacts: Path) -> None:
+    settings = per_test_settings(own, "dead-broker")
+    async with running_api(settings, artifacts) as api:
+        await api.call("POST", EVENTS, EVENTS, expect=202, data=orjson.dumps(_play("u1", "i1", 1)))
+        record = process.read_record(StackLayout.from_settings(own).kafka_pid_file)
+        assert record is not None
+        os.kill(record.pid, signal.SIGKILL)
+        started = time.monotonic()
+        body = await api.call("POST", EVENTS, EVENTS, expect=503, data=orjson.dumps(_play("u1", "i2", 2)))
+        # Within the publish deadline (1 s) plus slack, not the old 5 s; and the answer does not promise anything.
+        assert time.monotonic() - started < 3.0
+        assert body["error"]["field"] == "kafka" and body["written"] == "unknown"
+        deadline = time.monotonic() + 15
+        while True:  # the broker probe (every 2 s) turns the replica unready; reads still answer
+            try:
+                ready = await api.call("GET", "/readyz", "/readyz", expect=503)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "still ready with the broker dead"
+                await asyncio.sleep(0.2)
+        assert ready["kafka"] is False
+        await api.call("GET", "/v1/recommendations/u1", REC, expect=200)

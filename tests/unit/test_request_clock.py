@@ -11,7 +11,9 @@ from serving.openapi import openapi_document
 def test_now_is_parsed_as_epoch_ms_and_absent_means_the_wall_clock() -> None:
     assert parse_recommend_request("u1", "r1", {"now": "1767225600000"}).now_ms == 1_767_225_600_000
     assert parse_recommend_request("u1", "r1", {}).now_ms is None
-    assert parse_recommend_request("u1", "r1", {"now": ""}).now_ms is None
+    with pytest.raises(ParamError) as caught:  # `now=` is not an integer (the OpenAPI document says so): a 400
+        parse_recommend_request("u1", "r1", {"now": ""})
+    assert caught.value.field == "now"
 
 
 @pytest.mark.parametrize("raw", ["-1", "soon", str(NOW_MAX + 1), "1.5"])

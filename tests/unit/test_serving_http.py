@@ -334,6 +334,13 @@ async def test_kafka_unavailable_is_503_for_writes_only(h: Harness) -> None:
     h.publisher.down = True
     body = await h.call("POST", EVENTS, EVENTS, expect=503, data=orjson.dumps(PLAY))
     assert body["error"]["field"] == "kafka"
+    # The outcome is unknown past the deadline: the answer says so (a broker may have taken some of them).
+    assert body["written"] == "unknown" and "may or may not have been written" in body["error"]["message"]
+    response = await h.client.post(EVENTS, data=orjson.dumps(PLAY))
+    assert response.headers["Retry-After"] == "1"
+    # A replica whose broker is away is not ready (writes would fail); reads still answer.
+    body = await h.call("GET", "/readyz", "/readyz", expect=503)
+    assert body["kafka"] is False and body["ready"] is False
 
 
 def test_decode_events_keeps_order_and_indexes() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from pydantic import SecretStr
 
 from schemas.decoder import event_decoder
 from schemas.events import ItemRemove, ItemUpsert
@@ -126,10 +127,11 @@ async def recommendations(session: Any, base_url: str, user: str, k: int, now_ms
         return body  # type: ignore[no-any-return]
 
 
-async def run_stories(base_url: str, facts: LogFacts, users: list[str], k: int = 10, api_key: str = "",
-                      timeout_s: float = 20.0) -> list[UserStory]:
+async def run_stories(base_url: str, facts: LogFacts, users: list[str], k: int = 10,
+                      api_key: str | SecretStr = "", timeout_s: float = 20.0) -> list[UserStory]:
     """For each user: the answer now, then the new interactions, then the answer once they are applied."""
-    headers = {"X-API-Key": api_key} if api_key else {}
+    key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key  # settings.api_key is secret
+    headers = {"X-API-Key": key} if key else {}
     stories = []
     async with aiohttp.ClientSession(headers=headers) as session:
         for user in users:

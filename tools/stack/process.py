@@ -31,16 +31,73 @@ log = get_logger(__name__)
 
 PROC = Path("/proc")
 
-# Runs in a short-lived Python process: it starts the service in a new session with its output
-# appended to the log file, prints the pid and exits at once. The service is thereby re-parented
-# away from the caller: it outlives the CLI, and a long-lived caller (a test session) is never left
-# holding an unwaited child or a zombie.
+# A process's output is never appended to its log file directly (that file would grow without bound): it goes
+# through a pipe to a small rotating writer, a Python process of its own (_WRITER), which appends to the log
+# file and, once the file reaches LOG_MAX_BYTES, renames it to ``NAME.1`` (``NAME.1`` to ``NAME.2``, ...,
+# keeping LOG_BACKUPS old files) and starts a new one, like logging.handlers.RotatingFileHandler; it rotates
+# at a line boundary, so no file passes LOG_MAX_BYTES (a longer line is split). The writer exits when the
+# pipe closes: when the service and every child that shares its output have exited. At most
+# (1 + LOG_BACKUPS) x LOG_MAX_BYTES per log file: 40 MB by default.
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+
+_WRITER = """\
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+path, max_bytes, backups = sys.argv[1], max(1, int(sys.argv[2])), int(sys.argv[3])
+
+def open_log():
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+def rotate(fd):
+    os.close(fd)
+    if backups > 0:
+        for i in range(backups - 1, 0, -1):
+            if os.path.exists(f"{path}.{i}"):
+                os.replace(f"{path}.{i}", f"{path}.{i + 1}")
+        os.replace(path, f"{path}.1")
+    else:
+        os.truncate(path, 0)
+    return open_log()
+
+fd = open_log()
+size = os.fstat(fd).st_size
+while True:
+    data = os.read(0, 65536)
+    if not data:
+        break
+    try:
+        while data:
+            room = max_bytes - size
+            if len(data) <= room:
+                part, data = data, b""
+            else:
+                cut = data.rfind(b"\\n", 0, max(room, 0)) + 1  # the whole lines that still fit
+                if cut == 0 and size > 0:
+                    fd, size = rotate(fd), 0
+                    continue
+                part, data = data[:cut or room], data[cut or room:]  # or a line longer than a file, split
+            os.write(fd, part)
+            size += len(part)
+            if data:
+                fd, size = rotate(fd), 0
+    except OSError:
+        pass  # disk full or the folder removed: drop the output, never block the service
+"""
+
+# Runs in a short-lived Python process: it starts the rotating writer and the service (each in a new session,
+# the service's output piped to the writer), prints the service's pid and exits at once. The service is
+# thereby re-parented away from the caller: it outlives the CLI, and a long-lived caller (a test session) is
+# never left holding an unwaited child or a zombie.
 _LAUNCHER = """\
 import json, os, subprocess, sys
-argv, log_file, cwd = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-with open(log_file, "ab") as out:
-    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+argv, log_file, cwd, writer, max_bytes, backups = json.loads(sys.argv[1]), *sys.argv[2:7]
+out = subprocess.Popen([sys.executable, "-I", "-c", writer, log_file, max_bytes, backups],
+                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       start_new_session=True, close_fds=True)
+proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out.stdin,
+                        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
 print(proc.pid, flush=True)
 os._exit(0)
 """
@@ -151,15 +208,19 @@ def spawn_detached(
     log_file: Path,
     cwd: Path,
     env: Mapping[str, str] | None = None,
+    log_max_bytes: int = LOG_MAX_BYTES,
+    log_backups: int = LOG_BACKUPS,
 ) -> ProcessRecord:
-    """Start ``argv`` in a new session, detached from the caller, output appended to ``log_file``.
+    """Start ``argv`` in a new session, detached from the caller, output appended to ``log_file``, which
+    rotates at ``log_max_bytes`` keeping ``log_backups`` old files (``log_file.1``, ...; see _WRITER).
 
     Returns the record to write to the pid file. Raises :class:`StackError` if the program cannot be
     executed or exits before its start time could be read.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     launched = subprocess.run(
-        [sys.executable, "-I", "-c", _LAUNCHER, json.dumps(list(argv)), str(log_file), str(cwd)],
+        [sys.executable, "-I", "-c", _LAUNCHER, json.dumps(list(argv)), str(log_file), str(cwd), _WRITER,
+         str(log_max_bytes), str(log_backups)],
         env=dict(env) if env is not None else None,
         capture_output=True,
         text=True,
@@ -172,6 +233,7 @@ def spawn_detached(
     pid = int(launched.stdout.strip())
     info = proc_info(pid)
     if info is None or not info.alive:
+        time.sleep(0.2)  # let the writer append the last of its output
         raise StackError(f"{name} exited right after it started; its output:\n{tail(log_file)}")
     record = ProcessRecord(
         name=name,
