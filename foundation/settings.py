@@ -148,6 +148,10 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Without the in-process item state: seconds a candidate's item feature row read from "
         "Redis is reused by a server process; 0: never."
     )
+    serving_reason_titles: bool = Field(
+        True, description="Reasons name the title a pick is like (\"Because you watched Heat\"): the user's own "
+        "history. False: \"Because of what you watched recently\", for answers others may see."
+    )
     serving_item_state_in_process: bool = Field(
         True, description="Hold every title's feature state in each server process, fed by the item-state topic "
         "and snapshots of Redis (online_state/item_state.py); false: read the candidates' rows from Redis."

@@ -23,6 +23,9 @@ class PostConfig:
     new_release_boost: float = 0.0  # added to titles released within ``new_window_days``
     new_window_days: float = 30.0
     freshness_half_life_days: float | None = None  # multiplicative decay by title age (None: off)
+    # "Because you watched Heat" names a title the user watched: right for the user, a leak wherever answers are
+    # seen by others (shared screens, logs, a proxy). False: "Because of what you watched recently".
+    reason_titles: bool = True
 
 
 def apply_rules(

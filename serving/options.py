@@ -15,7 +15,7 @@ from online_state.keys import DEFAULT_PREFIX
 
 # The settings whose names are ``serving_<field>``: their defaults are the settings' own.
 FROM_SETTINGS = ("candidates_timeout_ms", "features_timeout_ms", "item_state_ttl_s", "shared_reads_ttl_s",
-                 "item_state_in_process", "item_state_resync_s")
+                 "item_state_in_process", "item_state_resync_s", "reason_titles")
 
 
 def _setting_default(name: str) -> Any:
@@ -30,6 +30,7 @@ class ServingOptions:
     shared_reads_ttl_s: float = _setting_default("shared_reads_ttl_s")  # trending lists / new releases reused
     item_state_in_process: bool = _setting_default("item_state_in_process")  # every title's state held here
     item_state_resync_s: float = _setting_default("item_state_resync_s")  # full re-read of it from Redis
+    reason_titles: bool = _setting_default("reason_titles")  # reasons may name a watched title
     redis_timeout_s: float = 0.25  # socket connect/read timeout of the pool: a dead Redis fails fast
     trending_window: str = "24h"  # online_state.trending.WINDOWS key read for the popular source
     diversity: float | None = None  # MMR strength; None: the bundle's PostConfig

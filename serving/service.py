@@ -150,7 +150,8 @@ class RecommendationService:
         post = model.config.post
         changes = {"diversity": options.diversity, "original_boost": options.original_boost,
                    "new_release_boost": options.new_release_boost,
-                   "freshness_half_life_days": options.freshness_half_life_days}
+                   "freshness_half_life_days": options.freshness_half_life_days,
+                   "reason_titles": None if options.reason_titles else False}
         changes = {k: v for k, v in changes.items() if v is not None}
         if changes:
             post = dataclasses.replace(post, **changes)

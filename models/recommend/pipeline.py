@@ -54,6 +54,7 @@ PUBLIC_SOURCE: Final[dict[str, str]] = {
     "byw": "because_you_watched",
 }
 TOP_UP_REASON: Final = "Popular on streamrec"
+BYW_REASON_PRIVATE: Final = "Because of what you watched recently"  # PostConfig.reason_titles off
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,7 +468,7 @@ def reasons(model: RecommenderModel, retrieved: Retrieved, rows: NDArray[np.int6
     out = []
     for r, seed, orig in zip(rule.tolist(), seeds.tolist(), original.tolist(), strict=True):  # the K picks
         if r == 0:
-            out.append(f"Because you watched {titles[seed]}")
+            out.append(f"Because you watched {titles[seed]}" if post.reason_titles else BYW_REASON_PRIVATE)
         elif r == 2:
             out.append("New on streamrec" if not orig else "New streamrec original")
         else:

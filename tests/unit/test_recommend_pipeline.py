@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import fakeredis.aioredis
 import numpy as np
 import pytest
 
@@ -39,6 +40,7 @@ from online_state.reads import RequestScopes
 from schemas.events import ItemRemove, ItemUpsert
 from serving.live_tail import LiveState
 from serving.options import ServingOptions, options_from_settings
+from serving.service import RecommendationService
 
 N, DIM, DAY = 30, 8, 86_400_000
 NOW = 1_780_000_000_000
@@ -164,6 +166,10 @@ def test_reasons_name_the_seed_then_country_trend() -> None:
     assert picked.rows.tolist() == [7, 8, 9]
     assert picked.reasons == ["Because you watched Title 1", "Trending in your country", "Trending now"]
     assert reasons(model, retrieved, picked.rows, np.arange(3), NOW, PostConfig()) == picked.reasons
+    # An operator whose answers others may see turns the titles off: the user's history is not named.
+    private = reasons(model, retrieved, picked.rows, np.arange(3), NOW, PostConfig(reason_titles=False))
+    assert private == ["Because of what you watched recently", "Trending in your country", "Trending now"]
+    assert not any("Title" in r for r in private)
     assert picked.sources == [["because_you_watched"], ["trending"], ["trending"]]
     assert source_names(cands, np.arange(3)) == picked.sources
     # A thin candidate set is topped up with popular, available, unseen titles.
@@ -356,3 +362,8 @@ def test_request_scopes_and_options() -> None:
     assert opts.candidates_timeout_ms == 20.0 and opts.diversity is None
     # One declaration of each default: the settings' own.
     assert ServingOptions().features_timeout_ms == Settings().serving_features_timeout_ms
+    # STREAMREC_SERVING_REASON_TITLES=false reaches the served post-processing; the default keeps the bundle's.
+    redis = fakeredis.aioredis.FakeRedis()
+    off = options_from_settings(Settings(serving_reason_titles=False))
+    assert RecommendationService._serve(tiny_model(), redis, off).post.reason_titles is False
+    assert RecommendationService._serve(tiny_model(), redis, ServingOptions()).post.reason_titles is True
