@@ -25,6 +25,24 @@ def make_producer(settings: Settings, *, enable_idempotence: bool = True, **over
     return AIOKafkaProducer(**options)
 
 
+async def start_groupless(settings: Settings, topic: str, **overrides: Any) -> tuple[AIOKafkaConsumer, dict[Any, int]]:
+    """A started consumer of every partition of ``topic`` without a group (aiokafka assigns all of them, and new
+    ones; it starts at ``auto_offset_reset`` as there are no committed offsets), and the partitions' end offsets
+    when it started (empty if the topic had no partition yet)."""
+    consumer = make_consumer(settings, topic, group_id=None, enable_auto_commit=False, **overrides)
+    try:
+        await consumer.start()
+        for _ in range(100):  # the assignment arrives with the first metadata
+            if consumer.assignment():
+                break
+            await asyncio.sleep(0.05)
+        tps = sorted(consumer.assignment())
+        return consumer, (await consumer.end_offsets(tps) if tps else {})
+    except BaseException:  # a broker gone mid-way: the caller never gets it, so it must not stay open
+        await stop_quietly(consumer)
+        raise
+
+
 async def stop_quietly(client: Any) -> None:
     """Stop an aiokafka consumer or producer whatever state its broker is in. With the broker gone, a consumer's
     ``stop()`` cancels its fetch tasks and lets their ``CancelledError`` out (aiokafka's fetcher): that must not

@@ -114,23 +114,17 @@ class FeatureReader:
                              static=store.static.rows(*static_lookup), now_ts=now_ts)
 
     async def read(self, user_id: str, item_ids: Sequence[str], now_ts: int, *,
-                   user: StoredUser | None = None, rows: Sequence[int] | None = None,
-                   universe: tuple[Sequence[str], Mapping[str, int]] | None = None) -> StateSnapshot:
+                   user: StoredUser | None = None) -> StateSnapshot:
         """The snapshot for ``user_id`` and ``item_ids`` at ``now_ts``; ``user``: the user's value as this
-        request read it already (``None``: read it here, in the same round trip as the items). ``rows`` and
-        ``universe`` (the caller's numbering of items: ``item_ids[j] == universe[0][rows[j]]``, and its id ->
-        row index) let the table map the candidates with one gather (:meth:`ItemStateTable.row_map`)."""
+        request read it already (``None``: read it here, in the same round trip as the items). The rows come
+        from the table when it covers ``now_ts`` (by id; the server maps by row first: :meth:`held`)."""
         store = self.store
         if self.table is not None and user is not None:
             _, epochs = item_fields(now_ts)
             if self.table.covers(epochs):
                 self.held_reads += 1
-                if rows is not None and universe is not None:
-                    mapping = self.table.row_map(*universe)
-                    values = self.table.values_at(mapping[np.asarray(rows, np.int64)], epochs)
-                else:
-                    values = self.table.values(item_ids, epochs)
-                return store.snapshot(user_id, store.user_states(user), item_ids, values, epochs, now_ts)
+                return store.snapshot(user_id, store.user_states(user), item_ids,
+                                      self.table.values(item_ids, epochs), epochs, now_ts)
         if not self.scripting or not item_ids:
             return await store.read(user_id, item_ids, now_ts, user=user)
         user_key = store.keys.user_state(user_id) if user is None else None

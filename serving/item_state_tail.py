@@ -18,7 +18,7 @@ import contextlib
 import time
 from typing import Any
 
-from foundation.kafka_io import make_consumer, stop_quietly
+from foundation.kafka_io import start_groupless, stop_quietly
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from foundation.topics import ensure_topics
@@ -87,18 +87,11 @@ class ItemStateTail:
     async def _open(self) -> None:
         with contextlib.suppress(Exception):  # topics usually exist; creating them is the workers' job too
             await ensure_topics(self.settings, timeout_s=5.0)
-        consumer = make_consumer(self.settings, self.settings.topic_item_state, group_id=None,
-                                 enable_auto_commit=False, auto_offset_reset="latest")
-        await consumer.start()
+        consumer, ends = await start_groupless(self.settings, self.settings.topic_item_state,
+                                               auto_offset_reset="latest")
         self.consumer = consumer
-        for _ in range(100):
-            if consumer.assignment():
-                break
-            await asyncio.sleep(0.05)
-        tps = sorted(consumer.assignment())
-        if tps:
-            for tp, end in (await consumer.end_offsets(tps)).items():
-                consumer.seek(tp, end)
+        for tp, end in ends.items():
+            consumer.seek(tp, end)
 
     async def _run(self) -> None:
         while True:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundation.dead_letters import decode_records
-from foundation.kafka_io import make_consumer, stop_quietly
+from foundation.kafka_io import start_groupless, stop_quietly
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from foundation.topics import ensure_topics
@@ -98,18 +98,10 @@ class LiveTail:
             await ensure_topics(self.settings, timeout_s=5.0)
         s = self.settings
         for topic in (s.topic_catalog, s.topic_item_vectors):
-            # Group-less subscription: aiokafka assigns every partition of the topic (and new ones)
-            # and starts at auto_offset_reset=earliest, as there are no committed offsets.
-            consumer = make_consumer(s, topic, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
-            await consumer.start()
+            # From the beginning: both topics are compacted, the beginning is the last value per item.
+            consumer, ends = await start_groupless(s, topic, auto_offset_reset="earliest")
             self._consumers[topic] = consumer
-            for _ in range(100):
-                if consumer.assignment():
-                    break
-                await asyncio.sleep(0.05)
-            tps = sorted(consumer.assignment())
-            if tps:
-                self._targets.update(await consumer.end_offsets(tps))
+            self._targets.update(ends)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

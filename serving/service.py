@@ -337,8 +337,7 @@ class RecommendationService:
         ids = retrieved.item_ids(model)
         try:
             async with asyncio.timeout(self.options.features_timeout_ms / 1000):
-                snap = await reader.read(req.user_id, ids, now, user=user_value, rows=rows,
-                                         universe=(items.ids, items.index))
+                snap = await reader.read(req.user_id, ids, now, user=user_value)
             return RankingState(snap.user, snap.items, snap.static), None
         except Exception as exc:
             problem = "redis_timeout_features" if isinstance(exc, TimeoutError) else "redis_features"

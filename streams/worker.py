@@ -31,7 +31,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from foundation.blas_threads import limit_blas_threads
-from foundation.kafka_io import make_consumer, make_producer, producer_failure
+from foundation.kafka_io import make_consumer, make_producer, producer_failure, stop_quietly
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
@@ -196,8 +196,7 @@ class Worker:
         follower = self.follower.consumer if self.follower is not None else None
         for client in (self.consumer, follower, self.producer):
             if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.stop()
+                await stop_quietly(client)
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose()

@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer
 from test_worker_dead_letters import per_test_settings
 
+from foundation.child_env import settings_env
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from models.bundle import open_bundle
@@ -219,10 +220,7 @@ async def test_serve_command_runs_replicas_and_stops_on_sigterm(
     settings = per_test_settings(stack, "http-serve")
     await ensure_topics_retrying(settings)
     port = free_port()
-    env = {**stack_env, "STREAMREC_TOPIC_CATALOG": settings.topic_catalog,
-           "STREAMREC_TOPIC_ITEM_VECTORS": settings.topic_item_vectors,
-           "STREAMREC_TOPIC_ITEM_STATE": settings.topic_item_state,
-           "STREAMREC_TOPIC_INTERACTIONS": settings.topic_interactions}
+    env = settings_env(settings, base=stack_env)  # this test's topics, the session's stack
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:

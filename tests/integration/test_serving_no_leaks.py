@@ -36,6 +36,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from test_worker_dead_letters import per_test_settings
 
+from foundation.child_env import settings_env
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from serving.app import SERVICE, create_app
@@ -142,9 +143,7 @@ async def test_serve_leaks_nothing_through_timeouts_floods_and_hang_ups(
     settings = per_test_settings(stack, "no-leaks")
     await ensure_topics_retrying(settings)
     port = free_port()
-    env = {**stack_env, "STREAMREC_TOPIC_CATALOG": settings.topic_catalog,
-           "STREAMREC_TOPIC_ITEM_VECTORS": settings.topic_item_vectors,
-           "STREAMREC_TOPIC_INTERACTIONS": settings.topic_interactions,
+    env = {**settings_env(settings, base=stack_env),  # this test's topics, the session's stack
            # Shedding early, and a request budget that Redis paused for 1.5 s overruns.
            "STREAMREC_SERVING_ADMISSION_INITIAL_LIMIT": "4", "STREAMREC_SERVING_ADMISSION_MAX_LIMIT": "4",
            "STREAMREC_SERVING_ADMISSION_MIN_LIMIT": "2", "STREAMREC_REQUEST_TIMEOUT_S": "0.3",
