@@ -49,13 +49,13 @@ from typing import Any
 import aiohttp
 import msgspec
 import orjson
-import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
 
 from foundation.child_env import settings_env
 from foundation.kafka_io import make_producer
 from foundation.logs import configure_logging
+from foundation.redis_io import redis_client
 from foundation.settings import get_settings
 from foundation.topics import delete_topics, ensure_topics_retrying
 from models.config import TwoStageConfig
@@ -282,7 +282,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         update={"interactions_partitions": PARTITIONS})
     topic = scoped.topic_interactions
     env = settings_env(scoped.model_copy(update={"log_level": "WARNING"}))
-    client = aioredis.Redis.from_url(scoped.redis_url)
+    client = redis_client(scoped)
     await delete_state(client, KEYS)
     await ensure_topics_retrying(scoped)
     await replay_log(world, scoped)

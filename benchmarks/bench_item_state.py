@@ -104,9 +104,9 @@ def measure_table(n: int) -> dict[str, Any]:
 
 
 async def measure_snapshot(n: int) -> dict[str, Any]:
-    import redis.asyncio as aioredis  # only this part needs a server
+    from foundation.redis_io import redis_client  # only this part needs a server
 
-    client = aioredis.Redis.from_url(get_settings().redis_url)
+    client = redis_client(get_settings())
     keys = KeyLayout(f"benchitem{uuid.uuid4().hex[:8]}")
     rng = np.random.default_rng(1)
     try:

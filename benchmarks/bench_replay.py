@@ -22,9 +22,9 @@ import uuid
 from pathlib import Path
 
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
-from foundation.kafka_io import KeyedBatchSender, make_producer
+from foundation.kafka_io import KeyedBatchSender, make_admin, make_producer
 from foundation.logs import configure_logging
 from foundation.settings import Settings, get_settings
 from tools.datasets.world import generate_world
@@ -33,7 +33,7 @@ from tools.replay import ReplayOptions, replay_log
 
 async def _fresh_topic(settings: Settings, partitions: int = 8) -> str:
     name = f"bench-replay-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
@@ -43,7 +43,7 @@ async def _fresh_topic(settings: Settings, partitions: int = 8) -> str:
 
 
 async def _drop_topics(settings: Settings, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         await admin.delete_topics(names)

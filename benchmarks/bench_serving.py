@@ -69,11 +69,11 @@ from typing import Any
 import aiohttp
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 
 from foundation.child_env import settings_env
+from foundation.redis_io import redis_client
 from foundation.settings import Settings, get_settings
 from models.bundle import open_bundle
 from models.features.hashing import hash_str
@@ -597,7 +597,7 @@ async def measure_floor(settings: Any, artifacts: Path, user_ids: list[str], rep
                           RequestContext(device=0, country=0, hour=-1), now, extra_dense(model, stage1))
     onnx_ms = _median_ms(lambda: model.ranker.score(batch), reps)
 
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     store = RedisFeatureStore(redis, model.static)
     keys = store.keys
     user_keys = [keys.user_vector(user_id), keys.session(user_id), keys.user_state(user_id)]
@@ -638,7 +638,7 @@ async def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
     logs = settings.state_dir.resolve() / "bench-serving"
     logs.mkdir(parents=True, exist_ok=True)
     if args.stack_up:
-        await manager.up(settings)
+        settings = (await manager.up(settings)).settings  # with the stack's credentials
     env = settings_env(settings.model_copy(update={"log_level": "WARNING"}))
     try:
         # Set-up steps, before any timing: blocking the loop here costs nothing.

@@ -45,7 +45,6 @@ import uuid
 from pathlib import Path
 
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
@@ -53,6 +52,7 @@ from rich.table import Table
 from foundation.child_env import settings_env
 from foundation.kafka_io import make_consumer, make_producer
 from foundation.logs import configure_logging
+from foundation.redis_io import redis_client
 from foundation.settings import Settings, get_settings
 from foundation.topics import delete_topics, ensure_topics_retrying
 from models.config import TwoStageConfig
@@ -246,7 +246,7 @@ async def main() -> None:
     result: dict[str, object] = {"events": total, "raw_events_per_s": round(raw)}
 
     env = settings_env(scoped.model_copy(update={"log_level": "WARNING"}))
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     # A server's copy of the item state, fed by the worker's item-state records while it runs at full rate.
     table = ItemStateTable()
     tail = ItemStateTail(scoped, table, client, KeyLayout(prefix), resync_s=3600)

@@ -6,15 +6,39 @@ import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
 from foundation.settings import Settings
 
 
+def connection_options(settings: Settings, bootstrap: str | None = None) -> dict[str, Any]:
+    """``bootstrap_servers`` plus the security options (SASL, TLS) of the settings, for any aiokafka client:
+    producers, consumers and admin clients all connect through this, so none is left on plaintext."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap or settings.kafka_bootstrap,
+        "security_protocol": protocol,
+    }
+    if protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    if protocol.endswith("SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile or None)
+    return options
+
+
+def make_admin(settings: Settings, *, bootstrap: str | None = None, **overrides: Any) -> AIOKafkaAdminClient:
+    """An admin client (not started) with the settings' bootstrap servers and security options."""
+    return AIOKafkaAdminClient(**{**connection_options(settings, bootstrap), **overrides})
+
+
 def make_producer(settings: Settings, *, enable_idempotence: bool = True, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer by default (acks=all): retries neither duplicate nor reorder."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        **connection_options(settings),
         "enable_idempotence": enable_idempotence,
         "acks": "all" if enable_idempotence else 1,
         "linger_ms": 5,
@@ -74,7 +98,7 @@ def producer_failure(producer: AIOKafkaProducer | None) -> BaseException | None:
 
 def make_consumer(settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any) -> AIOKafkaConsumer:
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        **connection_options(settings),
         "group_id": group_id,
         "auto_offset_reset": "earliest",
         "enable_auto_commit": False,

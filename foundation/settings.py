@@ -16,12 +16,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from pydantic import AliasChoices, Field, SecretStr, field_serializer, field_validator
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_serializer, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import topics
 
 ENV_PREFIX = "STREAMREC_"
+DEFAULT_STATE_DIR = Path(".streamrec")
+# `streamrec stack up` keeps the credentials it generated here (mode 0600); every Settings() reads it.
+CREDENTIALS_FILE = "credentials.env"
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
 MASK = "**********"
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<password>[^@\s/]+)@")
@@ -32,6 +38,18 @@ def mask_url(url: str) -> str:
 
     Also masks every such URL inside a longer text (an error message that quotes one)."""
     return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", url)
+
+
+def credentials_file(state_dir: Path | str | None = None, config_file: str | None = None) -> Path:
+    """``STATE_DIR/credentials.env``: where ``stack up`` keeps the credentials it generated.
+
+    ``state_dir`` is resolved as the setting is: given, else ``STREAMREC_STATE_DIR``, else the
+    ``STREAMREC_CONFIG`` file's value, else the default."""
+    if state_dir is None:
+        state_dir = os.environ.get(f"{ENV_PREFIX}STATE_DIR")
+    if state_dir is None and config_file and Path(config_file).is_file():
+        state_dir = dotenv_values(config_file).get(f"{ENV_PREFIX}STATE_DIR")
+    return Path(state_dir or DEFAULT_STATE_DIR).expanduser() / CREDENTIALS_FILE
 
 
 class ApiKey(SecretStr):
@@ -53,6 +71,16 @@ class Settings(BaseSettings):
         populate_by_name=True,  # `java_home` is also read from JAVA_HOME, yet still set by its name
     )
 
+    def __init__(self, **values: Any) -> None:
+        # The env files are chosen per instance: the stack's credentials.env (its state dir may be given here)
+        # first, STREAMREC_CONFIG's file after it (an operator's explicit choice wins over generated values);
+        # real environment variables and arguments win over both. `_env_file=...` still replaces them all.
+        if "_env_file" not in values:
+            config = os.environ.get(f"{ENV_PREFIX}CONFIG")
+            state_dir = values.get("state_dir")
+            values["_env_file"] = (credentials_file(state_dir, config), *((config,) if config else ()))
+        super().__init__(**values)
+
     # --- Kafka -----------------------------------------------------------------------------
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092",
@@ -73,11 +101,47 @@ class Settings(BaseSettings):
         "4.1.1", description="Apache Kafka release (org.apache.kafka:kafka_2.13) that `stack up` runs."
     )
     catalog_partitions: int = Field(4, ge=1, description="Partitions of the catalog and item-vectors topics.")
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="How clients talk to the brokers: PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL. "
+        "`stack up` writes SASL_PLAINTEXT into its credentials.env."
+    )
+    kafka_sasl_mechanism: str = Field(
+        "SCRAM-SHA-512", description="SASL mechanism with SASL_*: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN."
+    )
+    kafka_sasl_username: str = Field("", description="SASL user of every Kafka client (with SASL_*).")
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), description="SASL password of every Kafka client. A secret: printed and logged as **********."
+    )
+    kafka_ssl_cafile: str = Field(
+        "", description="CA certificate (PEM) that verifies the brokers with SSL/SASL_SSL; empty: the system's CAs."
+    )
 
     # --- Redis -----------------------------------------------------------------------------
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis URL (redis:// or rediss://). `stack up` binds its redis-server to this port.",
+    )
+    redis_username: str = Field(
+        "", description="Redis ACL user; empty: the default user (what `requirepass` protects)."
+    )
+    redis_password: SecretStr = Field(
+        SecretStr(""), description="Redis password (AUTH); a password in redis_url wins over it. A secret: "
+        "printed and logged as **********."
+    )
+    redis_tls_ca: str = Field(
+        "", description="CA certificate (PEM) that verifies the server of a rediss:// URL; empty: the system's CAs."
+    )
+    redis_maxmemory: str = Field(
+        "1gb", pattern=r"^\d+(?:[kKmMgG][bB]?)?$", description="`maxmemory` of the stack's redis-server (with "
+        "maxmemory-policy noeviction: writes fail rather than lose offset keys); 0: no limit."
+    )
+    stack_auth: bool = Field(
+        True, description="`stack up` protects its services: a generated Redis password and a SASL/SCRAM Kafka "
+        "listener, kept in STATE_DIR/credentials.env (mode 0600), which every process reads; false: plaintext."
+    )
+    stack_tls: bool = Field(
+        False, description="`stack up` also serves TLS (rediss:// and SASL_SSL) with a CA it generates into "
+        "STATE_DIR/tls (needs openssl); clients then use it through credentials.env."
     )
 
     # --- Local state and artifacts ---------------------------------------------------------
@@ -114,13 +178,38 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         4, ge=1, description="Partition batches a stream worker handles at once (their Redis round trips overlap)."
     )
+    worker_dedupe_window: int = Field(
+        64, ge=0, le=4096, description="Event ids remembered per user (8-byte digests, next to the user's state, "
+        "same TTL): an interaction whose event_id is among its user's last N applied ones is skipped, so a "
+        "client may retry any of a user's last N events; 0: no de-duplication (streams/dedupe.py)."
+    )
 
     # --- Serving (HTTP) --------------------------------------------------------------------
     server_host: str = Field("127.0.0.1", description="Address `streamrec serve` binds (0.0.0.0 in containers).")
     server_port: int = Field(8000, ge=1, le=65535, description="Port `streamrec serve` listens on.")
     api_key: ApiKey = Field(
-        ApiKey(""), description="Key required in the X-API-Key header of POST /v1/events; empty: writes need no key. "
+        ApiKey(""), description="The operator's static key: accepted in the X-API-Key header with every scope "
+        "(admin), beside the keys of `streamrec keys create`; empty: none. "
         "A secret: printed and logged as **********; `api_key_value()` gives the key itself."
+    )
+    auth: bool = Field(
+        True, description="Writes (POST /v1/events) need an API key with the right scope; false/off: anyone may "
+        "write (logged as a WARNING at start-up)."
+    )
+    auth_reads: bool = Field(
+        False, description="Reads (/v1/recommendations, /v1/items/{id}/similar) need a key with the "
+        "recommendations:read scope too (when auth is on)."
+    )
+    auth_keys_refresh_s: float = Field(
+        2.0, gt=0, description="Seconds between a server's re-reads of the key table from Redis: a revoked key "
+        "stops working within this (the last table is kept while Redis cannot be reached)."
+    )
+    rate_limit_events_per_s: float = Field(
+        5000.0, ge=0, description="Events per second one API key may POST to one server process (a token bucket "
+        "per key per replica; past it 429 with Retry-After); 0: no limit."
+    )
+    rate_limit_burst: int = Field(
+        10_000, ge=1, description="Events one key may POST at once above its rate (the bucket's size)."
     )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted; bigger ones get 413."
@@ -190,6 +279,14 @@ class Settings(BaseSettings):
         if urlparse(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {value!r}")
         return value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism")
+    @classmethod
+    def _check_kafka_security(cls, value: str, info: ValidationInfo) -> str:
+        choices = KAFKA_SECURITY_PROTOCOLS if info.field_name == "kafka_security_protocol" else KAFKA_SASL_MECHANISMS
+        if value.upper() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value.upper()
 
     @field_validator("state_dir", "cache_dir", "artifacts", "movielens_path")
     @classmethod

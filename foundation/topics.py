@@ -10,9 +10,10 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from foundation.kafka_io import make_admin
 from foundation.logs import get_logger
 from foundation.settings import Settings
 
@@ -57,11 +58,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
     left as they are; one with fewer partitions than configured is logged as a warning.
     """
     specs = topic_specs(settings)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id="streamrec-topics",
-        request_timeout_ms=int(timeout_s * 1000),
-    )
+    admin = make_admin(settings, client_id="streamrec-topics", request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -104,7 +101,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
 async def delete_topics(settings: Settings, names: Sequence[str] | None = None) -> None:
     """Delete ``names`` (default: every topic of :func:`topic_specs`), for runs that made topics of their
     own (``Settings.with_topic_prefix``). A topic that does not exist is no error."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-topics")
+    admin = make_admin(settings, client_id="streamrec-topics")
     await admin.start()
     try:
         await admin.delete_topics(list(names) if names is not None else [s.name for s in topic_specs(settings)])

@@ -24,10 +24,12 @@ class KeyLayout:
     ``sr:i:{item}``                         HASH   an item's feature state (:mod:`online_state.feature_codec`)
     ``sr:uv:{user}``                        STRING a user's online vector (:mod:`online_state.user_vectors`)
     ``sr:s:{user}``                         STRING a user's session (:mod:`online_state.sessions`)
+    ``sr:ew:{user}``                        STRING a user's last applied event ids (:mod:`streams.dedupe`)
     ``sr:trend:{window}:{scope}:g{gen}``    ZSET   trending counts (:mod:`online_state.trending`)
     ``sr:new_releases``                     ZSET   item id -> release ts (:mod:`online_state.trending`)
     ``sr:il:{space:08x}:{item}``            HASH   a title's online learning sums (:mod:`online_state.item_learning`)
     ``sr:offset:{topic}:{partition}``       STRING the last applied offset (:mod:`online_state.offsets`)
+    ``sr-auth:api-keys``                    HASH   key name -> sha256 and scopes (:mod:`online_state.api_keys`)
     ======================================= ====== ==========================================================
 
     Passing ``"*"`` as an id gives the SCAN pattern of a family (``user_state("*") == "sr:u:*"``).
@@ -53,6 +55,10 @@ class KeyLayout:
     def session(self, user_id: str) -> str:
         return f"{self.prefix}:s:{user_id}"
 
+    def event_window(self, user_id: str) -> str:
+        """Digests of the user's last applied event ids (de-duplication of retried events)."""
+        return f"{self.prefix}:ew:{user_id}"
+
     def trending(self, window: str, scope: str, generation: int | str) -> str:
         """One generation of one window and scope (``scope``: ``all``, ``country:US``, ...)."""
         return f"{self.prefix}:trend:{window}:{scope}:g{generation}"
@@ -73,6 +79,12 @@ class KeyLayout:
     def offset(self, topic: str, partition: int | str) -> str:
         """The last offset of a partition whose effects committed (written in the same MULTI)."""
         return f"{self.prefix}:offset:{topic}:{partition}"
+
+    @property
+    def api_keys(self) -> str:
+        """The API-key table (a HASH, :mod:`online_state.api_keys`). Deliberately *not* under ``{prefix}:*``:
+        ``--rebuild`` deletes what Kafka can rebuild, and keys are not in Kafka."""
+        return f"{self.prefix}-auth:api-keys"
 
     @property
     def everything(self) -> str:

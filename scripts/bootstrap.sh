@@ -18,6 +18,7 @@ apt_install() {
 command -v redis-server >/dev/null || { log "installing redis-server (Debian package)"; apt_install redis-server; }
 command -v java >/dev/null || { log "installing Java 17"; apt_install openjdk-17-jre-headless; }
 command -v mvn >/dev/null || { log "installing Maven"; apt_install maven; }
+command -v openssl >/dev/null || { log "installing openssl (STREAMREC_STACK_TLS makes its CA with it)"; apt_install openssl; }
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { log "Python >= 3.11 is required"; exit 1; }

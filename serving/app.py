@@ -14,7 +14,6 @@ admission limit (:mod:`serving.admission`), refused at once with ``Retry-After``
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,9 +25,22 @@ from aiohttp import web
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from models.recommend.pipeline import RecommendRequest
+from online_state.api_keys import CATALOG_WRITE, EVENTS_WRITE, RECOMMENDATIONS_READ
 from schemas.decoder import MAX_DEPTH, TOO_DEEP, too_deep
 from schemas.events import is_catalog
 from serving.admission import AdaptiveLimiter, LimitConfig
+from serving.auth import (
+    AUTH_REFUSED,
+    EVENTS_RATE_LIMITED,
+    HEADER,
+    KeyRefresher,
+    KeySource,
+    KeyTable,
+    Refusal,
+    authorize,
+    log_auth_mode,
+    redis_key_source,
+)
 from serving.http_events import BodyError, EventPublisher, KafkaEventPublisher, PublisherUnavailable, decode_events
 from serving.http_metrics import (
     ADMISSION_IN_FLIGHT,
@@ -43,6 +55,7 @@ from serving.http_metrics import (
 )
 from serving.http_validation import ParamError, check_id, parse_k, parse_recommend_request, request_id_from
 from serving.openapi import openapi_document
+from serving.rate_limit import RateLimiter, retry_after_header
 from serving.service import RecommendationService
 
 log = get_logger(__name__)
@@ -80,6 +93,8 @@ SERVICE = web.AppKey("service", Service)  # type: ignore[type-abstract]
 PUBLISHER = web.AppKey("publisher", Publisher)  # type: ignore[type-abstract]
 REQUEST_ID = web.RequestKey("request_id", str)
 ADMISSION = web.AppKey("admission", AdaptiveLimiter)
+KEYS = web.AppKey("keys", KeyTable)  # the API keys this process accepts (serving/auth.py)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)  # events per key per second (serving/rate_limit.py)
 # The read endpoints behind admission control; writes and operations are never shed.
 _ADMITTED = frozenset({"/v1/recommendations/{user_id}", "/v1/items/{item_id}/similar"})
 RETRY_AFTER_S = 1  # what a shed request's Retry-After says
@@ -194,8 +209,24 @@ async def _call_service(request: web.Request, endpoint: str, call: Awaitable[Any
     return None, reason
 
 
+def _refuse(request: web.Request, endpoint: str, refusal: Refusal) -> web.Response:
+    AUTH_REFUSED.labels(endpoint, refusal.reason).inc()
+    return _error(refusal.status, HEADER, refusal.message, request[REQUEST_ID])
+
+
+def _read_refusal(request: web.Request, endpoint: str) -> web.Response | None:
+    """With ``STREAMREC_AUTH_READS`` on, the 401/403 of a caller without a ``recommendations:read`` key."""
+    settings = request.app[SETTINGS]
+    if not (settings.auth and settings.auth_reads):
+        return None
+    outcome = authorize(request.app[KEYS], request.headers.get(HEADER), (RECOMMENDATIONS_READ,))
+    return _refuse(request, endpoint, outcome) if isinstance(outcome, Refusal) else None
+
+
 async def recommend(request: web.Request) -> web.Response:
     started = time.perf_counter()
+    if (refused := _read_refusal(request, "/v1/recommendations/{user_id}")) is not None:
+        return refused
     req = parse_recommend_request(request.match_info["user_id"], request[REQUEST_ID], request.query)
     service = request.app[SERVICE]
     body, failed = await _call_service(request, "recommend", service.recommend(req))
@@ -205,6 +236,8 @@ async def recommend(request: web.Request) -> web.Response:
 
 
 async def similar(request: web.Request) -> web.Response:
+    if (refused := _read_refusal(request, "/v1/items/{item_id}/similar")) is not None:
+        return refused
     item_id = check_id(request.match_info["item_id"], "item_id")
     k = parse_k(request.query)
     service = request.app[SERVICE]
@@ -222,10 +255,15 @@ async def similar(request: web.Request) -> web.Response:
 async def post_events(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     request_id = request[REQUEST_ID]
-    if settings.api_key and not hmac.compare_digest(
-        request.headers.get("X-API-Key", "").encode(), settings.api_key.encode()
-    ):
-        return _error(401, "X-API-Key", "missing or wrong API key", request_id)
+    presented = request.headers.get(HEADER)
+    if settings.auth:
+        # Before the body is read: a caller without a valid write key costs no parsing. The scopes the batch needs
+        # are only known once it is decoded (below); a key with neither write scope is refused here already.
+        who = authorize(request.app[KEYS], presented, ())
+        if isinstance(who, Refusal):
+            return _refuse(request, "/v1/events", who)
+        if not (who.allows(EVENTS_WRITE) or who.allows(CATALOG_WRITE)):
+            return _refuse(request, "/v1/events", authorize(request.app[KEYS], presented, (EVENTS_WRITE,)))
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=settings.max_body_bytes, actual_size=request.content_length)
     raw = await request.read()  # bounded by client_max_size (= max_body_bytes) for chunked bodies too
@@ -242,14 +280,28 @@ async def post_events(request: web.Request) -> web.Response:
         EVENTS_REFUSED.labels(refusal.field).inc()
     if not batch.events:
         return _error(400, "body", "no event in the body is valid", request_id, refused=refused)
+    if settings.auth:
+        # Interaction events need events:write, catalogue events catalog:write; a batch of both needs both.
+        needed = {CATALOG_WRITE if is_catalog(valid.event) else EVENTS_WRITE for valid in batch.events}
+        who = authorize(request.app[KEYS], presented, needed)
+        if isinstance(who, Refusal):
+            return _refuse(request, "/v1/events", who)
+        wait_s = request.app[RATE_LIMITER].take(who.name, len(batch.events))
+        if wait_s > 0:
+            EVENTS_RATE_LIMITED.inc(len(batch.events))
+            response = _error(429, "rate", f"the key {who.name!r} is over its rate of "
+                              f"{settings.rate_limit_events_per_s:g} events/s on this server; retry later",
+                              request_id)
+            response.headers["Retry-After"] = retry_after_header(wait_s)
+            return response
     try:
         await request.app[PUBLISHER].publish(batch.events)
     except PublisherUnavailable as exc:
         log.warning("events not published", error=str(exc), events=len(batch.events), request_id=request_id)
         # Past the deadline the outcome is unknown: the broker may still have taken some of them (the probe saw
-        # 16 of 153 events answered 503 applied). Say so, rather than invite a blind retry.
-        response = _error(503, "kafka", f"{exc}; the events may or may not have been written", request_id,
-                          written="unknown")
+        # 16 of 153 events answered 503 applied). Say so; a retry is safe: the worker de-duplicates by event_id.
+        response = _error(503, "kafka", f"{exc}; the events may or may not have been written: retrying them with "
+                          "the same event_id is safe (each is applied once)", request_id, written="unknown")
         response.headers["Retry-After"] = "1"
         return response
     for valid in batch.events:
@@ -301,6 +353,7 @@ def create_app(
     *,
     service_factory: ServiceFactory | None = None,
     publisher_factory: PublisherFactory | None = None,
+    key_source: KeySource | None = None,
 ) -> web.Application:
     """The app; nothing is opened until it starts (then the service, then the Kafka producer in the background)."""
     app = web.Application(middlewares=[_guard], client_max_size=settings.max_body_bytes)
@@ -311,6 +364,24 @@ def create_app(
     app[_OPENAPI_BYTES] = orjson.dumps(openapi_document())
     make_service = service_factory or _default_service
     make_publisher: PublisherFactory = publisher_factory or KafkaEventPublisher
+    app[KEYS] = KeyTable(settings.api_key_value())
+    app[RATE_LIMITER] = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst)
+
+    async def api_keys(app: web.Application) -> AsyncIterator[None]:
+        # The shared key table: read once before serving, then every auth_keys_refresh_s in the background.
+        load, close = (key_source, None) if key_source is not None else redis_key_source(settings)
+        refresher = KeyRefresher(app[KEYS], load, settings.auth_keys_refresh_s,
+                                 on_replace=lambda names: app[RATE_LIMITER].forget(names))
+        if settings.auth:
+            await refresher.refresh()
+            refresher.start()
+        log_auth_mode(settings, app[KEYS])
+        try:
+            yield
+        finally:
+            await refresher.close()
+            if close is not None:
+                await close()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         started = time.perf_counter()
@@ -327,6 +398,7 @@ def create_app(
             await service.close()
             log.info("stopped serving")
 
+    app.cleanup_ctx.append(api_keys)
     app.cleanup_ctx.append(resources)
     app.router.add_get("/v1/recommendations/{user_id}", recommend)
     app.router.add_get("/v1/items/{item_id}/similar", similar)

@@ -8,6 +8,7 @@ flushes the Kafka producer in the app's cleanup context.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -24,11 +25,13 @@ from foundation.blas_threads import limit_blas_threads
 from foundation.logs import configure_logging, get_logger
 from foundation.settings import Settings
 from serving.app import create_app
+from serving.protocol_errors import JsonErrorAppRunner
 from serving.service import NoBundleError
 
 log = get_logger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 10.0
+KEEPALIVE_TIMEOUT_S = 75.0  # web.run_app's default (the protocol's own is an hour)
 
 
 def serve_one(settings: Settings, artifacts: Path | None, host: str, port: int, reuse_port: bool) -> None:
@@ -46,13 +49,25 @@ def serve_one(settings: Settings, artifacts: Path | None, host: str, port: int, 
 
     log.info("starting server", host=host, port=port, pid=os.getpid(), reuse_port=reuse_port)
     try:
-        web.run_app(
-            app, host=host, port=port, reuse_port=reuse_port or None, access_log=None, print=None,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S, handle_signals=True, loop=uvloop.new_event_loop(),
-        )
+        uvloop.run(_run_app(app, host, port, reuse_port))
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass  # SIGTERM/SIGINT: _run_app's cleanup has run (the loop cancels it on the way out)
     except NoBundleError as exc:  # an operator's mistake, not a crash: one line, no traceback
         log.error("cannot serve", error=str(exc))
         raise SystemExit(2) from None
+
+
+async def _run_app(app: web.Application, host: str, port: int, reuse_port: bool) -> None:
+    """``web.run_app`` with :class:`JsonErrorAppRunner`: requests the HTTP parser refuses (a request line or header
+    too long, bytes that are not HTTP) get the app's JSON error shape instead of an echo of the input."""
+    runner = JsonErrorAppRunner(app, handle_signals=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                                keepalive_timeout=KEEPALIVE_TIMEOUT_S)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+        await asyncio.Future()  # until the runner's signal handlers raise GracefulExit
+    finally:
+        await runner.cleanup()  # stop accepting, let in-flight requests finish, close the app's resources
 
 
 def _replica(settings: Settings, artifacts: Path | None, host: str, port: int) -> None:

@@ -192,6 +192,28 @@ _SHED_503 = {
 }
 
 
+# API keys (serving/auth.py): 401 and 403 name the header (`error.field` is `X-API-Key`).
+_AUTH_401 = _json(_ref("Error"), "No `X-API-Key`, or one that is unknown or revoked (`error.field`: `X-API-Key`).")
+_AUTH_403 = _json(_ref("Error"), "The key lacks a scope this request needs; the message names it.")
+_READ_AUTH = {
+    "401": {**_AUTH_401, "description": "Only with STREAMREC_AUTH_READS on: " + _AUTH_401["description"]},
+    "403": {**_AUTH_403, "description": "Only with STREAMREC_AUTH_READS on: the key lacks `recommendations:read`."},
+}
+# Reads need a key only when the operator turns STREAMREC_AUTH_READS on: the empty requirement says "or none".
+_READ_SECURITY = [{"ApiKey": []}, {}]
+_SECURITY_SCHEMES = {
+    "ApiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "A key of `streamrec keys create --scopes ...` (or the operator's STREAMREC_API_KEY, which "
+                       "has every scope). Scopes: `events:write` (interaction events), `catalog:write` "
+                       "(`item_upsert`, `item_remove`), `recommendations:read` (reads, when STREAMREC_AUTH_READS "
+                       "is on), `admin` (all). Writes need one unless the operator set STREAMREC_AUTH=off.",
+    },
+}
+
+
 def _paths() -> dict[str, Any]:
     return {
         "/v1/recommendations/{user_id}": {
@@ -215,8 +237,10 @@ def _paths() -> dict[str, Any]:
                                  "Always for a valid request; `degraded` says when a part was missing. "
                                  "An unknown user gets a cold-start list."),
                     "400": _ERROR_400,
+                    **_READ_AUTH,
                     "503": _SHED_503,
                 },
+                "security": _READ_SECURITY,
             }
         },
         "/v1/items/{item_id}/similar": {
@@ -228,20 +252,19 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("Similar"), "Similar titles."),
                     "400": _ERROR_400,
+                    **_READ_AUTH,
                     "404": _json(_ref("Error"), "The title is not in the catalogue."),
                     "503": _SHED_503,
                 },
+                "security": _READ_SECURITY,
             }
         },
         "/v1/events": {
             "post": {
                 "operationId": "publishEvents",
                 "summary": "Validate events, publish the valid ones to Kafka (interactions by user, catalog by item).",
-                "parameters": [
-                    {"name": "X-API-Key", "in": "header", "required": False, "schema": _STRING,
-                     "description": "Required when the server has an API key configured (STREAMREC_API_KEY)."},
-                    _REQUEST_ID_HEADER,
-                ],
+                "parameters": [_REQUEST_ID_HEADER],
+                "security": [{"ApiKey": []}],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": {"oneOf": [
@@ -254,11 +277,22 @@ def _paths() -> dict[str, Any]:
                     "400": _json(_ref("EventsRejected"),
                                  "Not JSON, nested deeper than " + str(MAX_DEPTH) + " levels, an empty or too "
                                  "large array, or no valid event."),
-                    "401": _json(_ref("Error"), "Missing or wrong X-API-Key."),
+                    "401": _AUTH_401,
+                    "403": _json(_ref("Error"), "The key lacks a scope the batch needs: `events:write` for "
+                                 "interaction events, `catalog:write` for `item_upsert`/`item_remove` (both for a "
+                                 "mixed batch); the message names the missing one. Nothing was published."),
                     "413": _json(_ref("Error"), "The body is larger than STREAMREC_MAX_BODY_BYTES."),
+                    "429": {
+                        **_json(_ref("Error"), "The key is over its rate (STREAMREC_RATE_LIMIT_EVENTS_PER_S events "
+                                "per second, counted per server replica, with a burst of STREAMREC_RATE_LIMIT_BURST; "
+                                "`error.field`: `rate`). Nothing was published; retry after `Retry-After`."),
+                        "headers": {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                                    "schema": {"type": "integer", "minimum": 1}}},
+                    },
                     "503": _json(_ref("Error"), "Kafka did not acknowledge the events within "
                                  "STREAMREC_EVENTS_PUBLISH_TIMEOUT_S (1 s): they may or may not have been written "
-                                 "(`written: unknown`); `Retry-After: 1`."),
+                                 "(`written: unknown`); retrying them with the same `event_id` is safe (the worker "
+                                 "applies each event_id once); `Retry-After: 1`."),
                 },
             }
         },
@@ -306,7 +340,7 @@ def openapi_document() -> dict[str, Any]:
                            "in events are JSON integer literals: `3`, not `3.0`.",
         },
         "paths": _paths(),
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
     }
 
 

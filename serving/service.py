@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis.asyncio as aioredis
 
 from foundation.logs import get_logger
+from foundation.redis_io import redis_client
 from foundation.settings import Settings
 from models.bundle import BundleError, latest_version
 from models.postprocess import PostConfig
@@ -117,8 +117,8 @@ class RecommendationService:
         except (BundleError, FileNotFoundError) as exc:
             raise NoBundleError(f"no model bundle to serve under {root}: {exc} (run `streamrec train`)") from exc
         # Short socket timeouts: a dead or hung Redis must fail inside the stage budget, not after seconds.
-        redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=options.redis_timeout_s,
-                                        socket_timeout=options.redis_timeout_s, retry_on_timeout=False)
+        redis = redis_client(settings, socket_connect_timeout=options.redis_timeout_s,
+                             socket_timeout=options.redis_timeout_s, retry_on_timeout=False)
         table = ItemStateTable() if options.item_state_in_process else None
         service = cls(settings, root, cls._serve(model, redis, options, table), redis, options)
         # Open a connection now so that the first request does not pay the connect inside its budget.

@@ -57,6 +57,9 @@ COMMANDS: dict[str, CommandEntry] = {
     "bench": CommandEntry(
         "streamrec.commands.bench",
         "Benchmarks against the local stack (each figure beside a floor of the same run)."),
+    "keys": CommandEntry(
+        "streamrec.commands.keys",
+        "Create, list and revoke the API keys (with scopes) that POST /v1/events and, optionally, reads need."),
 }
 
 

@@ -4,7 +4,9 @@ An effect sees one partition batch at a time, as a :class:`Batch`. ``read`` queu
 needs and returns a :class:`Reads` (what it queued and what it computed on the way); ``write`` queues its
 writes from the events and those replies, inside the batch's ``MULTI``. :mod:`streams.batch_protocol` runs
 every effect of the explicit list (:mod:`streams.effects_registry`) that way and commits all the writes with
-the partition's offset, so a redelivered batch is skipped and no record is applied twice.
+the partition's offset, so a redelivered batch is skipped and no record is applied twice. An interaction batch
+reaches the effects already de-duplicated by ``event_id`` (:mod:`streams.dedupe`): a retried event is not in
+``Batch.events``, so effects need no idempotence of their own.
 
 What an effect must keep (``tests/unit/test_effect_contract.py`` checks it on every effect of the list):
 it writes only in ``write``, and those writes are a deterministic function of (the events, its replies);

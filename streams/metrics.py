@@ -17,7 +17,7 @@ _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 EVENTS: Final = Counter(
     "streamrec_worker_events_total",
     "Records handled by the worker, by topic and outcome (processed, rejected = dead-lettered, "
-    "skipped = already applied before a restart).",
+    "skipped = already applied before a restart, duplicate = an event_id its user applied before: a retry).",
     ["topic", "outcome"],
 )
 BATCH_SECONDS: Final = Histogram(
@@ -44,6 +44,15 @@ FENCED: Final = Counter(
 DEAD_LETTERS: Final = Counter("streamrec_worker_dead_letters_total", "Dead letters produced.", ["topic"])
 FAILURES: Final = Counter(
     "streamrec_worker_batch_failures_total", "Batches that failed (Redis or Kafka errors) and are retried.", ["topic"]
+)
+PAUSED: Final = Gauge(
+    "streamrec_worker_paused",
+    "1 while the worker is paused, by reason (redis_oom: Redis refuses writes at maxmemory; batches are retried).",
+    ["reason"],
+)
+OOM_REFUSED: Final = Counter(
+    "streamrec_worker_redis_oom_total",
+    "Batches whose writes Redis refused for memory (OOM); each is rewound and retried, never dropped.", ["topic"],
 )
 RESTARTS: Final = Counter(
     "streamrec_worker_restarts_total", "In-process restarts (new Kafka clients and effects) after a client died."

@@ -11,6 +11,11 @@ always comes from Redis (stored offset + 1, or the beginning when Redis holds no
 The catalogue: every worker follows every catalog partition (:mod:`streams.catalogue`); the catalog
 partitions this worker owns in the group are where the catalogue's dead letters and effects run (once per
 record cluster-wide; effects that send elsewhere than Redis, e.g. item vectors, at least once).
+
+Interaction events are also de-duplicated by ``event_id`` (:mod:`streams.dedupe`), so a client's retry counts
+once. A Redis that refuses writes for memory (``maxmemory`` with ``noeviction``: an ``OOM`` error) pauses the
+worker (:class:`OomPause`): the refused batch is rewound and retried, with a capped exponential back-off, until
+the writes succeed again; no batch is skipped.
 """
 
 from __future__ import annotations
@@ -26,23 +31,26 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-import redis.asyncio as aioredis
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+from redis.exceptions import OutOfMemoryError
 
 from foundation.blas_threads import limit_blas_threads
 from foundation.kafka_io import make_consumer, make_producer, producer_failure, stop_quietly
 from foundation.logs import get_logger
+from foundation.redis_io import redis_client
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from models.bundle import Bundle, BundleError, open_bundle
 from online_state.keys import DEFAULT_PREFIX, KeyLayout
 from online_state.offsets import parse_stored
 from online_state.redis_functions import functions_available, is_missing_function, load_functions
+from online_state.redis_store import DEFAULT_USER_TTL_S
 from schemas.decoder import catalog_decoder, interaction_decoder
 from streams import metrics
 from streams.batch_protocol import Fenced, apply_batch
 from streams.catalogue import CatalogueFollower, LiveCatalogue
+from streams.dedupe import EventWindows
 from streams.effects import Effect, EffectContext
 from streams.effects_registry import CATALOG_EFFECTS, FEATURES_ONLY, INTERACTION_EFFECTS, build_effects
 from streams.intake import Intake
@@ -70,9 +78,72 @@ class WorkerOptions:
     bulk: bool = True  # writes as Redis Functions when the server runs them (False: one command per key)
     session_timeout_ms: int = 10_000  # how soon the group notices a killed worker
     commit_interval_s: float = 1.0  # Kafka offset commits (monitoring only)
+    # At most this long per Kafka commit: the commit runs inside the round, and aiokafka waits for the group
+    # coordinator without limit (seen: minutes of a stalled worker after a broker restart, on a commit that only
+    # feeds lag tools). A commit cut short is retried at the next interval.
+    commit_timeout_s: float = 2.0
     # BLAS threads of this process, set once the bundle (and with it scipy's OpenBLAS) is loaded; None:
     # leave them (in-process use by tests and tools). See foundation/blas_threads.py.
     blas_threads: int | None = None
+    # Back-off while Redis refuses writes for memory (OomPause): first wait, doubled per refused round up to the cap.
+    oom_backoff_s: float = 0.1
+    oom_backoff_max_s: float = 5.0
+
+
+class OomPause:
+    """The worker's pause while Redis refuses writes with ``OOM`` (``maxmemory`` reached under ``noeviction``).
+
+    A refused batch wrote nothing (its ``EXEC`` was aborted), so it is rewound and retried: nothing is dropped.
+    Between refused rounds the worker waits ``first_s``, doubled each time up to ``max_s``; the gauge
+    ``streamrec_worker_paused{reason="redis_oom"}`` is 1 from the first refusal to the next commit, and one
+    ERROR line says so (then at most one per ``log_every_s``, with the refusals since), so an outage of
+    hours logs a few lines, not one per retry.
+    """
+
+    def __init__(self, first_s: float = 0.1, max_s: float = 5.0, log_every_s: float = 30.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self.log_every_s = log_every_s
+        self.since: float | None = None  # monotonic time of the first refusal of this pause
+        self.refusals = 0  # refused batches in this pause
+        self._unlogged = 0
+        self._logged_at = 0.0
+        self._rounds = 0  # refused rounds in this pause (the back-off's exponent)
+        self._hit = False  # a batch of the current round was refused
+
+    @property
+    def paused(self) -> bool:
+        return self.since is not None
+
+    def refused(self, topic: str, partition: int, exc: BaseException) -> None:
+        """A batch's writes were refused for memory."""
+        now = time.monotonic()
+        metrics.OOM_REFUSED.labels(topic).inc()
+        self._hit = True
+        self.refusals += 1
+        self._unlogged += 1
+        if self.since is None:
+            self.since = now
+            metrics.PAUSED.labels("redis_oom").set(1)
+        if self._unlogged == self.refusals or now - self._logged_at >= self.log_every_s:
+            log.error("worker.paused_redis_oom", topic=topic, partition=partition, refused=self._unlogged,
+                      paused_s=round(now - self.since, 1), error=str(exc))
+            self._logged_at, self._unlogged = now, 0
+
+    def end_round(self, committed: bool) -> float | None:
+        """After a round: the seconds to wait before the next one when a batch was refused; else ``None``
+        (and the pause ends when a batch committed)."""
+        if self._hit:
+            self._hit = False
+            delay = min(self.max_s, self.first_s * 2 ** min(self._rounds, 30))
+            self._rounds += 1
+            return delay
+        if committed and self.since is not None:
+            log.warning("worker.resumed_redis_oom", paused_s=round(time.monotonic() - self.since, 2),
+                        refused=self.refusals)
+            metrics.PAUSED.labels("redis_oom").set(0)
+            self.since, self.refusals, self._unlogged, self._rounds = None, 0, 0, 0
+        return None
 
 
 def load_bundle(artifacts: Path | None) -> Bundle | None:
@@ -107,6 +178,10 @@ class Worker:
         self._lock = asyncio.Lock()
         self._committed_at = 0.0
         self.processed = 0
+        self.duplicates = 0  # interaction events dropped as already applied (streams.dedupe)
+        self.windows: EventWindows | None = None
+        self.oom = OomPause(self.options.oom_backoff_s, self.options.oom_backoff_max_s)
+        self._committed_round = False
         self._fresh_clients()
 
     def _fresh_clients(self) -> None:
@@ -130,7 +205,7 @@ class Worker:
 
     async def start(self) -> None:
         s, o = self.settings, self.options
-        self.redis = aioredis.Redis.from_url(s.redis_url)
+        self.redis = redis_client(s)
         await self.redis.ping()
         if o.rebuild:
             deleted = await delete_state(self.redis, self.keys)
@@ -138,6 +213,8 @@ class Worker:
         self.bulk = o.bulk and await functions_available(self.redis)
         if o.bulk and not self.bulk:
             log.warning("worker.no_redis_functions", reason="FUNCTION LOAD failed: one command per key (slower)")
+        self.windows = (EventWindows(self.keys, s.worker_dedupe_window, DEFAULT_USER_TTL_S, bulk=self.bulk)
+                        if s.worker_dedupe_window > 0 else None)
         await ensure_topics_retrying(s)
         self.bundle = load_bundle(o.artifacts)
         self.catalog = LiveCatalogue.from_bundle(self.bundle)
@@ -258,6 +335,11 @@ class Worker:
             if time.monotonic() - self._committed_at >= self.options.commit_interval_s:
                 await self._commit_kafka()
             self._update_lag()
+        committed, self._committed_round = self._committed_round, False
+        delay = self.oom.end_round(committed)
+        if delay is not None:  # Redis is full: wait (outside the lock: a rebalance may proceed) and retry
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
         return sum(len(r) for r in fetched.values())
 
     async def _follow_catalog(self) -> None:
@@ -273,6 +355,7 @@ class Worker:
         catalog = topic == self.settings.topic_catalog
         decoder = catalog_decoder if catalog else interaction_decoder
         effects = self.catalog_effects if catalog else self.effects
+        windows = None if catalog else self.windows  # catalogue events are upserts/removes: idempotent as they are
         if not self._redis_warm:
             self._redis_warm = True
             await self._warm_redis()
@@ -280,11 +363,16 @@ class Worker:
             while True:
                 try:
                     outcome = await apply_batch(self.redis, self.keys.offset(topic, tp.partition), records,
-                                                partial(self.intake.batch, tp, decoder), effects)
+                                                partial(self.intake.batch, tp, decoder), effects, windows)
                     break
                 except Fenced:
                     metrics.FENCED.labels(topic).inc()
                     log.info("worker.fenced", topic=topic, partition=tp.partition)
+        except OutOfMemoryError as exc:  # nothing was written: rewind, the round backs off (OomPause)
+            self.oom.refused(topic, tp.partition, exc)
+            with contextlib.suppress(Exception):
+                self.consumer.seek(tp, records[0].offset)
+            return None
         except Exception as exc:
             metrics.FAILURES.labels(topic).inc()
             log.error("worker.batch_failed", topic=topic, partition=tp.partition, error=repr(exc))
@@ -297,7 +385,11 @@ class Worker:
             return None
         if outcome.skipped:
             metrics.EVENTS.labels(topic, "skipped").inc(outcome.skipped)
+        if outcome.duplicates:
+            metrics.EVENTS.labels(topic, "duplicate").inc(outcome.duplicates)
+            self.duplicates += outcome.duplicates
         if outcome.commit_seconds is not None:  # fresh records were committed
+            self._committed_round = True
             metrics.EVENTS.labels(topic, "processed").inc(outcome.applied)
             if not catalog:
                 self.processed += outcome.applied
@@ -324,9 +416,10 @@ class Worker:
         self._uncommitted.clear()
         if commits:
             try:
-                await self.consumer.commit(commits)
-            except Exception as exc:  # rebalance in progress etc.
+                await asyncio.wait_for(self.consumer.commit(commits), self.options.commit_timeout_s)
+            except Exception as exc:  # rebalance in progress, coordinator unknown (TimeoutError) etc.
                 log.info("worker.commit_skipped", reason=repr(exc))
+                self._uncommitted.update(tp for tp in commits if tp in self._last)
 
     def _update_lag(self) -> None:
         for tp, last in self._last.items():

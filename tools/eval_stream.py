@@ -48,11 +48,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
 
 from foundation.child_env import settings_env
 from foundation.kafka_io import KeyedBatchSender, make_producer
 from foundation.logs import get_logger
+from foundation.redis_io import redis_client
 from foundation.settings import Settings
 from foundation.topics import delete_topics, ensure_topics
 from models.config import TwoStageConfig
@@ -373,8 +373,8 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
     online_settings = run_settings(settings, run_id, config.online_db)
     frozen_settings = run_settings(settings, run_id, config.frozen_db)
     await ensure_topics(online_settings)
-    online_redis = aioredis.Redis.from_url(online_settings.redis_url)
-    frozen_redis = aioredis.Redis.from_url(frozen_settings.redis_url)
+    online_redis = redis_client(online_settings)
+    frozen_redis = redis_client(frozen_settings)
     worker: subprocess.Popen[bytes] | None = None
     publisher = _Publisher(online_settings)
     services: dict[str, Any] = {}

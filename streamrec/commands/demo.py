@@ -12,9 +12,9 @@ from rich.table import Table
 
 from foundation.progress import progress_bar
 from foundation.settings import Settings, get_settings
-from tools.demo.apps import server_url, start_apps, stop_apps, wait_server_ready
+from tools.demo.apps import server_url, start_apps, stop_apps, wait_key_accepted, wait_server_ready
 from tools.demo.show import pick_users, read_log_facts, run_stories
-from tools.demo.steps import prepare_data, replay_once, train_once, wait_worker
+from tools.demo.steps import DEMO_KEY_SCOPES, make_demo_key, prepare_data, replay_once, train_once, wait_worker
 from tools.stack import StackError, manager
 
 
@@ -59,6 +59,7 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
          items: int, events: int, seed: int, artifacts: Path, show_users: int) -> None:
     out.rule("[bold]1. local stack: Kafka (KRaft) + redis-server")
     started = asyncio.run(manager.up(settings, progress=lambda message: err.status(message, spinner="dots")))
+    settings = started.settings  # with the stack's credentials (a first `up` generates them)
     for service in started.status.services:
         out.print(f"{service.name:<6} {service.address:<16} pid {service.pid}  {service.detail}")
 
@@ -74,6 +75,9 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
               f"({trained['seconds']:.0f} s)")
 
     out.rule("[bold]4. stream worker + API server")
+    # Writes need a key (STREAMREC_AUTH is on by default): one for the demo's own POSTs, and for the user to try.
+    key, key_file = asyncio.run(make_demo_key(settings))
+    out.print(f"API key  made: name demo, scopes {', '.join(DEMO_KEY_SCOPES)} (kept in {key_file}, mode 0600)")
     if not trained["reused"]:
         stop_apps(settings)  # a running worker holds the previous bundle's vectors
     for app in start_apps(settings, artifacts, Path.cwd()):
@@ -92,11 +96,12 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
         seconds = asyncio.run(wait_worker(settings, advance))
     out.print(f"the worker has applied every record ({seconds:.1f} s after the replay)")
     ready = asyncio.run(wait_server_ready(settings))
+    asyncio.run(wait_key_accepted(settings, key))  # a server left running from a previous demo re-reads its keys
     out.print(f"server ready: {ready}")
 
     if show_users:
         out.rule("[bold]6. real-time adaptation: answers before and after a few new interactions")
-        _show(settings, out, data, show_users)
+        _show(settings, out, data, show_users, key)
 
     out.rule()
     url = server_url(settings)
@@ -104,13 +109,16 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
     metrics_port = settings.worker_metrics_port
     out.print(f"worker   metrics on :{metrics_port}" if metrics_port else "worker   running")
     out.print(f"Kafka    {settings.kafka_bootstrap}    Redis {settings.redis_url_masked}")
+    out.print(f"API key  {key}   (shown once here; also in {key_file})", markup=False)
+    out.print(f"         curl -H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d @event.json "
+              f"{url}/v1/events", markup=False)
+    out.print("         more keys: streamrec keys create --scopes events:write   (list / revoke NAME)", markup=False)
     out.print("Everything keeps running. Stop it all with: streamrec demo --down")
 
 
-def _show(settings: Settings, out: Console, data: Path, n_users: int) -> None:
+def _show(settings: Settings, out: Console, data: Path, n_users: int, key: str) -> None:
     facts = read_log_facts(data)
-    stories = asyncio.run(run_stories(server_url(settings), facts, pick_users(facts, n_users),
-                                      api_key=settings.api_key))
+    stories = asyncio.run(run_stories(server_url(settings), facts, pick_users(facts, n_users), api_key=key))
 
     def name(item: dict[str, Any] | None, genre: str) -> str:
         if item is None:

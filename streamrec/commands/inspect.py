@@ -16,13 +16,13 @@ import orjson
 import redis.asyncio as aioredis
 import typer
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.pretty import Pretty
 from rich.table import Table
 
-from foundation.kafka_io import make_consumer
+from foundation.kafka_io import make_admin, make_consumer
+from foundation.redis_io import redis_client
 from foundation.settings import Settings, get_settings
 from models.dataset import DEVICE_CODE
 from online_state.feature_codec import UserBlob
@@ -53,7 +53,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _redis(settings: Settings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.redis_url)
+    return redis_client(settings)
 
 
 T = TypeVar("T")
@@ -190,7 +190,7 @@ async def _partitions(settings: Settings, topic: str) -> list[int]:
     Asked through the admin client: a consumer without a subscription keeps no metadata for the
     topic, so its ``partitions_for_topic`` answers ``None`` even for an existing topic.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-inspect")
+    admin = make_admin(settings, client_id="streamrec-inspect")
     await admin.start()
     try:
         described = await admin.describe_topics([topic])

@@ -8,7 +8,9 @@ tests fail; a stack left behind by an interrupted session is stopped (by its pid
 
 Fixtures:
 
-- ``stack``: the :class:`~foundation.settings.Settings` of the running test stack (session).
+- ``stack``: the :class:`~foundation.settings.Settings` of the running test stack (session). The stack is
+  authenticated as ``streamrec stack up`` makes it by default (Redis password, Kafka SASL/SCRAM-SHA-512): these
+  settings carry its generated credentials, and so do ``stack_env`` and every client built from them.
 - ``kafka_bootstrap``: its bootstrap string, ``"127.0.0.1:19092"``.
 - ``redis_client``: a ``redis.asyncio`` client on it, database flushed before each test.
 - ``stack_env``: environment variables that point a subprocess (the CLI, a worker) at it.
@@ -57,8 +59,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def stack_settings(
     state_dir: Path, kafka_port: int, controller_port: int, redis_port: int, **overrides: object
 ) -> Settings:
-    """Settings for a local stack on the given ports (the rest comes from the environment)."""
+    """Settings for a local stack on the given ports (the rest comes from the environment; not from files: the
+    credentials.env of an older stack in ``state_dir`` must not leak into the new one)."""
     return Settings(
+        _env_file=None,
         kafka_bootstrap=f"127.0.0.1:{kafka_port}",
         kafka_controller_port=controller_port,
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
@@ -68,7 +72,7 @@ def stack_settings(
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """``os.environ`` plus the variables that make a subprocess use ``settings``' stack."""
+    """``os.environ`` plus the variables that make a subprocess use ``settings``' stack, credentials included."""
     return {
         **os.environ,
         "STREAMREC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -77,11 +81,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "STREAMREC_STATE_DIR": str(settings.state_dir),
         "STREAMREC_CACHE_DIR": str(settings.cache_dir),
         "STREAMREC_KAFKA_VERSION": settings.kafka_version,
+        "STREAMREC_STACK_AUTH": "true" if settings.stack_auth else "false",
+        "STREAMREC_STACK_TLS": "true" if settings.stack_tls else "false",
+        "STREAMREC_REDIS_USERNAME": settings.redis_username,
+        "STREAMREC_REDIS_PASSWORD": settings.redis_password.get_secret_value(),
+        "STREAMREC_REDIS_TLS_CA": settings.redis_tls_ca,
+        "STREAMREC_KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol,
+        "STREAMREC_KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+        "STREAMREC_KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "STREAMREC_KAFKA_SASL_PASSWORD": settings.kafka_sasl_password.get_secret_value(),
+        "STREAMREC_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
     }
 
 
-def start_fresh_stack(settings: Settings) -> None:
-    """Stop a leftover stack in ``settings.state_dir``, wipe the folder, start a new stack."""
+def start_fresh_stack(settings: Settings) -> Settings:
+    """Stop a leftover stack in ``settings.state_dir``, wipe the folder, start a new stack; returns ``settings``
+    with the new stack's generated credentials (what every client of it needs)."""
     from tools.stack import manager
 
     missing = [tool for tool in ("java", "redis-server") if shutil.which(tool) is None]
@@ -93,7 +108,7 @@ def start_fresh_stack(settings: Settings) -> None:
     asyncio.run(manager.down(settings))
     shutil.rmtree(settings.state_dir, ignore_errors=True)
     try:
-        asyncio.run(manager.up(settings))
+        return asyncio.run(manager.up(settings)).settings
     except BaseException:
         asyncio.run(manager.down(settings))
         raise
@@ -108,7 +123,7 @@ def stop_stack(settings: Settings) -> None:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Settings]:
     settings = stack_settings(TEST_STATE_DIR, KAFKA_PORT, KAFKA_CONTROLLER_PORT, REDIS_PORT)
-    start_fresh_stack(settings)
+    settings = start_fresh_stack(settings)
     try:
         yield settings
     finally:
@@ -131,19 +146,19 @@ def env_for() -> Callable[[Settings], dict[str, str]]:
 
 
 @pytest.fixture
-def stack_factory() -> Iterator[Callable[[str, int, int, int], Settings]]:
-    """``start(name, kafka_port, controller_port, redis_port)``: a fresh extra stack in
-    ``.streamrec/test-stack-NAME``; every stack started this way is stopped after the test."""
+def stack_factory() -> Iterator[Callable[..., Settings]]:
+    """``start(name, kafka_port, controller_port, redis_port, **settings)``: a fresh extra stack in
+    ``.streamrec/test-stack-NAME`` (``settings`` such as ``stack_tls=True`` override the defaults); every stack
+    started this way is stopped after the test."""
     started: list[Settings] = []
 
-    def start(name: str, kafka_port: int, controller_port: int, redis_port: int) -> Settings:
+    def start(name: str, kafka_port: int, controller_port: int, redis_port: int, **overrides: object) -> Settings:
         settings = stack_settings(
             REPO_ROOT / ".streamrec" / f"test-stack-{name}-{_OFFSET}",
-            kafka_port + _OFFSET, controller_port + _OFFSET, redis_port + _OFFSET,
+            kafka_port + _OFFSET, controller_port + _OFFSET, redis_port + _OFFSET, **overrides,
         )
         started.append(settings)
-        start_fresh_stack(settings)
-        return settings
+        return start_fresh_stack(settings)
 
     try:
         yield start
@@ -154,9 +169,9 @@ def stack_factory() -> Iterator[Callable[[str, int, int, int], Settings]]:
 
 @pytest.fixture
 async def redis_client(stack: Settings) -> AsyncIterator[aioredis.Redis]:
-    import redis.asyncio as aioredis
+    from foundation.redis_io import redis_client as make_redis_client
 
-    client = aioredis.Redis.from_url(stack.redis_url)
+    client = make_redis_client(stack)
     await client.flushdb()
     try:
         yield client

@@ -86,6 +86,10 @@ def test_demo_runs_the_whole_system_and_down_leaves_nothing_behind(
     assert "plays and completes" in out and "before" in out and "after" in out
     assert "the new answer was visible" in out and "not within" not in out, out[-3000:]
     assert "streamrec demo --down" in out
+    # Writes need a key: the demo made one (its own POSTs above used it), printed it and kept it for the user.
+    key_file = settings.state_dir / "demo-api-key"
+    key = key_file.read_text().strip()
+    assert key.startswith("srk_") and f"API key  {key}" in out and (key_file.stat().st_mode & 0o777) == 0o600
     run_dir = StackLayout.from_settings(settings).run_dir
     records = [process.read_record(run_dir / f"demo-{name}.json") for name in ("worker", "server")]
     assert all(r is not None and process.owns(r) for r in records), "the demo must leave its apps running"

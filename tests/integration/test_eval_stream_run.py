@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import orjson
-import redis
 
+from foundation.redis_io import redis_client_sync
 from foundation.settings import Settings
 
 
@@ -43,8 +43,8 @@ def test_eval_stream_reports_both_arms_and_leaves_its_topics_gone(stack: Setting
     assert Path(report["plot"]).stat().st_size > 0  # the curves (PNG)
     assert "online vs frozen" in run.stdout
     # The arms' Redis databases hold the state: the online one is ahead of the frozen one.
-    online = redis.Redis.from_url(stack.redis_url.rsplit("/", 1)[0] + "/3")
-    frozen = redis.Redis.from_url(stack.redis_url.rsplit("/", 1)[0] + "/4")
+    online = redis_client_sync(stack, stack.redis_url.rsplit("/", 1)[0] + "/3")
+    frozen = redis_client_sync(stack, stack.redis_url.rsplit("/", 1)[0] + "/4")
     try:
         assert online.dbsize() > 0 and frozen.dbsize() > 0
     finally:

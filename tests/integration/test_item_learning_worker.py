@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from numpy.typing import NDArray
 from test_worker_dead_letters import T0, _play, _wait_for, per_test_settings, running_worker, send_records
 
-from foundation.kafka_io import make_producer
+from foundation.kafka_io import connection_options, make_producer
 from foundation.settings import Settings
 from models.item_vector_codec import ItemVector, decode_item_vector, space_id
 from online_state.item_learning import (
@@ -42,7 +42,7 @@ async def _vectors(settings: Settings, until: Callable[[list[ItemVector]], bool]
         ItemVector]:
     """Every record of ``item-vectors`` from the beginning, read until ``until(records)`` holds, then to
     the end offsets of that moment (so nothing published before it is missed)."""
-    consumer = AIOKafkaConsumer(settings.topic_item_vectors, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(settings.topic_item_vectors, **connection_options(settings),
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     out: list[ItemVector] = []

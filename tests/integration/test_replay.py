@@ -13,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from foundation.kafka_io import connection_options
 from foundation.settings import Settings
 from tools.replay import Pace, ReplayOptions, replay_log
 
@@ -53,7 +54,7 @@ async def fresh_topics(stack: Settings) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     settings = stack.model_copy(update={"topic_interactions": f"interactions-{suffix}",
                                         "topic_catalog": f"catalog-{suffix}"})
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**connection_options(settings))
     await admin.start()
     try:
         await admin.create_topics([
@@ -67,7 +68,7 @@ async def fresh_topics(stack: Settings) -> Settings:
 
 
 async def _consume_all(settings: Settings, topic: str, expected: int) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(topic, **connection_options(settings), group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     records = []

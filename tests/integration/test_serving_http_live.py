@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer
 from test_worker_dead_letters import per_test_settings
 
 from foundation.child_env import settings_env
+from foundation.kafka_io import connection_options
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from models.bundle import open_bundle
@@ -103,10 +104,17 @@ async def _eventually_ready(api: Api, seconds: float = 60) -> dict[str, Any]:
         await asyncio.sleep(0.2)
 
 
+OPERATOR_KEY = "it-operator-key"  # the servers' static key (every scope) unless a test sets its own
+
+
 @contextlib.asynccontextmanager
-async def running_api(settings: Settings, artifacts: Path) -> AsyncIterator[Api]:
+async def running_api(settings: Settings, artifacts: Path, send_key: bool = True) -> AsyncIterator[Api]:
+    """The app in-process; writes need a key (the default), so the client sends the server's key unless told not."""
     await ensure_topics_retrying(settings)
-    client = TestClient(TestServer(create_app(settings, artifacts)))
+    if not settings.api_key:
+        settings = settings.model_copy(update={"api_key": OPERATOR_KEY})
+    headers = {"X-API-Key": settings.api_key_value()} if send_key else None
+    client = TestClient(TestServer(create_app(settings, artifacts)), headers=headers)
     await client.start_server()
     try:
         document = await (await client.get("/openapi.json")).json()
@@ -118,7 +126,7 @@ async def running_api(settings: Settings, artifacts: Path) -> AsyncIterator[Api]
 
 
 async def _read_topic(settings: Settings, topic: str, expected: int) -> list[tuple[bytes, dict[str, Any]]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(topic, **connection_options(settings), group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     records: list[Any] = []
@@ -204,7 +212,7 @@ async def test_posted_events_arrive_in_kafka_keyed_by_their_topic_contract(
 
 async def test_api_key_guards_writes(stack: Settings, redis_client: Any, artifacts: Path) -> None:
     settings = per_test_settings(stack, "http-key").model_copy(update={"api_key": "k-123"})
-    async with running_api(settings, artifacts) as api:
+    async with running_api(settings, artifacts, send_key=False) as api:
         event = orjson.dumps(_play("u9", "i9", 9))
         denied = await api.call("POST", EVENTS, EVENTS, expect=401, data=event)
         assert denied["error"]["field"] == "X-API-Key"

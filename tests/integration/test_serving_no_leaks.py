@@ -37,6 +37,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from test_worker_dead_letters import per_test_settings
 
 from foundation.child_env import settings_env
+from foundation.redis_io import redis_client as make_redis_client
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from serving.app import SERVICE, create_app
@@ -44,6 +45,7 @@ from serving.service import RecommendationService
 from tools.stack.probes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+OPERATOR_KEY = "no-leaks-operator-key"  # the server's static key (STREAMREC_API_KEY), sent by the hang-ups
 LEAK_MARKERS = ("Task exception was never retrieved", "Unclosed", "was destroyed but it is pending",
                 "ResourceWarning", "Traceback")
 
@@ -101,6 +103,7 @@ async def _hang_up(port: int, request: bytes, after_s: float) -> None:
 async def _hang_ups(port: int, n: int) -> None:
     get = b"GET /v1/recommendations/hang-up-%d?k=20 HTTP/1.1\r\nHost: x\r\n\r\n"
     partial_body = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"X-API-Key: " + OPERATOR_KEY.encode() + b"\r\n"  # past the key check: into the body read
                     b"Content-Length: 5000\r\n\r\n[{\"type\": \"play\"")
     await asyncio.gather(
         *(_hang_up(port, get % n_, after_s=0.0) for n_ in range(n)),
@@ -149,6 +152,7 @@ async def test_serve_leaks_nothing_through_timeouts_floods_and_hang_ups(
            "STREAMREC_SERVING_ADMISSION_MIN_LIMIT": "2", "STREAMREC_REQUEST_TIMEOUT_S": "0.3",
            # Stage budgets equal to the Redis socket timeout (0.25 s): the two expire together, as under load.
            "STREAMREC_SERVING_CANDIDATES_TIMEOUT_MS": "250", "STREAMREC_SERVING_FEATURES_TIMEOUT_MS": "250",
+           "STREAMREC_API_KEY": OPERATOR_KEY,
            "PYTHONWARNINGS": "always::ResourceWarning", "PYTHONASYNCIODEBUG": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp_path / "serve.log"
@@ -250,7 +254,7 @@ async def test_app_leaks_nothing_when_redis_hangs(stack: Settings, redis_client:
                 assert set(statuses) <= {0, 200, 503} and 200 in statuses, statuses
                 # Back to the real Redis: answers are whole again.
                 await client.app[SERVICE].use_redis(  # type: ignore[union-attr,attr-defined]
-                    aioredis.Redis.from_url(stack.redis_url))
+                    make_redis_client(stack))
                 assert await one(999) == 200
             finally:
                 await client.close()

@@ -10,10 +10,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
+from pydantic import SecretStr
 
+from foundation.kafka_io import connection_options, make_admin
+from foundation.redis_io import redis_client as make_redis_client
 from foundation.settings import Settings
 from foundation.topics import DEAD_LETTER_RETENTION_MS, ensure_topics, topic_specs
 from tools.stack import manager, probes, process
@@ -82,7 +87,7 @@ def test_cli_status_and_second_up(stack: Settings, stack_env: dict[str, str]) ->
 
 async def test_topics_have_partitions_and_configs(stack: Settings) -> None:
     specs = {spec.name: spec for spec in topic_specs(stack)}
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    admin = make_admin(stack)
     await admin.start()
     try:
         described = {t["topic"]: t for t in await admin.describe_topics(list(specs))}
@@ -127,7 +132,7 @@ async def test_ensure_topics_creates_missing_topics(stack: Settings) -> None:
         assert sorted(await ensure_topics(settings)) == sorted(names.values())
         assert await ensure_topics(settings) == []
     finally:
-        admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+        admin = make_admin(stack)
         await admin.start()
         try:
             await admin.delete_topics(list(names.values()))
@@ -147,13 +152,15 @@ async def _consume(consumer: AIOKafkaConsumer, count: int, timeout_s: float = 30
     return values
 
 
-async def test_round_trip_with_idempotent_producer_and_consumer_group(kafka_bootstrap: str) -> None:
+async def test_round_trip_with_idempotent_producer_and_consumer_group(stack: Settings) -> None:
+    """Plain aiokafka clients, logged in with the stack's SASL/SCRAM credentials."""
+    kafka = connection_options(stack)
     topic, group = f"it-round-trip-{uuid.uuid4().hex[:8]}", f"it-group-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, 3, 1)])
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
+        producer = AIOKafkaProducer(**kafka, enable_idempotence=True, acks="all")
         await producer.start()
         try:
             for i in range(30):
@@ -165,7 +172,7 @@ async def test_round_trip_with_idempotent_producer_and_consumer_group(kafka_boot
         def consumer() -> AIOKafkaConsumer:
             return AIOKafkaConsumer(
                 topic,
-                bootstrap_servers=kafka_bootstrap,
+                **kafka,
                 group_id=group,
                 auto_offset_reset="earliest",
                 enable_auto_commit=False,
@@ -189,7 +196,7 @@ async def test_round_trip_with_idempotent_producer_and_consumer_group(kafka_boot
         second = consumer()
         await second.start()
         try:
-            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
+            producer = AIOKafkaProducer(**kafka, enable_idempotence=True)
             await producer.start()
             try:
                 await producer.send_and_wait(topic, value=b"after-commit", key=b"user-0")
@@ -219,7 +226,75 @@ async def test_redis_client_is_flushed_per_test(redis_client) -> None:
     assert await redis_client.dbsize() == 0
 
 
+# --- Credentials: the stack is authenticated by default ----------------------------------------
+
+
+async def test_redis_refuses_clients_without_the_password(stack: Settings) -> None:
+    import redis.asyncio as aioredis
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    anonymous = aioredis.Redis.from_url(stack.redis_url, socket_timeout=5)
+    wrong_password = stack.model_copy(update={"redis_password": SecretStr("not-the-password")})
+    wrong = make_redis_client(wrong_password, socket_timeout=5)
+    try:
+        with pytest.raises(AuthenticationError):  # NOAUTH: every command needs the password
+            await anonymous.set("streamrec:it:anonymous", "x")
+        with pytest.raises((AuthenticationError, ResponseError), match=r"(?i)invalid|WRONGPASS"):
+            await wrong.ping()
+    finally:
+        await anonymous.aclose()
+        await wrong.aclose()
+    right = make_redis_client(stack)
+    try:
+        assert await right.ping() is True
+        assert await right.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert int((await right.config_get("maxmemory"))["maxmemory"]) > 0
+    finally:
+        await right.aclose()
+
+
+async def test_kafka_refuses_clients_without_the_scram_login(stack: Settings) -> None:
+    plaintext = stack.model_copy(update={"kafka_security_protocol": "PLAINTEXT"})
+    wrong = stack.model_copy(update={"kafka_sasl_password": SecretStr("not-the-password")})
+    for settings in (plaintext, wrong):
+        admin = make_admin(settings, request_timeout_ms=5000)
+        try:
+            with probes.quiet_aiokafka(), pytest.raises(KafkaError):
+                async with asyncio.timeout(30):
+                    await admin.start()
+                    await admin.list_topics()
+        finally:
+            with probes.quiet_aiokafka():
+                await admin.close()
+    admin = make_admin(stack)
+    try:
+        await admin.start()
+        assert stack.topic_interactions in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+def test_credentials_are_private_and_never_printed(stack: Settings, stack_env: dict[str, str]) -> None:
+    layout = StackLayout.from_settings(stack)
+    assert layout.credentials_file.stat().st_mode & 0o777 == 0o600
+    assert layout.kafka_config.stat().st_mode & 0o777 == layout.redis_config.stat().st_mode & 0o777 == 0o600
+    secrets = [stack.redis_password.get_secret_value(), stack.kafka_sasl_password.get_secret_value()]
+    assert all(len(secret) >= 32 for secret in secrets)
+    # Every process of this state dir finds them without anything exported.
+    found = Settings(state_dir=stack.state_dir, _env_file=(layout.credentials_file,))
+    assert found.redis_password == stack.redis_password and found.kafka_security_protocol == "SASL_PLAINTEXT"
+    shown = [run_cli(stack_env, "status", "--json"), run_cli(stack_env, "status"), run_cli(stack_env, "up")]
+    assert all(result.returncode == 0 for result in shown), [result.stderr for result in shown]
+    assert json.loads(shown[0].stdout)["credentials_file"] == str(layout.credentials_file)
+    logs = [path.read_text(errors="replace") for path in layout.logs_dir.glob("*") if path.is_file()]
+    for text in [*(r.stdout + r.stderr for r in shown), *logs, repr(stack), stack.model_dump_json()]:
+        assert not any(secret in text for secret in secrets)
+
+
 # --- down ---------------------------------------------------------------------------------------
+
+
+_CREDENTIAL_VARIABLES = ("STREAMREC_REDIS_PASSWORD", "STREAMREC_KAFKA_SASL", "STREAMREC_KAFKA_SECURITY_PROTOCOL")
 
 
 def _alive(pid: int) -> bool:
@@ -270,6 +345,17 @@ def test_down_stops_exactly_the_started_processes(
         assert decoy.poll() is None
         assert pids(stack) == session_pids
         assert all(_alive(pid) for pid in session_pids.values())
+
+        # A later `up` reuses the credentials (the broker's storage holds the SCRAM user), and a process given
+        # only the state dir and the ports finds them in credentials.env: nothing secret is exported.
+        before = layout.credentials_file.read_bytes()
+        bare = {k: v for k, v in env_for(other).items() if not k.startswith(_CREDENTIAL_VARIABLES)}
+        restarted = run_cli(bare, "up")
+        assert restarted.returncode == 0, restarted.stderr
+        assert restarted.stdout.count("started") == 2
+        assert layout.credentials_file.read_bytes() == before
+        status = run_cli(bare, "status", "--json")
+        assert status.returncode == 0 and json.loads(status.stdout)["healthy"] is True, status.stdout
     finally:
         decoy.kill()
         decoy.wait()

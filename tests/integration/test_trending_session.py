@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import redis.asyncio as aioredis
 import typer
 from typer.testing import CliRunner
 
+from foundation.redis_io import redis_client_sync
 from foundation.settings import Settings
 from online_state.keys import DEFAULT_KEYS
 from online_state.sessions import read_session
@@ -294,7 +294,7 @@ def invoke(args: list[str], env: dict[str, str]) -> Any:
 def test_inspect_trending_and_user(stack: Settings, stack_env: dict[str, str]) -> None:
     url = stack.redis_url.rsplit("/", 1)[0] + "/7"  # a database of its own (others flush db 0)
     env = {**stack_env, "STREAMREC_REDIS_URL": url}
-    client = redis.Redis.from_url(url)
+    client = redis_client_sync(stack, url)
     client.flushdb()
     try:
         events = session_events()

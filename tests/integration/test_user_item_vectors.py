@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from foundation.kafka_io import make_producer
+from foundation.kafka_io import connection_options, make_producer
 from foundation.settings import Settings
 from models.bundle import Bundle, open_bundle
 from models.cf import CFModel
@@ -113,7 +113,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 async def _topic(stack: Settings) -> Settings:
     settings = stack.model_copy(update={"topic_item_vectors": f"item-vectors-{uuid.uuid4().hex[:8]}"})
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**connection_options(settings))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(settings.topic_item_vectors, num_partitions=4, replication_factor=1,
@@ -124,7 +124,7 @@ async def _topic(stack: Settings) -> Settings:
 
 
 async def _read_topic(settings: Settings, expected: int) -> list[tuple[bytes, bytes | None]]:
-    consumer = AIOKafkaConsumer(settings.topic_item_vectors, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(settings.topic_item_vectors, **connection_options(settings),
                                 group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     records: list[Any] = []

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from test_worker_dead_letters import T0, _play, _wait_for, per_test_settings, running_worker, send_records
 
-from foundation.kafka_io import producer_failure
+from foundation.kafka_io import connection_options, producer_failure
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from online_state.keys import DEFAULT_KEYS
@@ -38,7 +38,7 @@ def _new_title(n: int) -> bytes:
 
 async def _keys_on(settings: Settings, topic: str) -> set[bytes]:
     """Every key on ``topic``, read to the end offsets of this moment."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **connection_options(settings), auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     keys: set[bytes] = set()

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
-from foundation.kafka_io import make_producer
+from foundation.kafka_io import connection_options, make_producer
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from online_state.feature_codec import decode_user_blob
@@ -120,7 +120,7 @@ async def test_invalid_records_become_dead_letters_and_valid_ones_are_applied(
     stored = [await redis_client.get(DEFAULT_KEYS.offset(settings.topic_interactions, p)) for p in range(4)]
     assert sum(int(v) + 1 for v in stored if v is not None) == 20 + len(invalid) + 1  # every record accounted
 
-    consumer = AIOKafkaConsumer(settings.topic_dead_letters, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(settings.topic_dead_letters, **connection_options(settings),
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     letters = []

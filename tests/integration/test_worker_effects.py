@@ -21,6 +21,7 @@ from test_worker_dead_letters import (
     send_records,
 )
 
+from foundation.kafka_io import connection_options
 from foundation.settings import Settings
 from models.item_vector_codec import decode_item_vector
 from online_state.sessions import read_session
@@ -89,7 +90,7 @@ async def test_worker_learns_user_vectors_and_publishes_new_title_vectors(
         await _wait_for(learned, seconds=60)
     vector, version = await read_user_vector(redis_client, "fresh-user")
     assert vector is not None and version == len(known) and np.linalg.norm(vector) > 0
-    consumer = AIOKafkaConsumer(settings.topic_item_vectors, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(settings.topic_item_vectors, **connection_options(settings),
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     try:

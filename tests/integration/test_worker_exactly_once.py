@@ -48,7 +48,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from foundation.kafka_io import make_producer
+from foundation.kafka_io import connection_options, make_producer
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from models.bundle import Bundle, open_bundle
@@ -64,6 +64,7 @@ from online_state.user_vectors import unpack_user_vector
 from schemas.decoder import EventError, catalog_decoder, interaction_decoder
 from schemas.events import CatalogEvent, ItemRemove, ItemUpsert, Rating
 from streams import features, item_vectors, metrics, user_vectors
+from streams.dedupe import dedupe
 from streams.effects import EffectContext
 from streams.item_learning import catalog_learning_writes
 from streams.session import SessionEffect
@@ -143,7 +144,7 @@ async def _fill(world: World, settings: Settings, *, catalog: bool = True, event
         await producer.flush()
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(**connection_options(settings))
     await consumer.start()
     try:
         tps = [TopicPartition(settings.topic_interactions, p) for p in range(PARTITIONS)]
@@ -198,7 +199,7 @@ async def _wait_catalog_applied(client: aioredis.Redis, settings: Settings, seco
     """Every catalog partition applied to its end. The tests' "all applied" waits count interactions;
     the catalogue's batches have no order with them (a round may take interactions records first),
     so a worker may still hold catalogue records when the last interaction is applied."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(**connection_options(settings))
     await consumer.start()
     try:
         tps = [TopicPartition(settings.topic_catalog, p) for p in range(settings.catalog_partitions)]
@@ -245,9 +246,20 @@ async def _assert_all_effects(client: aioredis.Redis, settings: Settings, world:
     await _assert_item_learning(client, world)
     await _assert_offsets(client, settings)
     await _assert_dead_letters(settings, world)
-    families = ("sr:u:", "sr:i:", "sr:offset:", "sr:trend:", "sr:new_releases", "sr:s:", "sr:uv:", "sr:il:")
+    await _assert_event_windows(client, world)
+    families = ("sr:u:", "sr:i:", "sr:offset:", "sr:trend:", "sr:new_releases", "sr:s:", "sr:uv:", "sr:il:",
+                "sr:ew:")
     unchecked = [k for k in await _keys(client, DEFAULT_KEYS.everything) if not k.startswith(families)]
     assert not unchecked, f"keys no ground truth covers (add one here): {unchecked[:5]}"
+
+
+async def _assert_event_windows(client: aioredis.Redis, world: World) -> None:
+    """De-duplication's windows (streams.dedupe): every user's last event ids, as the whole log gives them once."""
+    expected = dedupe(world.events, {}, Settings().worker_dedupe_window).windows
+    keys = await _keys(client, DEFAULT_KEYS.event_window("*"))
+    assert keys == sorted(DEFAULT_KEYS.event_window(u) for u in expected)
+    stored = await client.mget(keys) if keys else []
+    assert dict(zip(keys, stored, strict=True)) == {DEFAULT_KEYS.event_window(u): w for u, w in expected.items()}
 
 
 async def _keys(client: aioredis.Redis, pattern: str) -> list[str]:
@@ -400,7 +412,7 @@ async def _assert_item_learning(client: aioredis.Redis, world: World) -> None:
 
 async def _assert_offsets(client: aioredis.Redis, settings: Settings) -> None:
     """Every partition of both topics applied to its end, and no offset key beyond them."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(**connection_options(settings))
     await consumer.start()
     try:
         tps = [TopicPartition(settings.topic_interactions, p) for p in range(PARTITIONS)]
@@ -415,7 +427,7 @@ async def _assert_offsets(client: aioredis.Redis, settings: Settings) -> None:
 
 
 async def _assert_dead_letters(settings: Settings, world: World) -> None:
-    consumer = AIOKafkaConsumer(settings.topic_dead_letters, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(settings.topic_dead_letters, **connection_options(settings),
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     by_source: dict[tuple[bytes, bytes], set[bytes]] = {}

@@ -14,6 +14,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from foundation.kafka_io import connection_options
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from models.dataset import load_log
@@ -81,7 +82,7 @@ async def test_rebuild_after_flush_restores_the_same_state(
     })
     await ensure_topics_retrying(settings)
     await replay_log(world, settings)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(**connection_options(settings))
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(settings.topic_interactions, p) for p in range(PARTITIONS)]

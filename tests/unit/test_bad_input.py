@@ -13,13 +13,13 @@ import jsonschema
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from serving_fakes import FakePublisher, FakeService
 
 from foundation.dead_letters import decode_records
 from foundation.settings import Settings
 from schemas.decoder import MAX_DEPTH, TOO_DEEP, EventError, decode_event, interaction_decoder, too_deep
 from schemas.json_schema import GENERATED_DIR
 from serving.app import create_app
-from serving.http_events import ValidEvent
 from serving.openapi import openapi_document, response_schema
 
 PLAY = {"type": "play", "event_id": "e1", "ts": 1_700_000_000_000, "schema_version": 1, "user_id": "u1",
@@ -27,6 +27,13 @@ PLAY = {"type": "play", "event_id": "e1", "ts": 1_700_000_000_000, "schema_versi
 CLICK = {**PLAY, "type": "click", "request_id": "r1", "position": 3}
 ITEM = {"type": "item_upsert", "event_id": "c1", "ts": 1_700_000_000_000, "schema_version": 1, "item_id": "i9",
         "title": "Nine", "genres": ["Drama"], "release_ts": 0}
+
+
+OPERATOR_KEY = "unit-operator-key"  # the server's static key (every scope), sent by the test client
+
+
+async def _no_keys() -> dict[str, Any]:  # the shared key table, empty (no Redis in unit tests)
+    return {}
 
 
 def _nested(depth: int) -> bytes:
@@ -152,53 +159,15 @@ def test_openapi_integers_are_integer_literals_as_the_decoder_demands(component:
 # --- over HTTP ---------------------------------------------------------------------------------------
 
 
-class _Service:
-    model_version = "v-test"
-
-    async def recommend(self, req: Any) -> dict[str, Any]:
-        return {"user_id": req.user_id, "request_id": req.request_id, "model_version": "v-test", "items": [],
-                "degraded": False, "timings_ms": {}}
-
-    def fallback(self, req: Any, reason: str, seconds: float) -> dict[str, Any]:
-        raise AssertionError("no fallback expected")
-
-    async def similar(self, item_id: str, k: int) -> dict[str, Any] | None:
-        return {"item_id": item_id, "model_version": "v-test", "degraded": False, "items": []}
-
-    async def readiness(self) -> dict[str, Any]:
-        return {"ready": True}
-
-    async def close(self) -> None:
-        pass
-
-
-class _Publisher:
-    def __init__(self) -> None:
-        self.published: list[ValidEvent] = []
-
-    def start_background(self) -> None:
-        pass
-
-    @property
-    def connected(self) -> bool:
-        return True
-
-    async def publish(self, events: list[ValidEvent]) -> None:
-        self.published.extend(events)
-
-    async def close(self) -> None:
-        pass
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient]:
-    async def service_factory(settings: Settings, artifacts: Path | None) -> _Service:
-        return _Service()
+    async def service_factory(settings: Settings, artifacts: Path | None) -> FakeService:
+        return FakeService()
 
-    publisher = _Publisher()
-    app = create_app(Settings(_env_file=None), service_factory=service_factory,
-                     publisher_factory=lambda settings: publisher)
-    test_client = TestClient(TestServer(app))
+    publisher = FakePublisher()
+    app = create_app(Settings(_env_file=None, api_key=OPERATOR_KEY), service_factory=service_factory,
+                     publisher_factory=lambda settings: publisher, key_source=_no_keys)
+    test_client = TestClient(TestServer(app), headers={"X-API-Key": OPERATOR_KEY})  # writes need a key
     await test_client.start_server()
     yield test_client
     await test_client.close()

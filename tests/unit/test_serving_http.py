@@ -115,23 +115,31 @@ class Harness:
         return body
 
 
+OPERATOR_KEY = "unit-operator-key"  # the server's static key (every scope); the harness's client sends it
+
+
 def _settings(**overrides: Any) -> Settings:
-    return Settings(_env_file=None, **overrides)
+    return Settings(_env_file=None, **{"api_key": OPERATOR_KEY, **overrides})
+
+
+async def _no_keys() -> dict[str, Any]:  # the shared key table, empty (no Redis in unit tests)
+    return {}
 
 
 @pytest.fixture
 async def make_harness() -> AsyncIterator[Any]:
     clients: list[TestClient] = []
 
-    async def make(**overrides: Any) -> Harness:
+    async def make(send_key: bool = True, **overrides: Any) -> Harness:
         service, publisher = StubService(), StubPublisher()
+        settings = _settings(**overrides)
 
         async def service_factory(settings: Settings, artifacts: Path | None) -> StubService:
             return service
 
-        app = create_app(_settings(**overrides), service_factory=service_factory,
-                         publisher_factory=lambda settings: publisher)
-        client = TestClient(TestServer(app))
+        app = create_app(settings, service_factory=service_factory, publisher_factory=lambda settings: publisher,
+                         key_source=_no_keys)
+        client = TestClient(TestServer(app), headers={"X-API-Key": settings.api_key_value()} if send_key else None)
         await client.start_server()
         clients.append(client)
         return Harness(client, service, publisher)
@@ -320,7 +328,7 @@ async def test_too_many_events_and_too_large_bodies(make_harness: Any) -> None:
 
 
 async def test_api_key_is_required_when_configured(make_harness: Any) -> None:
-    h = await make_harness(api_key="s3cret")
+    h = await make_harness(api_key="s3cret", send_key=False)
     for headers in ({}, {"X-API-Key": "wrong"}):
         body = await h.call("POST", EVENTS, EVENTS, expect=401, data=orjson.dumps(PLAY), headers=headers)
         assert body["error"]["field"] == "X-API-Key"
@@ -420,7 +428,8 @@ async def test_a_client_hanging_up_mid_body_is_not_an_unhandled_error() -> None:
     async def service_factory(settings: Settings, artifacts: Path | None) -> StubService:
         return StubService()
 
-    app = create_app(_settings(), service_factory=service_factory, publisher_factory=lambda settings: publisher)
+    app = create_app(_settings(), service_factory=service_factory, publisher_factory=lambda settings: publisher,
+                     key_source=_no_keys)
     # As `streamrec serve` runs it (web.run_app): a client's hang-up does not cancel the handler, whose body read
     # fails instead (aiohttp's TestServer cancels handlers, which would skip the path under test).
     runner = web.AppRunner(app, handler_cancellation=False, access_log=None)
@@ -434,6 +443,7 @@ async def test_a_client_hanging_up_mid_body_is_not_an_unhandled_error() -> None:
     try:
         _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"X-API-Key: " + OPERATOR_KEY.encode() + b"\r\n"
                      b"Content-Length: 5000\r\n\r\n[{\"type\": \"play\"")  # a body promised, never sent
         await writer.drain()
         await asyncio.sleep(0.05)

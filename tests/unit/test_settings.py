@@ -118,18 +118,36 @@ def compose() -> dict:
 def test_compose_has_the_stack_and_the_recommender(compose: dict) -> None:
     services = compose["services"]
     assert {"kafka", "redis", "init-topics", "worker", "server"} <= set(services)
-    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    assert "process.roles=broker,controller" in services["kafka"]["command"][0]  # KRaft, no ZooKeeper
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["redis"]["image"].startswith("redis:")
 
 
-def test_compose_ports_match_the_default_settings(compose: dict) -> None:
+def test_compose_publishes_only_the_api_and_matches_the_default_settings(compose: dict) -> None:
     defaults = Settings(_env_file=None)
     published = {name: [str(p) for p in svc.get("ports", [])] for name, svc in compose["services"].items()}
-    assert f"{defaults.kafka_port}:9092" in published["kafka"]
-    assert f"{defaults.redis_port}:6379" in published["redis"]
-    assert published["server"] == ["8000:8000"]
+    assert {name: ports for name, ports in published.items() if ports} == {"server": ["8000:8000"]}
     assert compose["services"]["kafka"]["image"].endswith(":" + defaults.kafka_version)
+
+
+def test_compose_keeps_kafka_and_redis_internal_with_credentials(compose: dict) -> None:
+    """Issue 11: Redis and Kafka only on an internal network, each needing credentials from .env; restart policies."""
+    services = compose["services"]
+    assert compose["networks"]["backend"]["internal"] is True
+    assert services["kafka"]["networks"] == ["backend"] and services["redis"]["networks"] == ["backend"]
+    assert "frontend" in services["server"]["networks"]
+    env = compose["x-streamrec-env"]
+    assert env["STREAMREC_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert env["STREAMREC_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    for secret in ("STREAMREC_REDIS_PASSWORD", "STREAMREC_KAFKA_SASL_PASSWORD"):
+        assert env[secret].startswith("${" + secret + ":?"), secret  # compose refuses to start without it
+    kafka = services["kafka"]["command"][0]
+    assert "PLAINTEXT://" not in kafka.replace("SASL_PLAINTEXT://", "").replace("CONTROLLER://localhost", "")
+    assert "--add-scram" in kafka and "sasl.enabled.mechanisms=SCRAM-SHA-512" in kafka
+    assert "requirepass" in services["redis"]["command"][0]
+    assert "REDISCLI_AUTH" in services["redis"]["healthcheck"]["test"][1]
+    for name in ("kafka", "redis", "worker", "server"):
+        assert services[name]["restart"] == "unless-stopped", name
 
 
 def test_compose_environment_names_are_real_settings(compose: dict) -> None:

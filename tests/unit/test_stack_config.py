@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import subprocess
 import time
@@ -12,13 +13,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr, ValidationError
 
+from foundation import kafka_io, redis_io
+from foundation.child_env import settings_env
 from foundation.settings import Settings
 from foundation.topics import DEAD_LETTER_RETENTION_MS, topic_specs
 from tools.stack import StackError, kafka, manager, process
+from tools.stack import credentials as stack_credentials
 from tools.stack import redis as redis_service
+from tools.stack.credentials import StackCredentials
 from tools.stack.layout import StackLayout
 from tools.stack.process import ProcessRecord, StopOutcome
+from tools.stack.tls import TlsFiles
 
 
 @pytest.fixture
@@ -371,3 +378,201 @@ def test_status_without_a_stack(settings: Settings) -> None:
     assert set(report["services"]) == {"kafka", "redis"}
     assert report["services"]["kafka"]["address"] == "127.0.0.1:29092"
     assert report["topics"] == []
+
+
+# --- Credentials and secure transports (issue 11) ----------------------------------------------
+
+
+def _credentials() -> StackCredentials:
+    return StackCredentials(redis_password="r" * 48, kafka_username="streamrec", kafka_password="k" * 48)
+
+
+def test_authenticated_server_properties(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    props = parse_properties(kafka.render_server_properties(settings, layout, _credentials()))
+    assert props["listeners"] == "SASL_PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
+    assert props["advertised.listeners"] == "SASL_PLAINTEXT://127.0.0.1:29092"
+    assert props["inter.broker.listener.name"] == "SASL_PLAINTEXT"
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == props["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+    jaas = props["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
+    assert 'username="streamrec"' in jaas and f'password="{"k" * 48}"' in jaas and jaas.endswith(";")
+    assert "PLAINTEXT://" not in props["listeners"].replace("SASL_PLAINTEXT://", "")
+
+
+def test_tls_server_properties(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    tls = TlsFiles.of(layout)
+    props = parse_properties(kafka.render_server_properties(settings, layout, _credentials(), tls))
+    assert props["listeners"].startswith("SASL_SSL://127.0.0.1:29092,")
+    assert props["ssl.keystore.type"] == props["ssl.truststore.type"] == "PEM"
+    assert Path(props["ssl.keystore.location"]) == tls.server_pem
+    assert "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config" in props
+
+
+def test_authenticated_redis_conf(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    conf = redis_service.render_redis_conf(settings.model_copy(update={"redis_maxmemory": "256mb"}), layout,
+                                           _credentials())
+    lines = conf.splitlines()
+    assert f'requirepass "{"r" * 48}"' in lines
+    assert "maxmemory 256mb" in lines and "maxmemory-policy noeviction" in lines
+    plain = redis_service.render_redis_conf(settings, layout).splitlines()
+    assert not any(line.startswith("requirepass") for line in plain)
+    assert "maxmemory 1gb" in plain and "maxmemory-policy noeviction" in plain  # bounded even without a password
+
+
+def test_configs_holding_secrets_are_private(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    kafka.write_configs(settings, layout, _credentials())
+    redis_service.write_config(settings, layout, _credentials())
+    for path in (layout.kafka_config, layout.redis_config):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_credentials_are_made_once_private_and_reused(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    made = stack_credentials.ensure(settings, layout)
+    assert layout.credentials_file.stat().st_mode & 0o777 == 0o600
+    assert len(made.redis_password) >= 32 and len(made.kafka_password) >= 32
+    assert made.redis_password != made.kafka_password
+    assert stack_credentials.ensure(settings, layout) == made  # a later `up` reuses them
+    assert made.redis_password not in repr(made) and made.kafka_password not in repr(made)
+    # Every Settings() of this state dir reads them; real environment variables still win.
+    read = Settings(state_dir=settings.state_dir)
+    assert read.redis_password.get_secret_value() == made.redis_password
+    assert read.kafka_security_protocol == "SASL_PLAINTEXT"
+    assert (read.kafka_sasl_username, read.kafka_sasl_password.get_secret_value()) == (
+        "streamrec", made.kafka_password)
+
+
+def test_credentials_file_is_found_from_the_environment_and_loses_to_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack_credentials.ensure(settings, StackLayout.from_settings(settings))
+    monkeypatch.setenv("STREAMREC_STATE_DIR", str(settings.state_dir))
+    assert Settings().kafka_security_protocol == "SASL_PLAINTEXT"
+    monkeypatch.setenv("STREAMREC_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    monkeypatch.setenv("STREAMREC_REDIS_PASSWORD", "from-the-environment")
+    explicit = Settings()
+    assert explicit.kafka_security_protocol == "PLAINTEXT"
+    assert explicit.redis_password.get_secret_value() == "from-the-environment"
+    assert Settings(_env_file=None).redis_password.get_secret_value() == "from-the-environment"
+
+
+def test_operator_chosen_secrets_are_kept(settings: Settings) -> None:
+    chosen = settings.model_copy(update={"redis_password": SecretStr("mine"), "kafka_sasl_username": "ops"})
+    made = stack_credentials.ensure(chosen, StackLayout.from_settings(settings))
+    assert (made.redis_password, made.kafka_username) == ("mine", "ops")
+
+
+def test_secrets_print_masked_but_reach_children(settings: Settings) -> None:
+    secret = settings.model_copy(update={"redis_password": SecretStr("redis-pw-123"),
+                                         "kafka_sasl_password": SecretStr("kafka-pw-456")})
+    for text in (repr(secret), str(secret), secret.model_dump_json()):
+        assert "redis-pw-123" not in text and "kafka-pw-456" not in text
+    env = settings_env(secret)
+    assert env["STREAMREC_REDIS_PASSWORD"] == "redis-pw-123"
+    assert env["STREAMREC_KAFKA_SASL_PASSWORD"] == "kafka-pw-456"
+
+
+def test_a_storage_formatted_without_the_scram_user_is_refused(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    layout.make_dirs()
+    (layout.kafka_data / "meta.properties").write_text("node.id=1\n")
+    kafka.check_scram_storage(layout, None)  # a plaintext stack needs no SCRAM user
+    with pytest.raises(StackError, match="formatted without this stack's SCRAM user"):
+        kafka.check_scram_storage(layout, _credentials())
+    layout.kafka_scram_marker.write_text(_credentials().fingerprint())
+    kafka.check_scram_storage(layout, _credentials())
+
+
+async def test_every_kafka_client_gets_the_security_options(settings: Settings, tmp_path: Path) -> None:
+    assert kafka_io.connection_options(settings) == {
+        "bootstrap_servers": "127.0.0.1:29092", "security_protocol": "PLAINTEXT"}
+    sasl = _credentials().apply(settings)
+    options = kafka_io.connection_options(sasl)
+    assert options["security_protocol"] == "SASL_PLAINTEXT" and options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("streamrec", "k" * 48)
+    producer = kafka_io.make_producer(sasl)
+    consumer = kafka_io.make_consumer(sasl, "t")
+    admin = kafka_io.make_admin(sasl)
+    try:
+        for client in (producer.client, consumer._client, admin._client):
+            assert client._security_protocol == "SASL_PLAINTEXT"
+            assert client._sasl_mechanism == "SCRAM-SHA-512"
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        await admin.close()
+    with pytest.raises(ValidationError):
+        Settings(kafka_security_protocol="TLS")
+
+
+def test_redis_clients_get_the_password_and_tls(settings: Settings) -> None:
+    assert redis_io.connection_options(settings) == {}
+    secured = _credentials().apply(settings).model_copy(update={"redis_tls_ca": "/ca.crt"})
+    assert redis_io.connection_options(secured) == {"password": "r" * 48}
+    tls = redis_io.connection_options(secured, "rediss://127.0.0.1:6380/0")
+    assert tls == {"password": "r" * 48, "ssl_cert_reqs": "required", "ssl_ca_certs": "/ca.crt"}
+    client = redis_io.redis_client_sync(secured)
+    assert client.connection_pool.connection_kwargs["password"] == "r" * 48
+    # A password written into the URL wins over the setting.
+    inline = redis_io.redis_client_sync(secured, "redis://:inline@127.0.0.1:6379/0")
+    assert inline.connection_pool.connection_kwargs["password"] == "inline"
+
+
+def test_status_never_shows_the_secrets(settings: Settings) -> None:
+    made = stack_credentials.ensure(settings, StackLayout.from_settings(settings))
+    report = json.dumps(asyncio.run(manager.status(settings)).to_dict())
+    assert made.redis_password not in report and made.kafka_password not in report
+    assert report.count(str(StackLayout.from_settings(settings).credentials_file)) == 1
+
+
+def test_auth_off_sets_the_credentials_aside_and_on_again_restores_them(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    made = stack_credentials.ensure(settings, layout)
+    stack_credentials.remove(layout)
+    assert not layout.credentials_file.exists()
+    assert Settings(state_dir=settings.state_dir).kafka_security_protocol == "PLAINTEXT"
+    # The broker's storage still holds the SCRAM user: the same password must come back.
+    assert stack_credentials.ensure(settings, layout) == made
+    assert layout.credentials_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_stack_running_from_before_credentials_stays_plaintext(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    # Its services run (not all to start) and it never had credentials: none are made behind its back.
+    assert manager._security(settings, layout, starting_all=False) == (None, None)
+    assert not layout.credentials_file.exists()
+    credentials, tls = manager._security(settings, layout, starting_all=True)
+    assert credentials is not None and tls is None and layout.credentials_file.is_file()
+    assert manager._security(settings, layout, starting_all=False) == (credentials, None)
+
+
+def test_an_operators_config_file_wins_over_the_generated_credentials(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack_credentials.ensure(settings, StackLayout.from_settings(settings))
+    config = tmp_path / "streamrec.env"
+    config.write_text(f"STREAMREC_STATE_DIR={settings.state_dir}\nSTREAMREC_REDIS_PASSWORD=from-the-config\n")
+    monkeypatch.delenv("STREAMREC_STATE_DIR", raising=False)
+    monkeypatch.setenv("STREAMREC_CONFIG", str(config))
+    read = Settings()  # the state dir (and so credentials.env) is found through the config file
+    assert read.redis_password.get_secret_value() == "from-the-config"
+    assert read.kafka_security_protocol == "SASL_PLAINTEXT"
+
+
+def test_a_live_process_whose_title_lacks_the_marker_has_not_exited() -> None:
+    """redis-server rewrites its process title after start: a read in that window finds no marker. ``owns`` is
+    strict (pid files, kills), but the start-up wait must not call such a process "exited" (it once dropped the
+    pid file of a live server and left it running on its port)."""
+    info = process.proc_info(os.getpid())
+    assert info is not None
+    mine = process.ProcessRecord(name="x", pid=os.getpid(), start_ticks=info.start_ticks,
+                                 marker="no-such-marker-in-this-cmdline", port=1, log_file="/dev/null")
+    assert not process.owns(mine) and not process.exited(mine)
+    assert process.exited(replace(mine, start_ticks=info.start_ticks + 1))  # the pid reused by another process
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert process.exited(replace(mine, pid=child.pid))

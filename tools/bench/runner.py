@@ -36,8 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import redis
-
+from foundation.redis_io import redis_client_sync
 from foundation.settings import get_settings
 from tools.bench.plots import write_plots
 from tools.bench.spec import REPO, BenchContext, BenchResult, BenchSpec, Summary
@@ -435,9 +434,9 @@ def _memory_gib() -> float | None:
     return None
 
 
-def _redis_version(redis_url: str) -> str | None:
+def _redis_version(settings: Any) -> str | None:
     try:
-        client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        client = redis_client_sync(settings, socket_timeout=2, socket_connect_timeout=2)
         try:
             return str(client.info("server").get("redis_version"))
         finally:
@@ -464,7 +463,7 @@ def machine_info(settings: Any) -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(), "os": platform.platform(),
         "kafka": settings.kafka_version, "kafka_bootstrap": settings.kafka_bootstrap,
-        "redis": _redis_version(settings.redis_url),
+        "redis": _redis_version(settings),
         "packages": _package_versions(("aiokafka", "redis", "onnxruntime", "hnswlib", "numpy", "msgspec", "aiohttp")),
     }
 

@@ -99,6 +99,27 @@ async def wait_server_ready(settings: Settings, timeout_s: float = 120.0) -> dic
                      f"its log:\n{process.tail(log_file)}")
 
 
+async def wait_key_accepted(settings: Settings, key: str) -> None:
+    """Until the server accepts ``key`` (a server already running picks a new key up at its next key-table refresh).
+
+    The probe is ``POST /v1/events`` with an empty array: 401 while the key is unknown, 400 ("no event") once it is
+    accepted; nothing is ever published."""
+    url = f"{server_url(settings)}/v1/events"
+    deadline = time.monotonic() + settings.auth_keys_refresh_s + 15
+    status = 0
+    async with aiohttp.ClientSession(headers={"X-API-Key": key, "Content-Type": "application/json"}) as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.post(url, data=b"[]", timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    status = response.status
+                    if status != 401:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+    raise StackError(f"the server still refuses the demo's API key (last answer {status}); is Redis shared?")
+
+
 def stop_apps(settings: Settings) -> list[tuple[str, StopOutcome]]:
     """Stop the demo's server and worker (only processes whose pid files verify as ours)."""
     layout = StackLayout.from_settings(settings)

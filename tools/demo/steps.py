@@ -9,16 +9,18 @@ stack is not published twice (that would count every event twice in the online s
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
+from foundation.redis_io import redis_client
 from foundation.settings import Settings
 from models.train import train_bundle
+from online_state import api_keys
 from tools.bundle_reuse import bundle_trained_on, log_fingerprint
 from tools.catch_up import end_offsets, wait_applied
 from tools.datasets.movielens import import_movielens
@@ -73,6 +75,28 @@ async def replay_once(data: Path, settings: Settings, progress: Callable[[int], 
     return report
 
 
+DEMO_KEY_NAME = "demo"
+DEMO_KEY_SCOPES = (api_keys.EVENTS_WRITE, api_keys.CATALOG_WRITE, api_keys.RECOMMENDATIONS_READ)
+
+
+async def make_demo_key(settings: Settings) -> tuple[str, Path]:
+    """A fresh key named ``demo`` (a previous run's is revoked: its plaintext is gone), kept for the user in the
+    state dir with mode 0600 like the stack's other credentials; returns (key, where it was written)."""
+    redis = redis_client(settings)
+    try:
+        await api_keys.revoke(redis, DEMO_KEY_NAME)
+        key = await api_keys.create(redis, DEMO_KEY_NAME, DEMO_KEY_SCOPES)
+    finally:
+        await redis.aclose()
+    path = settings.state_dir / "demo-api-key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key, path
+
+
 async def wait_worker(settings: Settings, advance: Callable[[int], None], timeout_s: float = 900.0) -> float:
     """Until the worker's offsets in Redis cover everything on the input topics; ``advance`` in percent."""
     shown = 0
@@ -84,7 +108,7 @@ async def wait_worker(settings: Settings, advance: Callable[[int], None], timeou
             advance(pct - shown)
             shown = pct
 
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     try:
         return await wait_applied(redis, await end_offsets(settings), timeout_s, progress=progress)
     finally:

@@ -8,6 +8,8 @@
       logs/kafka-server.log    logs/kafka.out   logs/redis.log
       run/kafka.json           run/redis.json                         (pid files)
       run/stack.lock                                                  (serialises up/down)
+      credentials.env                                                 (generated secrets, mode 0600)
+      tls/                                                            (CA and server certs, stack_tls)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from foundation.settings import Settings
+from foundation.settings import CREDENTIALS_FILE, Settings
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,20 @@ class StackLayout:
     @property
     def redis_pid_file(self) -> Path:
         return self.run_dir / "redis.json"
+
+    @property
+    def credentials_file(self) -> Path:
+        """The stack's generated credentials, read by every ``Settings()`` of this state dir."""
+        return self.root / CREDENTIALS_FILE
+
+    @property
+    def kafka_scram_marker(self) -> Path:
+        """A digest of the SCRAM user the broker's storage was formatted with (see credentials.fingerprint)."""
+        return self.kafka_dir / "scram.sha256"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
 
     @property
     def lock_file(self) -> Path:

@@ -18,13 +18,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient
-
+from foundation.kafka_io import make_admin
 from foundation.logs import get_logger
 from foundation.settings import Settings
 from foundation.topics import TopicSetupError, ensure_topics
+from tools.stack import credentials as stack_credentials
 from tools.stack import kafka, probes, process
 from tools.stack import redis as redis_service
+from tools.stack import tls as stack_tls
+from tools.stack.credentials import StackCredentials
 from tools.stack.errors import StackError
 from tools.stack.kafka import Progress
 from tools.stack.layout import StackLayout
@@ -66,6 +68,8 @@ class StackStatus:
     services: tuple[ServiceStatus, ...]
     topics: tuple[str, ...] = ()
     kafka_version: str = ""
+    # Where the stack's generated credentials are ("" when it runs without them): the path, never a secret.
+    credentials_file: str = ""
 
     @property
     def healthy(self) -> bool:
@@ -84,6 +88,7 @@ class StackStatus:
             "kafka_version": self.kafka_version,
             "services": {service.name: service.to_dict() for service in self.services},
             "topics": list(self.topics),
+            "credentials_file": self.credentials_file,
         }
 
 
@@ -94,6 +99,9 @@ class UpResult:
     already_running: tuple[str, ...]
     created_topics: tuple[str, ...]
     seconds: float
+    # The caller's settings plus the stack's credentials: what processes started next must use (the caller's
+    # own were read before a first `up` wrote credentials.env).
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,7 @@ def _services(settings: Settings, layout: StackLayout) -> tuple[_Service, _Servi
         ports=(("Kafka", settings.kafka_port), ("Kafka controller", settings.kafka_controller_port)),
         address=f"{HOST}:{settings.kafka_port}",
         log_file=layout.kafka_server_log,
-        probe=lambda: probes.kafka_answers(HOST, settings.kafka_port),
+        probe=lambda: probes.kafka_answers(settings, HOST),
         excerpt=lambda: kafka.log_excerpt(layout),
         start_timeout_s=KAFKA_START_TIMEOUT_S,
         stop_timeout_s=KAFKA_STOP_TIMEOUT_S,
@@ -142,7 +150,7 @@ def _services(settings: Settings, layout: StackLayout) -> tuple[_Service, _Servi
         ports=(("Redis", settings.redis_port),),
         address=f"{HOST}:{settings.redis_port}",
         log_file=layout.redis_log,
-        probe=lambda: probes.redis_answers(HOST, settings.redis_port),
+        probe=lambda: probes.redis_answers(settings, HOST),
         excerpt=lambda: redis_service.log_excerpt(layout),
         start_timeout_s=REDIS_START_TIMEOUT_S,
         stop_timeout_s=REDIS_STOP_TIMEOUT_S,
@@ -176,7 +184,7 @@ async def _wait_ready(service: _Service, record: ProcessRecord) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + service.start_timeout_s
     while True:
-        if not process.owns(record):
+        if process.exited(record):
             raise StackError(f"{service.name} (pid {record.pid}) exited while starting.\n{service.excerpt()}")
         result = await service.probe()
         if result.ok:
@@ -201,6 +209,26 @@ async def up(settings: Settings, *, progress: Progress = _no_progress) -> UpResu
         return await _up(settings, layout, progress)
 
 
+def _security(
+    settings: Settings, layout: StackLayout, starting_all: bool
+) -> tuple[StackCredentials | None, stack_tls.TlsFiles | None]:
+    """The stack's credentials (made once, kept in credentials.env) and TLS files, per ``stack_auth``/``stack_tls``."""
+    if not settings.stack_auth:
+        if settings.stack_tls:
+            raise StackError("stack_tls needs stack_auth (TLS without a login is not offered)")
+        if starting_all:  # clients of this state dir must not log in to a plaintext stack
+            stack_credentials.remove(layout)
+        log.warning("stack.auth.off", detail="Redis without a password, Kafka in PLAINTEXT (stack_auth=false)")
+        return None, None
+    if not starting_all and stack_credentials.load(layout) is None:
+        # Services from before credentials existed run plaintext: clients must not be told to log in to them.
+        log.warning("stack.auth.restart_needed", state_dir=str(layout.root),
+                    detail="running without credentials; `streamrec stack down` then `up` protects it")
+        return None, None
+    tls = stack_tls.ensure(layout) if settings.stack_tls else None
+    return stack_credentials.ensure(settings, layout, str(tls.ca_cert) if tls else ""), tls
+
+
 async def _up(settings: Settings, layout: StackLayout, progress: Progress) -> UpResult:
     begun = time.monotonic()
     kafka_service, redis_svc = _services(settings, layout)
@@ -222,12 +250,18 @@ async def _up(settings: Settings, layout: StackLayout, progress: Progress) -> Up
 
     # Everything that can fail fast is checked before anything starts.
     to_start = [s for s in (kafka_service, redis_svc) if s.name not in records]
+    credentials, tls = _security(settings, layout, starting_all=len(to_start) == 2)
+    # The probes and the topic set-up below connect as this stack expects: logged in, or plaintext.
+    settings = credentials.apply(settings) if credentials is not None else stack_credentials.plaintext(settings)
+    kafka_service, redis_svc = _services(settings, layout)
+    to_start = [s for s in (kafka_service, redis_svc) if s.name not in records]
     redis_server = java = libs = None
     if redis_svc in to_start:
         redis_server = redis_service.find_redis_server()
     if kafka_service in to_start:
         java = kafka.find_java(settings)
         kafka.check_java(java, settings.kafka_version)
+        kafka.check_scram_storage(layout, credentials)
     for service in to_start:
         _check_ports_free(service, layout)
     if kafka_service in to_start:
@@ -236,13 +270,13 @@ async def _up(settings: Settings, layout: StackLayout, progress: Progress) -> Up
     started: list[str] = []
     try:
         if redis_server is not None:
-            record = redis_service.start(settings, layout, redis_server)
+            record = redis_service.start(settings, layout, redis_server, credentials, tls)
             process.write_record(redis_svc.pid_file, record)
             records["redis"] = record
             started.append("redis")
         if java is not None and libs is not None:
             with progress(f"Formatting Kafka storage in {layout.kafka_data} ..."):
-                record = await asyncio.to_thread(kafka.start, settings, layout, libs, java)
+                record = await asyncio.to_thread(kafka.start, settings, layout, libs, java, credentials, tls)
             process.write_record(kafka_service.pid_file, record)
             records["kafka"] = record
             started.append("kafka")
@@ -256,7 +290,7 @@ async def _up(settings: Settings, layout: StackLayout, progress: Progress) -> Up
                 created = await ensure_topics(settings)
             except TopicSetupError as exc:
                 raise StackError(str(exc)) from exc
-            await probes.wait_group_coordinator(HOST, settings.kafka_port)
+            await probes.wait_group_coordinator(settings, HOST)
     except BaseException:
         # Leave the stack as we found it: stop what this call started.
         for service in (kafka_service, redis_svc):
@@ -271,6 +305,7 @@ async def _up(settings: Settings, layout: StackLayout, progress: Progress) -> Up
         already_running=tuple(already),
         created_topics=tuple(created),
         seconds=time.monotonic() - begun,
+        settings=settings,
     )
 
 
@@ -289,8 +324,15 @@ async def down(settings: Settings) -> DownResult:
     return DownResult(tuple(results))
 
 
+def with_stack_credentials(settings: Settings) -> Settings:
+    """``settings`` plus the credentials of the stack in ``settings.state_dir`` (unchanged when it has none)."""
+    found = stack_credentials.load(StackLayout.from_settings(settings))
+    return found.apply(settings) if found is not None and found.kafka_password else settings
+
+
 async def status(settings: Settings) -> StackStatus:
     layout = StackLayout.from_settings(settings)
+    settings = with_stack_credentials(settings)  # the probes log in as the stack's own clients do
     services = []
     for service in _services(settings, layout):
         record = process.read_record(service.pid_file)
@@ -325,11 +367,12 @@ async def status(settings: Settings) -> StackStatus:
         services=tuple(services),
         topics=topics,
         kafka_version=settings.kafka_version,
+        credentials_file=str(layout.credentials_file) if layout.credentials_file.is_file() else "",
     )
 
 
 async def _list_topics(settings: Settings) -> tuple[str, ...]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{settings.kafka_port}", client_id="streamrec-stack")
+    admin = make_admin(settings, bootstrap=f"{HOST}:{settings.kafka_port}", client_id="streamrec-stack")
     try:
         with probes.quiet_aiokafka():
             await admin.start()

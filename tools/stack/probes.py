@@ -8,9 +8,11 @@ import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlparse, urlunparse
 
-import redis.asyncio as aioredis
-from aiokafka.admin import AIOKafkaAdminClient
+from foundation.kafka_io import make_admin
+from foundation.redis_io import redis_client
+from foundation.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,14 @@ def quiet_aiokafka() -> Iterator[None]:
         logger.setLevel(previous)
 
 
-async def kafka_answers(host: str, port: int, timeout_s: float = 5.0) -> Probe:
-    """A metadata request through aiokafka's admin client: the broker is up and serving requests."""
+async def kafka_answers(settings: Settings, host: str, timeout_s: float = 5.0) -> Probe:
+    """A metadata request through aiokafka's admin client, logged in as ``settings`` say (SASL, TLS): the broker
+    is up and serving requests to our clients. Probes ``host`` on the settings' Kafka port."""
+    port = settings.kafka_port
     if not port_open(host, port):
         return Probe(False, f"nothing listens on {host}:{port}")
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=f"{host}:{port}",
-        client_id="streamrec-stack-probe",
+    admin = make_admin(
+        settings, bootstrap=f"{host}:{port}", client_id="streamrec-stack-probe",
         request_timeout_ms=int(timeout_s * 1000),
     )
     try:
@@ -72,13 +75,13 @@ async def kafka_answers(host: str, port: int, timeout_s: float = 5.0) -> Probe:
     return Probe(True, f"cluster {cluster.get('cluster_id')}, {len(brokers)} broker(s)")
 
 
-async def wait_group_coordinator(host: str, port: int, timeout_s: float = 60.0) -> None:
+async def wait_group_coordinator(settings: Settings, host: str, timeout_s: float = 60.0) -> None:
     """Wait until the group coordinator answers (the broker creates ``__consumer_offsets`` on demand).
 
     Done once by ``stack up`` so that the first consumer group of a test or worker joins at once
     instead of retrying through COORDINATOR_NOT_AVAILABLE.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=f"{host}:{port}", client_id="streamrec-stack-probe")
+    admin = make_admin(settings, bootstrap=f"{host}:{settings.kafka_port}", client_id="streamrec-stack-probe")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     try:
@@ -97,11 +100,13 @@ async def wait_group_coordinator(host: str, port: int, timeout_s: float = 60.0) 
             await admin.close()
 
 
-async def redis_answers(host: str, port: int, timeout_s: float = 2.0) -> Probe:
-    """PING answered with PONG."""
+async def redis_answers(settings: Settings, host: str, timeout_s: float = 2.0) -> Probe:
+    """PING answered with PONG, with the settings' password and TLS, on ``host`` at the settings' Redis port."""
+    port = settings.redis_port
     if not port_open(host, port):
         return Probe(False, f"nothing listens on {host}:{port}")
-    client = aioredis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    url = urlunparse(urlparse(settings.redis_url)._replace(netloc=f"{host}:{port}", path="/0"))
+    client = redis_client(settings, url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         await client.ping()
         info = await client.info("server")

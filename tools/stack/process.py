@@ -179,6 +179,16 @@ def owns(record: ProcessRecord) -> bool:
     )
 
 
+def exited(record: ProcessRecord) -> bool:
+    """True when the process we started is gone (or a zombie, or the pid reused by another process).
+
+    Weaker than ``not owns(record)`` on purpose: a live process of ours may briefly show an empty or half-written
+    command line (redis-server rewrites its process title after start-up; a read of ``/proc/PID/cmdline`` in that
+    window finds no marker), which must not pass for "exited while starting"."""
+    info = proc_info(record.pid)
+    return info is None or not info.alive or info.start_ticks != record.start_ticks
+
+
 def write_record(path: Path, record: ProcessRecord) -> None:
     """Write a pid file atomically (a reader sees the old file or the new one, never half)."""
     path.parent.mkdir(parents=True, exist_ok=True)
