@@ -2,6 +2,11 @@
 
 ``redis.Redis.from_url(settings.redis_url)`` alone would drop ``redis_password``, ``redis_username`` and
 ``redis_tls_ca``: every call site goes through :func:`redis_client` (async) or :func:`redis_client_sync`.
+
+With ``settings.redis_cluster`` both return redis-py's cluster client instead (``redis_url`` names one seed node;
+the client discovers the others). A failover or a moved slot is then the library's business: it refreshes the
+slot map and retries (:data:`CLUSTER_RETRIES` attempts, exponential backoff up to :data:`CLUSTER_BACKOFF_CAP_S`),
+which rides through the few seconds a replica needs to be promoted (the stack's ``cluster-node-timeout`` is 2 s).
 """
 
 from __future__ import annotations
@@ -11,8 +16,23 @@ from urllib.parse import urlparse
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.asyncio.retry as aioretry
+import redis.cluster
+import redis.retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from foundation.settings import Settings
+
+# 20 attempts with backoff capped at 1 s: about 15 s of retrying, several failovers' worth (detection takes
+# cluster-node-timeout, the replica's election about as long again).
+CLUSTER_RETRIES = 20
+CLUSTER_BACKOFF_BASE_S = 0.05
+CLUSTER_BACKOFF_CAP_S = 1.0
+
+
+def _cluster_backoff() -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(cap=CLUSTER_BACKOFF_CAP_S, base=CLUSTER_BACKOFF_BASE_S)
 
 
 def connection_options(settings: Settings, url: str | None = None) -> dict[str, Any]:
@@ -33,13 +53,35 @@ def connection_options(settings: Settings, url: str | None = None) -> dict[str, 
     return options
 
 
-def redis_client(settings: Settings, url: str | None = None, **overrides: Any) -> aioredis.Redis:
-    """An asyncio client of ``url`` (default ``settings.redis_url``) with the settings' credentials and TLS."""
+def cluster_options(settings: Settings, url: str | None = None) -> dict[str, Any]:
+    """:func:`connection_options` plus what a cluster client needs: retries across failovers. A plain
+    connection's ``ssl_cert_reqs`` is the cluster client's ``ssl=True`` (from a rediss:// URL) plus its own
+    default ``ssl_cert_reqs="required"``."""
+    return {**connection_options(settings, url), "retry": aioretry.Retry(_cluster_backoff(), CLUSTER_RETRIES)}
+
+
+def redis_client(
+    settings: Settings, url: str | None = None, *, cluster: bool | None = None, **overrides: Any
+) -> aioredis.Redis:
+    """An asyncio client of ``url`` (default ``settings.redis_url``) with the settings' credentials and TLS.
+
+    A :class:`redis.asyncio.cluster.RedisCluster` when ``cluster`` (default ``settings.redis_cluster``) is true;
+    it offers the same commands (typed here as a plain client: callers use the common interface)."""
     target = url or settings.redis_url
+    if settings.redis_cluster if cluster is None else cluster:
+        client: Any = aiocluster.RedisCluster.from_url(target, **{**cluster_options(settings, target), **overrides})
+        return client
     return aioredis.Redis.from_url(target, **{**connection_options(settings, target), **overrides})
 
 
-def redis_client_sync(settings: Settings, url: str | None = None, **overrides: Any) -> redis.Redis:
+def redis_client_sync(
+    settings: Settings, url: str | None = None, *, cluster: bool | None = None, **overrides: Any
+) -> redis.Redis:
     """:func:`redis_client` for synchronous code (tools, benchmarks' set-up)."""
     target = url or settings.redis_url
+    if settings.redis_cluster if cluster is None else cluster:
+        options = {**connection_options(settings, target),
+                   "retry": redis.retry.Retry(_cluster_backoff(), CLUSTER_RETRIES)}
+        client: Any = redis.cluster.RedisCluster.from_url(target, **{**options, **overrides})
+        return client
     return redis.Redis.from_url(target, **{**connection_options(settings, target), **overrides})

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str = Field(
         "", description="CA certificate (PEM) that verifies the brokers with SSL/SASL_SSL; empty: the system's CAs."
     )
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of the topics streamrec creates (3 or more adds "
+        "min.insync.replicas=2). `stack up --brokers N` writes min(3, N) into its credentials.env."
+    )
 
     # --- Redis -----------------------------------------------------------------------------
     redis_url: str = Field(
@@ -130,6 +134,10 @@ class Settings(BaseSettings):
     )
     redis_tls_ca: str = Field(
         "", description="CA certificate (PEM) that verifies the server of a rediss:// URL; empty: the system's CAs."
+    )
+    redis_cluster: bool = Field(
+        False, description="redis_url names one node of a Redis Cluster: clients discover the others and follow "
+        "failovers and moved slots (redis-py's cluster client). `stack up --redis-cluster` writes true."
     )
     redis_maxmemory: str = Field(
         "1gb", pattern=r"^\d+(?:[kKmMgG][bB]?)?$", description="`maxmemory` of the stack's redis-server (with "

@@ -36,17 +36,34 @@ class TopicSpec:
     replication_factor: int = 1
 
 
+# With 3 or more replicas a write (acks=all) needs 2 of them in sync: one broker may die without losing an
+# acknowledged record, and producers are refused (NOT_ENOUGH_REPLICAS) rather than acknowledged on one copy.
+MIN_INSYNC_FROM_REPLICAS = 3
+MIN_INSYNC_REPLICAS = 2
+
+
+def replication_configs(replication_factor: int) -> dict[str, str]:
+    """Topic-level configs that follow from the replication factor (none for fewer than 3 replicas)."""
+    if replication_factor >= MIN_INSYNC_FROM_REPLICAS:
+        return {"min.insync.replicas": str(MIN_INSYNC_REPLICAS)}
+    return {}
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic of the system, with partitions and topic-level configs."""
+    """Every topic of the system, with partitions, replication (``kafka_replication_factor``) and topic-level
+    configs."""
+    rf = settings.kafka_replication_factor
+    replicated = replication_configs(rf)
     return [
-        TopicSpec(settings.topic_interactions, settings.interactions_partitions),
-        TopicSpec(settings.topic_catalog, settings.catalog_partitions, dict(COMPACTED)),
-        TopicSpec(settings.topic_item_vectors, settings.catalog_partitions, dict(COMPACTED)),
-        TopicSpec(settings.topic_item_state, settings.catalog_partitions, dict(COMPACTED)),
+        TopicSpec(settings.topic_interactions, settings.interactions_partitions, dict(replicated), rf),
+        TopicSpec(settings.topic_catalog, settings.catalog_partitions, {**COMPACTED, **replicated}, rf),
+        TopicSpec(settings.topic_item_vectors, settings.catalog_partitions, {**COMPACTED, **replicated}, rf),
+        TopicSpec(settings.topic_item_state, settings.catalog_partitions, {**COMPACTED, **replicated}, rf),
         TopicSpec(
             settings.topic_dead_letters,
             DEAD_LETTER_PARTITIONS,
-            {"cleanup.policy": "delete", "retention.ms": str(DEAD_LETTER_RETENTION_MS)},
+            {"cleanup.policy": "delete", "retention.ms": str(DEAD_LETTER_RETENTION_MS), **replicated},
+            rf,
         ),
     ]
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from online_state.slots import slot_tag
+
 DEFAULT_PREFIX: Final = "sr"
 _GLOB: Final = frozenset("*?[]")
 
@@ -29,6 +31,7 @@ class KeyLayout:
     ``sr:new_releases``                     ZSET   item id -> release ts (:mod:`online_state.trending`)
     ``sr:il:{space:08x}:{item}``            HASH   a title's online learning sums (:mod:`online_state.item_learning`)
     ``sr:offset:{topic}:{partition}``       STRING the last applied offset (:mod:`online_state.offsets`)
+    ``sr:applied:{<slot tag>}``             HASH   per-slot applied offsets (:mod:`online_state.slot_markers`)
     ``sr-auth:api-keys``                    HASH   key name -> sha256 and scopes (:mod:`online_state.api_keys`)
     ======================================= ====== ==========================================================
 
@@ -79,6 +82,11 @@ class KeyLayout:
     def offset(self, topic: str, partition: int | str) -> str:
         """The last offset of a partition whose effects committed (written in the same MULTI)."""
         return f"{self.prefix}:offset:{topic}:{partition}"
+
+    def applied(self, slot: int) -> str:
+        """The applied offsets of hash slot ``slot`` (``stage|topic|partition`` -> last offset applied to the
+        slot's keys), in that slot through its tag: :mod:`online_state.slot_markers`."""
+        return f"{self.prefix}:applied:{{{slot_tag(slot)}}}"
 
     @property
     def api_keys(self) -> str:

@@ -4,10 +4,17 @@ Served over HTTP by :func:`serve` on the worker's metrics port (``settings.worke
 ``streamrec worker --metrics-port``; 0 disables), bound to ``settings.worker_metrics_host``: 127.0.0.1 by
 default, so that only the host itself can scrape it; set ``STREAMREC_WORKER_METRICS_HOST=0.0.0.0`` where a
 scraper elsewhere must reach it (a container), behind a firewall.
+
+One port per process: a second worker on the host needs its own (``--metrics-port``), or runs as one of
+``streamrec worker --processes N`` (process ``i`` on ``metrics_port + i``). The worker binds the port before
+anything else (:meth:`streams.worker.Worker.start`), so a taken port stops it with :class:`MetricsPortInUse`
+before it joins the consumer group: it never takes partitions it cannot serve.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -63,15 +70,54 @@ DEFAULT_HOST: Final = "127.0.0.1"
 _served: set[tuple[str, int]] = set()
 
 
+class MetricsPortInUse(Exception):
+    """The metrics port is taken (another worker on the host, most likely): the worker must not start."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        super().__init__(
+            f"worker metrics port {host}:{port} is already in use (another worker on this host?); give this "
+            f"worker its own with --metrics-port PORT (0: no metrics), or run several workers on one host with "
+            f"`streamrec worker --processes N` (ports {port}..{port}+N-1)"
+        )
+
+
 def serve(port: int, host: str = DEFAULT_HOST) -> bool:
     """Expose the metrics on ``host:port`` (port 0: disabled; once per process and address: a restart
-    keeps the server). Loopback unless told otherwise. Returns whether a server is serving."""
+    keeps the server). Loopback unless told otherwise. Returns whether a server is serving; raises
+    :class:`MetricsPortInUse` when another process holds the port."""
     if port <= 0:
         return False
     if (host, port) not in _served:
-        start_http_server(port, addr=host)
+        try:
+            start_http_server(port, addr=host)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MetricsPortInUse(host, port) from exc
+            raise
         _served.add((host, port))
     return True
+
+
+def ensure_free(port: int, host: str = DEFAULT_HOST) -> None:
+    """Raise :class:`MetricsPortInUse` when ``host:port`` cannot be bound now (port 0: nothing to check).
+
+    What ``streamrec worker --processes N`` checks for every child's port before it starts any: a clear
+    refusal up front rather than N-1 workers that joined the group and one that did not. (The child's own
+    bind stays the real guard: the port may be taken in between.)"""
+    if port <= 0 or (host, port) in _served:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the metrics server binds (http.server)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MetricsPortInUse(host, port) from exc
+            raise
+
+
 ITEM_STATE_PUBLISHED: Final = Counter(
     "streamrec_worker_item_state_published_total",
     "Item-state records (an item hash after a commit) sent to the item-state topic for the servers' copies.",

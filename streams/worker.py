@@ -182,6 +182,7 @@ class Worker:
         self.windows: EventWindows | None = None
         self.oom = OomPause(self.options.oom_backoff_s, self.options.oom_backoff_max_s)
         self._committed_round = False
+        self._metrics_served = False
         self._fresh_clients()
 
     def _fresh_clients(self) -> None:
@@ -203,8 +204,18 @@ class Worker:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
+    def _serve_metrics(self) -> None:
+        """Bind the metrics port: first of all, so that a taken port (a second worker on the host) stops this
+        one with :class:`~streams.metrics.MetricsPortInUse` before it touches Redis or joins the group, where
+        it would take partitions and then die (issue 12). Once per process: a restart keeps the server."""
+        o, host = self.options, self.settings.worker_metrics_host
+        if not self._metrics_served and metrics.serve(o.metrics_port, host):
+            self._metrics_served = True
+            log.info("worker.metrics", host=host, port=o.metrics_port)
+
     async def start(self) -> None:
         s, o = self.settings, self.options
+        self._serve_metrics()
         self.redis = redis_client(s)
         await self.redis.ping()
         if o.rebuild:
@@ -242,8 +253,6 @@ class Worker:
                                       heartbeat_interval_ms=max(100, o.session_timeout_ms // 3))
         self.consumer.subscribe([s.topic_interactions, s.topic_catalog], listener=_Listener(self))
         await self.consumer.start()
-        if metrics.serve(o.metrics_port, s.worker_metrics_host):
-            log.info("worker.metrics", host=s.worker_metrics_host, port=o.metrics_port)
         # The bundle, catalogue and effect tables are long-lived: out of the collector's sight, so that the
         # full collections the per-batch garbage triggers do not walk them (pauses of 100+ ms otherwise).
         gc.collect()
@@ -286,6 +295,7 @@ class Worker:
         every batch with a dead letter or an item vector would fail forever: the worker restarts
         itself instead (new clients and effects; Redis' stored offsets make the redo exact).
         """
+        self._serve_metrics()  # before the try: a taken port has nothing to stop (and logs no "stopped")
         try:
             await self.start()
             while not self.stopping.is_set():

@@ -576,3 +576,251 @@ def test_a_live_process_whose_title_lacks_the_marker_has_not_exited() -> None:
     child = subprocess.Popen(["true"])
     child.wait()
     assert process.exited(replace(mine, pid=child.pid))
+
+
+# --- Cluster stack (issue 12): N KRaft brokers, a Redis Cluster of 3 masters + 3 replicas -------------------
+
+
+def _cluster_quorum(settings: Settings) -> tuple[kafka.KafkaNode, ...]:
+    return kafka.nodes(settings, StackLayout.from_settings(settings), 3)
+
+
+def test_cluster_server_properties(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    quorum = _cluster_quorum(settings)
+    every = [parse_properties(kafka.render_server_properties(settings, layout, _credentials(), quorum=quorum,
+                                                             index=i)) for i in range(3)]
+    voters = "1@127.0.0.1:29093,2@127.0.0.1:29095,3@127.0.0.1:29097"
+    for i, props in enumerate(every):
+        port, controller = 29092 + 2 * i, 29093 + 2 * i
+        assert props["node.id"] == str(i + 1)
+        assert props["process.roles"] == "broker,controller"
+        assert props["controller.quorum.voters"] == voters  # one static quorum of all three
+        assert props["listeners"] == f"SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"
+        assert props["advertised.listeners"] == f"SASL_PLAINTEXT://127.0.0.1:{port}"
+        assert Path(props["log.dirs"]) == layout.root / f"kafka-{i}" / "data"
+        for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                    "transaction.state.log.replication.factor", "share.coordinator.state.topic.replication.factor"):
+            assert props[key] == "3", key
+        for key in ("min.insync.replicas", "transaction.state.log.min.isr", "share.coordinator.state.topic.min.isr"):
+            assert props[key] == "2", key
+        assert int(props["broker.heartbeat.interval.ms"]) < int(props["broker.session.timeout.ms"]) <= 5000
+    assert len({props["log.dirs"] for props in every}) == 3
+    # Two brokers: factor 2, and one replica in sync suffices (two would stop every write while one is down).
+    two = parse_properties(kafka.render_server_properties(settings, layout, quorum=kafka.nodes(settings, layout, 2)))
+    assert (two["default.replication.factor"], two["min.insync.replicas"]) == ("2", "1")
+
+
+def test_cluster_nodes_keep_their_files_apart(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    single = kafka.nodes(settings, layout)[0]
+    assert single.files == layout.kafka_node() and single.files.pid_file == layout.kafka_pid_file
+    assert single.node_id == kafka.NODE_ID
+    files = [node.files for node in _cluster_quorum(settings)]
+    for field in ("dir", "config", "data", "server_log", "stdout", "pid_file", "scram_marker"):
+        paths = [getattr(f, field) for f in files] + [getattr(single.files, field)]
+        assert len(set(paths)) == 4, field
+        assert all(path.is_relative_to(layout.root) for path in paths)
+    command = kafka.broker_command("/usr/bin/java", Path("/libs"), layout, files[1])
+    assert command[-1] == str(files[1].config)
+    log4j = parse_properties(kafka.render_log4j2_properties(layout, files[2]))
+    assert Path(log4j["appender.file.fileName"]) == layout.logs_dir / "kafka-2-server.log"
+
+
+def test_formatted_cluster_id_is_read_back(settings: Settings) -> None:
+    files = StackLayout.from_settings(settings).kafka_node(0)
+    assert kafka.formatted_cluster_id(files) is None
+    files.data.mkdir(parents=True)
+    (files.data / "meta.properties").write_text("#\nnode.id=1\ncluster.id=AbCdEfGhIjKlMnOpQrStUv\nversion=1\n")
+    assert kafka.formatted_cluster_id(files) == "AbCdEfGhIjKlMnOpQrStUv"
+
+
+def test_cluster_redis_conf(settings: Settings) -> None:
+    layout = StackLayout.from_settings(settings)
+    cluster = redis_service.nodes(settings, layout, [26379 + i for i in range(6)])
+    confs = [redis_service.render_redis_conf(settings, layout, _credentials(), node=node) for node in cluster]
+    for i, conf in enumerate(confs):
+        lines = set(conf.splitlines())
+        assert f"port {26379 + i}" in lines
+        assert {"cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 2000",
+                "appendonly yes", "maxmemory-policy noeviction", "bind 127.0.0.1"} <= lines
+        # Replicas log in to their master with the stack's password, as clients do.
+        assert f'requirepass "{"r" * 48}"' in lines and f'masterauth "{"r" * 48}"' in lines
+        assert f'dir "{layout.root / f"redis-{i}" / "data"}"' in lines
+    single = redis_service.render_redis_conf(settings, layout, _credentials())
+    assert "cluster-enabled" not in single and "masterauth" not in single
+    tls = TlsFiles.of(layout)
+    secure = redis_service.render_redis_conf(settings, layout, _credentials(), tls, node=cluster[0]).splitlines()
+    assert {"tls-cluster yes", "tls-replication yes", "port 0", "tls-port 26379"} <= set(secure)
+
+
+def test_cluster_create_passes_the_password_out_of_argv(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = StackLayout.from_settings(settings)
+    cluster = redis_service.nodes(settings, layout, [26379 + i for i in range(6)])
+    seen: dict[str, object] = {}
+
+    def fake_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        seen["command"], seen["env"] = command, kwargs["env"]
+        return subprocess.CompletedProcess(command, 0, "[OK] All 16384 slots covered.\n", "")
+
+    monkeypatch.setattr(redis_service.subprocess, "run", fake_run)
+    monkeypatch.setattr(redis_service, "find_redis_cli", lambda: "/usr/bin/redis-cli")
+    redis_service.create_cluster(cluster, 1, _credentials(), None)
+    command = seen["command"]
+    assert isinstance(command, list)
+    assert command[:3] == ["/usr/bin/redis-cli", "--cluster", "create"]
+    assert command[3:9] == [f"127.0.0.1:{26379 + i}" for i in range(6)]
+    assert command[9:] == ["--cluster-replicas", "1", "--cluster-yes"]
+    assert not any("r" * 48 in part for part in command)  # never in argv: `ps` would show it
+    assert seen["env"]["REDISCLI_AUTH"] == "r" * 48
+
+    monkeypatch.setattr(redis_service.subprocess, "run",
+                        lambda command, **_: subprocess.CompletedProcess(command, 1, "", f"ERR {'r' * 48} no"))
+    with pytest.raises(StackError) as failed:
+        redis_service.create_cluster(cluster, 1, _credentials(), None)
+    assert "r" * 48 not in str(failed.value)
+
+
+def test_topology_ports_and_client_env(settings: Settings) -> None:
+    from tools.stack.topology import Topology
+
+    single = Topology()
+    assert single.kafka_ports(settings) == ((29092, 29093),) and single.redis_ports(settings) == (26379,)
+    assert single.client_env(settings) == {}  # the single-node credentials.env stays as it was
+    assert single.replication_factor == 1
+    cluster = Topology(brokers=3, redis_cluster=True)
+    assert cluster.kafka_ports(settings) == ((29092, 29093), (29094, 29095), (29096, 29097))
+    assert cluster.redis_ports(settings) == tuple(range(26379, 26385))
+    assert cluster.client_env(settings) == {
+        "STREAMREC_KAFKA_BOOTSTRAP": "127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096",
+        "STREAMREC_KAFKA_REPLICATION_FACTOR": "3",
+        "STREAMREC_REDIS_CLUSTER": "true",
+    }
+    applied = cluster.apply(settings)
+    assert applied.kafka_port == 29092 and applied.redis_cluster and applied.kafka_replication_factor == 3
+    assert Topology(brokers=5).replication_factor == 3
+    cluster.check_ports(settings)
+    clash = settings.model_copy(update={"kafka_controller_port": 29094})  # on broker 1's client port
+    with pytest.raises(StackError, match="overlap"):
+        Topology(brokers=3).check_ports(clash)
+    single_clash = settings.model_copy(update={"redis_url": "redis://127.0.0.1:19092/0"})  # bus on 29092
+    with pytest.raises(StackError, match="overlap"):
+        Topology(redis_cluster=True).check_ports(single_clash)
+    with pytest.raises(StackError):
+        Topology(brokers=0)
+
+
+def test_topology_is_remembered(settings: Settings) -> None:
+    from tools.stack import topology
+
+    layout = StackLayout.from_settings(settings)
+    assert topology.load(layout) is None
+    assert topology.resolve(layout, None, None) == topology.Topology()
+    topology.save(layout, topology.Topology(brokers=3, redis_cluster=True))
+    assert topology.resolve(layout, None, None) == topology.Topology(3, True)  # a plain `up` keeps it
+    assert topology.resolve(layout, None, False) == topology.Topology(3, False)
+    assert topology.resolve(layout, 1, None) == topology.Topology(1, True)
+    layout.topology_file.write_text("{")
+    with pytest.raises(StackError, match="unreadable"):
+        topology.load(layout)
+
+
+def test_topic_specs_follow_the_replication_factor(settings: Settings) -> None:
+    replicated = {spec.name: spec for spec in topic_specs(settings.model_copy(update={"kafka_replication_factor": 3}))}
+    assert all(spec.replication_factor == 3 for spec in replicated.values())
+    assert all(spec.configs["min.insync.replicas"] == "2" for spec in replicated.values())
+    assert replicated["catalog"].configs["cleanup.policy"] == "compact"
+    two = topic_specs(settings.model_copy(update={"kafka_replication_factor": 2}))
+    assert all(spec.replication_factor == 2 and "min.insync.replicas" not in spec.configs for spec in two)
+
+
+def test_redis_client_of_a_cluster(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis.asyncio.cluster
+    import redis.cluster
+
+    clustered = _credentials().apply(settings).model_copy(update={"redis_cluster": True})
+    client = redis_io.redis_client(clustered)
+    assert isinstance(client, redis.asyncio.cluster.RedisCluster)
+    kwargs = client.connection_kwargs
+    assert kwargs["password"] == "r" * 48
+    assert client.retry.get_retries() == redis_io.CLUSTER_RETRIES  # rides through a failover
+    assert not isinstance(redis_io.redis_client(clustered, cluster=False), redis.asyncio.cluster.RedisCluster)
+    # The synchronous cluster client connects when made: its options are checked on the way in.
+    made: dict[str, object] = {}
+    monkeypatch.setattr(redis.cluster.RedisCluster, "from_url", classmethod(lambda cls, url, **kw: made.update(kw)))
+    redis_io.redis_client_sync(clustered)
+    assert made["password"] == "r" * 48 and made["retry"].get_retries() == redis_io.CLUSTER_RETRIES  # type: ignore[attr-defined]
+    tls = redis_io.redis_client(clustered.model_copy(update={"redis_tls_ca": "/ca.crt"}),
+                                "rediss://127.0.0.1:26379/0")
+    assert tls.connection_kwargs["ssl_ca_certs"] == "/ca.crt"
+    assert not isinstance(redis_io.redis_client(settings), redis.asyncio.cluster.RedisCluster)
+
+
+def test_credentials_env_carries_the_topology(settings: Settings) -> None:
+    from tools.stack.topology import Topology
+
+    layout = StackLayout.from_settings(settings)
+    single = stack_credentials.ensure(settings, layout)
+    single_text = layout.credentials_file.read_text()
+    env = Topology(brokers=3, redis_cluster=True).client_env(settings)
+    clustered = stack_credentials.ensure(settings, layout, topology_env=env)
+    assert (clustered.redis_password, clustered.kafka_password) == (single.redis_password, single.kafka_password)
+    read = Settings(state_dir=settings.state_dir)  # what every process of this state dir sees
+    assert read.kafka_bootstrap == "127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096"
+    assert read.redis_cluster and read.kafka_replication_factor == 3
+    assert stack_credentials.load(layout) == clustered
+    # Back to one node: the file is exactly the single-node one again.
+    stack_credentials.ensure(settings, layout)
+    assert layout.credentials_file.read_text() == single_text
+
+
+def test_a_plaintext_cluster_writes_only_its_topology(settings: Settings) -> None:
+    from tools.stack.topology import Topology
+
+    layout = StackLayout.from_settings(settings)
+    made = stack_credentials.ensure(settings, layout)
+    plain = settings.model_copy(update={"stack_auth": False})
+    env = Topology(brokers=3, redis_cluster=True).client_env(settings)
+    assert manager._security(plain, layout, starting_all=True, topology_env=env) == (None, None)
+    read = Settings(state_dir=settings.state_dir)
+    assert read.redis_cluster and read.kafka_security_protocol == "PLAINTEXT"
+    assert made.redis_password not in layout.credentials_file.read_text()
+    assert stack_credentials.load(layout) is None  # no secrets: not "credentials"
+    stack_credentials.remove(layout)  # must not replace the set-aside secrets with the topology file
+    assert stack_credentials.ensure(settings, layout) == made
+
+
+def test_status_and_down_of_a_cluster_without_processes(settings: Settings) -> None:
+    from tools.stack import topology
+
+    layout = StackLayout.from_settings(settings)
+    topology.save(layout, topology.Topology(brokers=3, redis_cluster=True))
+    current = asyncio.run(manager.status(settings))
+    report = current.to_dict()
+    names = [*(f"kafka-{i}" for i in range(3)), *(f"redis-{i}" for i in range(6))]
+    assert list(report["services"]) == names
+    assert report["topology"] == {"brokers": 3, "redis_cluster": True}
+    assert report["services"]["kafka-2"]["address"] == "127.0.0.1:29096"
+    assert report["services"]["redis-5"]["address"] == "127.0.0.1:26384"
+    assert not current.healthy
+    # A pid file of the single-node stack left beside the cluster's is handled too (verified, never blindly).
+    process.write_record(layout.redis_pid_file, ProcessRecord(name="redis", pid=2**22 + 1, start_ticks=1,
+                                                              marker="x", port=26379, log_file="x"))
+    stopped = {item.name: item.outcome for item in asyncio.run(manager.down(settings)).stopped}
+    assert stopped == {**dict.fromkeys(names, StopOutcome.NOT_RUNNING), "redis": StopOutcome.STALE}
+    assert not layout.redis_pid_file.exists()
+
+
+def test_another_topology_is_refused_while_the_stack_runs(settings: Settings, sleeper: ProcessRecord) -> None:
+    from tools.stack import topology
+
+    layout = StackLayout.from_settings(settings)
+    topology.save(layout, topology.Topology())
+    # A live process of ours recorded as the single broker (the marker matches its command line).
+    process.write_record(layout.kafka_pid_file, replace(sleeper, name="kafka"))
+    with pytest.raises(StackError, match="stack down"):
+        asyncio.run(manager.up(settings, brokers=3))
+    assert topology.load(layout) == topology.Topology()  # nothing changed
+    assert process.owns(sleeper)

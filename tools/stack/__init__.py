@@ -1,7 +1,9 @@
-"""The local development stack: a single-node Kafka (KRaft) broker and a redis-server.
+"""The local development stack: a single-node Kafka (KRaft) broker and a redis-server, or a local cluster
+(``stack up --brokers N --redis-cluster``: N KRaft brokers, a Redis Cluster of 3 masters with a replica each).
 
 Modules:
 
+- :mod:`tools.stack.topology`: single node or cluster, its ports, remembered in the state dir.
 - :mod:`tools.stack.layout`: where the stack keeps its files under ``settings.state_dir``.
 - :mod:`tools.stack.process`: pid files, detached start, verified stop-by-pid.
 - :mod:`tools.stack.kafka`: jars from Maven Central, ``server.properties``, storage format, start.

@@ -1,4 +1,6 @@
-"""A single-node Apache Kafka broker in KRaft mode (combined broker + controller), run from jars.
+"""Apache Kafka in KRaft mode, run from jars: one node, or a cluster of N nodes (``stack up --brokers N``), each a
+combined broker + controller, the N together the controller quorum (static ``controller.quorum.voters``), all
+formatted with one cluster id and the stack's SCRAM user.
 
 No Kafka distribution is installed: ``org.apache.kafka:kafka_2.13`` and its runtime dependencies are
 resolved from Maven Central with ``tools/stack/pom.xml`` into ``settings.cache_dir /
@@ -16,15 +18,16 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 from foundation.logs import get_logger
 from foundation.settings import MASK, Settings
 from tools.stack.credentials import SCRAM_MECHANISM, StackCredentials, write_private
 from tools.stack.errors import StackError
-from tools.stack.layout import StackLayout
+from tools.stack.layout import KafkaNodeFiles, StackLayout
 from tools.stack.process import ProcessRecord, spawn_detached, tail
 from tools.stack.tls import TlsFiles
 
@@ -55,6 +58,36 @@ TOOL_JVM_OPTIONS: tuple[str, ...] = ("-Xmx256m", "-XX:+UseSerialGC", "-XX:Tiered
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:[-.][0-9A-Za-z]+)*$")
 
 Progress = Callable[[str], AbstractContextManager[object]]
+
+# A cluster notices a dead broker sooner than Kafka's defaults (2 s heartbeats, fenced after 9 s): failover tests
+# and development want seconds. Still several heartbeats per timeout, so a GC pause fences no one.
+CLUSTER_HEARTBEAT_MS = 500
+CLUSTER_SESSION_TIMEOUT_MS = 4000
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One node of the stack's Kafka: its KRaft node id, ports and files."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    files: KafkaNodeFiles
+
+
+def nodes(settings: Settings, layout: StackLayout, brokers: int = 1) -> tuple[KafkaNode, ...]:
+    """The stack's Kafka nodes: one broker keeps the single-node files and ports (node id 1); a cluster's node i
+    has id i + 1, ports ``kafka_port + 2*i`` / ``kafka_controller_port + 2*i`` and the folder ``kafka-<i>``."""
+    if brokers == 1:
+        return (KafkaNode(NODE_ID, settings.kafka_port, settings.kafka_controller_port, layout.kafka_node()),)
+    return tuple(
+        KafkaNode(i + 1, settings.kafka_port + 2 * i, settings.kafka_controller_port + 2 * i, layout.kafka_node(i))
+        for i in range(brokers)
+    )
+
+
+def _quorum(settings: Settings, layout: StackLayout, quorum: Sequence[KafkaNode] | None) -> Sequence[KafkaNode]:
+    return quorum if quorum else nodes(settings, layout)
 
 
 def _no_progress(_message: str) -> AbstractContextManager[object]:
@@ -229,36 +262,36 @@ def _security_properties(credentials: StackCredentials, tls: TlsFiles | None) ->
 
 
 def server_properties(
-    settings: Settings, layout: StackLayout, credentials: StackCredentials | None = None, tls: TlsFiles | None = None
+    settings: Settings,
+    layout: StackLayout,
+    credentials: StackCredentials | None = None,
+    tls: TlsFiles | None = None,
+    *,
+    quorum: Sequence[KafkaNode] | None = None,
+    index: int = 0,
 ) -> dict[str, str]:
-    """The broker's config. Without ``credentials`` the client listener is PLAINTEXT (``stack_auth`` off); the
-    controller listener always stays PLAINTEXT on loopback (only this node talks to it)."""
-    port, controller_port = settings.kafka_port, settings.kafka_controller_port
+    """The config of node ``index`` of ``quorum`` (default: the single node). Without ``credentials`` the client
+    listener is PLAINTEXT (``stack_auth`` off); the controller listener always stays PLAINTEXT on loopback (only
+    the stack's own nodes talk to it)."""
+    members = _quorum(settings, layout, quorum)
+    node = members[index]
+    port, controller_port = node.port, node.controller_port
     listener = "PLAINTEXT" if credentials is None else ("SASL_SSL" if tls is not None else "SASL_PLAINTEXT")
     security = {} if credentials is None else _security_properties(credentials, tls)
+    voters = ",".join(f"{member.node_id}@{LISTEN_HOST}:{member.controller_port}" for member in members)
     return {
-        # KRaft, one node that is both broker and controller, with a static quorum of itself.
+        # KRaft, every node both broker and controller, with a static quorum of all of them.
         "process.roles": "broker,controller",
-        "node.id": str(NODE_ID),
-        "controller.quorum.voters": f"{NODE_ID}@{LISTEN_HOST}:{controller_port}",
+        "node.id": str(node.node_id),
+        "controller.quorum.voters": voters,
         "controller.listener.names": "CONTROLLER",
         "listeners": f"{listener}://{LISTEN_HOST}:{port},CONTROLLER://{LISTEN_HOST}:{controller_port}",
         "advertised.listeners": f"{listener}://{LISTEN_HOST}:{port}",
         "inter.broker.listener.name": listener,
         "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{listener}:{listener}",
         **security,
-        "log.dirs": str(layout.kafka_data),
-        # One broker: every replication factor and ISR minimum is 1.
-        "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
-        "offsets.topic.num.partitions": "8",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "transaction.state.log.num.partitions": "8",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "log.dirs": str(node.files.data),
+        **_replication_properties(len(members)),
         # Development conveniences: no rebalance delay, topics only through `ensure_topics`.
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
@@ -271,16 +304,48 @@ def server_properties(
     }
 
 
+def _replication_properties(brokers: int) -> dict[str, str]:
+    """Replication of the internal topics and the defaults of new ones: one broker, every factor and ISR minimum 1;
+    N brokers, factor min(3, N) and (with 3 or more) 2 replicas in sync per acknowledged write."""
+    rf = min(3, brokers)
+    min_isr = 2 if rf >= 3 else 1
+    props = {
+        "num.partitions": "1",
+        "default.replication.factor": str(rf),
+        "min.insync.replicas": str(min_isr),
+        "offsets.topic.replication.factor": str(rf),
+        "offsets.topic.num.partitions": "8",
+        "transaction.state.log.replication.factor": str(rf),
+        "transaction.state.log.min.isr": str(min_isr),
+        "transaction.state.log.num.partitions": "8",
+        "share.coordinator.state.topic.replication.factor": str(rf),
+        "share.coordinator.state.topic.min.isr": str(min_isr),
+    }
+    if brokers > 1:
+        props |= {
+            "broker.heartbeat.interval.ms": str(CLUSTER_HEARTBEAT_MS),
+            "broker.session.timeout.ms": str(CLUSTER_SESSION_TIMEOUT_MS),
+        }
+    return props
+
+
 def render_server_properties(
-    settings: Settings, layout: StackLayout, credentials: StackCredentials | None = None, tls: TlsFiles | None = None
+    settings: Settings,
+    layout: StackLayout,
+    credentials: StackCredentials | None = None,
+    tls: TlsFiles | None = None,
+    *,
+    quorum: Sequence[KafkaNode] | None = None,
+    index: int = 0,
 ) -> str:
     lines = ["# Generated by `streamrec stack up` on every start: change settings, not this file."]
-    lines += [f"{key}={_escape(value)}" for key, value in server_properties(settings, layout, credentials, tls).items()]
+    props = server_properties(settings, layout, credentials, tls, quorum=quorum, index=index)
+    lines += [f"{key}={_escape(value)}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
 
 
-def render_log4j2_properties(layout: StackLayout) -> str:
-    log_file = _escape(str(layout.kafka_server_log))
+def render_log4j2_properties(layout: StackLayout, files: KafkaNodeFiles | None = None) -> str:
+    log_file = _escape(str((files or layout.kafka_node()).server_log))
     return f"""\
 # Generated by `streamrec stack up`: the broker's log goes to one rolled file under the state dir.
 status = warn
@@ -307,12 +372,20 @@ logger.request.level = WARN
 
 
 def write_configs(
-    settings: Settings, layout: StackLayout, credentials: StackCredentials | None = None, tls: TlsFiles | None = None
+    settings: Settings,
+    layout: StackLayout,
+    credentials: StackCredentials | None = None,
+    tls: TlsFiles | None = None,
+    *,
+    quorum: Sequence[KafkaNode] | None = None,
+    index: int = 0,
 ) -> None:
-    layout.make_dirs()
+    files = _quorum(settings, layout, quorum)[index].files
+    layout.make_node_dirs(kafka=files)
     # Mode 0600: the JAAS line holds the SCRAM password.
-    write_private(layout.kafka_config, render_server_properties(settings, layout, credentials, tls))
-    layout.kafka_log4j_config.write_text(render_log4j2_properties(layout))
+    write_private(files.config, render_server_properties(settings, layout, credentials, tls, quorum=quorum,
+                                                         index=index))
+    files.log4j_config.write_text(render_log4j2_properties(layout, files))
 
 
 # --- Storage and start -------------------------------------------------------------------------
@@ -331,50 +404,74 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def is_formatted(layout: StackLayout) -> bool:
-    return (layout.kafka_data / "meta.properties").is_file()
+def is_formatted(layout: StackLayout, files: KafkaNodeFiles | None = None) -> bool:
+    return ((files or layout.kafka_node()).data / "meta.properties").is_file()
+
+
+def formatted_cluster_id(files: KafkaNodeFiles) -> str | None:
+    """The cluster id a node's storage was formatted with (``cluster.id`` in meta.properties), if formatted."""
+    try:
+        text = (files.data / "meta.properties").read_text()
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "cluster.id":
+            return value.strip()
+    return None
 
 
 def _classpath(libs: Path) -> str:
     return f"{libs}/*"
 
 
-def check_scram_storage(layout: StackLayout, credentials: StackCredentials | None) -> None:
+def check_scram_storage(
+    layout: StackLayout, credentials: StackCredentials | None, files: KafkaNodeFiles | None = None
+) -> None:
     """A formatted storage must hold the SCRAM user of ``credentials`` (it is only added at format time): a
     storage from before ``stack_auth``, or from lost credentials, would leave the broker unable to log in."""
-    if credentials is None or not is_formatted(layout):
+    files = files or layout.kafka_node()
+    if credentials is None or not is_formatted(layout, files):
         return
-    marker = layout.kafka_scram_marker
+    marker = files.scram_marker
     if marker.is_file() and marker.read_text().strip() == credentials.fingerprint():
         return
     raise StackError(
-        f"the Kafka storage in {layout.kafka_data} was formatted without this stack's SCRAM user "
-        f"({layout.credentials_file}). Remove {layout.kafka_dir} (its topics are lost) and run "
+        f"the Kafka storage in {files.data} was formatted without this stack's SCRAM user "
+        f"({layout.credentials_file}). Remove {files.dir} (its topics are lost) and run "
         "`streamrec stack up` again, or keep a plaintext stack with STREAMREC_STACK_AUTH=false."
     )
 
 
 def format_storage(
-    layout: StackLayout, libs: Path, java: str, credentials: StackCredentials | None = None
+    layout: StackLayout,
+    libs: Path,
+    java: str,
+    credentials: StackCredentials | None = None,
+    *,
+    files: KafkaNodeFiles | None = None,
+    cluster_id: str | None = None,
 ) -> str | None:
     """Format ``log.dirs`` for KRaft once (a formatted folder is kept); returns the new cluster id.
 
-    With ``credentials`` the SCRAM user is written into the first metadata (``--add-scram``, KRaft 3.5+): the
-    broker needs it for its own inter-broker login before any admin API could create it."""
-    if is_formatted(layout):
-        check_scram_storage(layout, credentials)
+    The nodes of a cluster are all formatted with one ``cluster_id`` (default: a new one). With ``credentials``
+    the SCRAM user is written into the first metadata (``--add-scram``, KRaft 3.5+): the broker needs it for its
+    own inter-broker login before any admin API could create it."""
+    files = files or layout.kafka_node()
+    if is_formatted(layout, files):
+        check_scram_storage(layout, credentials, files)
         return None
-    cluster_id = new_cluster_id()
+    cluster_id = cluster_id or new_cluster_id()
     scram: list[str] = []
     if credentials is not None:
         scram = ["--add-scram",
                  f"{SCRAM_MECHANISM}=[name={credentials.kafka_username},password={credentials.kafka_password}]"]
     command = [
         java, *TOOL_JVM_OPTIONS,
-        f"-Dlog4j2.configurationFile={layout.kafka_log4j_config}",
+        f"-Dlog4j2.configurationFile={files.log4j_config}",
         "-cp", _classpath(libs),
         STORAGE_TOOL_CLASS, "format",
-        "--config", str(layout.kafka_config),
+        "--config", str(files.config),
         "--cluster-id", cluster_id,
         "--ignore-formatted",
         *scram,
@@ -384,20 +481,21 @@ def format_storage(
         output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-30:])
         if credentials is not None:
             output = output.replace(credentials.kafka_password, MASK)
-        raise StackError(f"formatting Kafka storage in {layout.kafka_data} failed:\n{output}")
+        raise StackError(f"formatting Kafka storage in {files.data} failed:\n{output}")
     if credentials is not None:
-        layout.kafka_scram_marker.write_text(credentials.fingerprint() + "\n")
+        files.scram_marker.write_text(credentials.fingerprint() + "\n")
     log.debug("stack.kafka.formatted", cluster_id=cluster_id, output=result.stdout.strip())
     return cluster_id
 
 
-def broker_command(java: str, libs: Path, layout: StackLayout) -> list[str]:
+def broker_command(java: str, libs: Path, layout: StackLayout, files: KafkaNodeFiles | None = None) -> list[str]:
+    files = files or layout.kafka_node()
     return [
         java, *BROKER_JVM_OPTIONS,
-        f"-Dlog4j2.configurationFile={layout.kafka_log4j_config}",
+        f"-Dlog4j2.configurationFile={files.log4j_config}",
         f"-Dkafka.logs.dir={layout.logs_dir}",
         "-cp", _classpath(libs),
-        MAIN_CLASS, str(layout.kafka_config),
+        MAIN_CLASS, str(files.config),
     ]  # fmt: skip
 
 
@@ -408,29 +506,37 @@ def start(
     java: str,
     credentials: StackCredentials | None = None,
     tls: TlsFiles | None = None,
+    *,
+    quorum: Sequence[KafkaNode] | None = None,
+    index: int = 0,
+    cluster_id: str | None = None,
 ) -> ProcessRecord:
-    """Write the configs, format storage if new, start the broker detached; returns its pid record.
+    """Write the configs, format storage if new (a cluster's nodes with one ``cluster_id``), start node ``index``
+    of ``quorum`` (default: the single broker) detached; returns its pid record.
 
     The caller writes the pid file and waits until the broker answers.
     """
-    write_configs(settings, layout, credentials, tls)
-    format_storage(layout, libs, java, credentials)
-    layout.kafka_stdout.write_text("")  # only this run's JVM output (the server log keeps history)
+    node = _quorum(settings, layout, quorum)[index]
+    files = node.files
+    write_configs(settings, layout, credentials, tls, quorum=quorum, index=index)
+    format_storage(layout, libs, java, credentials, files=files, cluster_id=cluster_id)
+    files.stdout.write_text("")  # only this run's JVM output (the server log keeps history)
     return spawn_detached(
-        broker_command(java, libs, layout),
-        name="kafka",
-        # The absolute config path is in the JVM's command line and unique to this state dir.
-        marker=str(layout.kafka_config),
-        port=settings.kafka_port,
-        log_file=layout.kafka_stdout,
-        cwd=layout.kafka_dir,
+        broker_command(java, libs, layout, files),
+        name=files.name,
+        # The absolute config path is in the JVM's command line and unique to this state dir (and node).
+        marker=str(files.config),
+        port=node.port,
+        log_file=files.stdout,
+        cwd=files.dir,
     )
 
 
-def log_excerpt(layout: StackLayout, lines: int = 30) -> str:
+def log_excerpt(layout: StackLayout, lines: int = 30, files: KafkaNodeFiles | None = None) -> str:
     """The end of the broker's logs, for error messages."""
+    files = files or layout.kafka_node()
     parts = []
-    for path in (layout.kafka_stdout, layout.kafka_server_log):
+    for path in (files.stdout, files.server_log):
         text = tail(path, lines)
         if text.strip():
             parts.append(f"--- last lines of {path} ---\n{text}")

@@ -10,6 +10,12 @@
       run/stack.lock                                                  (serialises up/down)
       credentials.env                                                 (generated secrets, mode 0600)
       tls/                                                            (CA and server certs, stack_tls)
+      topology.json                                                   (brokers, redis_cluster: see topology)
+
+A cluster stack (``stack up --brokers N --redis-cluster``) keeps one folder per node beside these, with the same
+files inside: ``kafka-<i>/`` (i = 0..N-1; logs/kafka-<i>-server.log, logs/kafka-<i>.out, run/kafka-<i>.json) and
+``redis-<i>/`` (i = 0..5; its ``data/`` also holds the node's ``nodes.conf``; logs/redis-<i>.log,
+run/redis-<i>.json). The single-node paths above stay those of the default stack.
 """
 
 from __future__ import annotations
@@ -18,6 +24,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foundation.settings import CREDENTIALS_FILE, Settings
+
+
+@dataclass(frozen=True)
+class KafkaNodeFiles:
+    """The files of one Kafka node (the single broker, or one node of a cluster)."""
+
+    name: str  # the service name: "kafka", or "kafka-<i>"
+    dir: Path
+    config: Path
+    log4j_config: Path
+    data: Path
+    server_log: Path  # the broker's own log (log4j2)
+    stdout: Path  # the JVM's stdout/stderr
+    pid_file: Path
+    scram_marker: Path  # see StackLayout.kafka_scram_marker
+
+
+@dataclass(frozen=True)
+class RedisNodeFiles:
+    """The files of one redis-server (the single one, or one node of a Redis Cluster)."""
+
+    name: str  # "redis", or "redis-<i>"
+    dir: Path
+    config: Path
+    data: Path
+    log: Path
+    pid_file: Path
 
 
 @dataclass(frozen=True)
@@ -107,6 +140,37 @@ class StackLayout:
     def lock_file(self) -> Path:
         return self.run_dir / "stack.lock"
 
+    @property
+    def topology_file(self) -> Path:
+        return self.root / "topology.json"
+
+    # --- Nodes: the single-node paths above (index None), or one folder per cluster node ---------------
+    def kafka_node(self, index: int | None = None) -> KafkaNodeFiles:
+        if index is None:
+            return KafkaNodeFiles("kafka", self.kafka_dir, self.kafka_config, self.kafka_log4j_config,
+                                  self.kafka_data, self.kafka_server_log, self.kafka_stdout, self.kafka_pid_file,
+                                  self.kafka_scram_marker)
+        name = f"kafka-{index}"
+        folder = self.root / name
+        return KafkaNodeFiles(name, folder, folder / "server.properties", folder / "log4j2.properties",
+                              folder / "data", self.logs_dir / f"{name}-server.log", self.logs_dir / f"{name}.out",
+                              self.run_dir / f"{name}.json", folder / "scram.sha256")
+
+    def redis_node(self, index: int | None = None) -> RedisNodeFiles:
+        if index is None:
+            return RedisNodeFiles("redis", self.redis_dir, self.redis_config, self.redis_data, self.redis_log,
+                                  self.redis_pid_file)
+        name = f"redis-{index}"
+        folder = self.root / name
+        return RedisNodeFiles(name, folder, folder / "redis.conf", folder / "data", self.logs_dir / f"{name}.log",
+                              self.run_dir / f"{name}.json")
+
     def make_dirs(self) -> None:
         for path in (self.run_dir, self.logs_dir, self.kafka_data, self.redis_data):
             path.mkdir(parents=True, exist_ok=True)
+
+    def make_node_dirs(self, kafka: KafkaNodeFiles | None = None, redis: RedisNodeFiles | None = None) -> None:
+        self.make_dirs()
+        for path in (kafka.data if kafka else None, redis.data if redis else None):
+            if path is not None:
+                path.mkdir(parents=True, exist_ok=True)

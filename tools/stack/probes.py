@@ -8,6 +8,7 @@ import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 from foundation.kafka_io import make_admin
@@ -49,10 +50,13 @@ def quiet_aiokafka() -> Iterator[None]:
         logger.setLevel(previous)
 
 
-async def kafka_answers(settings: Settings, host: str, timeout_s: float = 5.0) -> Probe:
+async def kafka_answers(
+    settings: Settings, host: str, timeout_s: float = 5.0, *, port: int | None = None, brokers: int = 1
+) -> Probe:
     """A metadata request through aiokafka's admin client, logged in as ``settings`` say (SASL, TLS): the broker
-    is up and serving requests to our clients. Probes ``host`` on the settings' Kafka port."""
-    port = settings.kafka_port
+    is up and serving requests to our clients. Probes ``host`` on ``port`` (default: the settings' Kafka port);
+    ready only once the metadata lists ``brokers`` brokers (a cluster's nodes all registered)."""
+    port = port or settings.kafka_port
     if not port_open(host, port):
         return Probe(False, f"nothing listens on {host}:{port}")
     admin = make_admin(
@@ -69,10 +73,12 @@ async def kafka_answers(settings: Settings, host: str, timeout_s: float = 5.0) -
     finally:
         with quiet_aiokafka(), contextlib.suppress(Exception):
             await admin.close()
-    brokers = cluster.get("brokers") or []
-    if not brokers:
+    listed = cluster.get("brokers") or []
+    if not listed:
         return Probe(False, "metadata lists no broker yet")
-    return Probe(True, f"cluster {cluster.get('cluster_id')}, {len(brokers)} broker(s)")
+    if len(listed) < brokers:
+        return Probe(False, f"metadata lists {len(listed)} of {brokers} brokers")
+    return Probe(True, f"cluster {cluster.get('cluster_id')}, {len(listed)} broker(s)")
 
 
 async def wait_group_coordinator(settings: Settings, host: str, timeout_s: float = 60.0) -> None:
@@ -100,18 +106,42 @@ async def wait_group_coordinator(settings: Settings, host: str, timeout_s: float
             await admin.close()
 
 
-async def redis_answers(settings: Settings, host: str, timeout_s: float = 2.0) -> Probe:
-    """PING answered with PONG, with the settings' password and TLS, on ``host`` at the settings' Redis port."""
-    port = settings.redis_port
+def node_url(settings: Settings, host: str, port: int) -> str:
+    """``settings.redis_url`` (scheme kept: redis:// or rediss://) pointed at one node, database 0."""
+    return urlunparse(urlparse(settings.redis_url)._replace(netloc=f"{host}:{port}", path="/0"))
+
+
+async def redis_answers(
+    settings: Settings, host: str, timeout_s: float = 2.0, *, port: int | None = None, cluster: bool = False
+) -> Probe:
+    """PING answered with PONG, with the settings' password and TLS, on ``host`` at ``port`` (default: the settings'
+    Redis port). With ``cluster`` the node must also report ``cluster_state:ok`` (it serves every slot)."""
+    port = port or settings.redis_port
     if not port_open(host, port):
         return Probe(False, f"nothing listens on {host}:{port}")
-    url = urlunparse(urlparse(settings.redis_url)._replace(netloc=f"{host}:{port}", path="/0"))
-    client = redis_client(settings, url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    client = redis_client(settings, node_url(settings, host, port), cluster=False, socket_timeout=timeout_s,
+                          socket_connect_timeout=timeout_s)
     try:
         await client.ping()
         info = await client.info("server")
+        state = await cluster_info(client) if cluster else {}
+        role = (await client.info("replication")).get("role", "?") if cluster else ""
     except Exception as exc:  # any failure means "not ready yet"
         return Probe(False, f"PING failed: {type(exc).__name__}: {exc}")
     finally:
         await client.aclose()
-    return Probe(True, f"redis {info.get('redis_version', '?')}")
+    detail = f"redis {info.get('redis_version', '?')}"
+    if not cluster:
+        return Probe(True, detail)
+    detail += f", {role}, cluster_state:{state.get('cluster_state', '?')}"
+    return Probe(state.get("cluster_state") == "ok", detail)
+
+
+async def cluster_info(client: Any) -> dict[str, str]:
+    """``CLUSTER INFO`` of one node as text fields (cluster_state, cluster_size, cluster_known_nodes, ...)."""
+    raw = await client.execute_command("CLUSTER", "INFO")
+    if isinstance(raw, dict):  # redis-py parsed it
+        return {str(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items()}
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    fields = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in fields}
