@@ -7,6 +7,8 @@ One ``stack up --brokers 3 --redis-cluster`` per module (conftest.py), then, in 
    clients of the state dir find the whole topology in credentials.env;
 2. a Kafka broker SIGKILLed mid-stream: an idempotent producer (acks=all) keeps sending, a consumer keeps reading,
    every acknowledged record is read exactly once (before the broker comes back, and again after);
+   2b. the same under a real worker (on the session's single redis-server): every title's play counter equals the
+   topic's log applied once, and every acknowledged event is in that log;
 3. a Redis master SIGKILLed: its replica is promoted within seconds, and a cluster client
    (``foundation.redis_io.redis_client``) keeps writing and reading keys of all slots; keys written (and
    replicated: ``WAIT``) before the kill are still there;
@@ -264,6 +266,87 @@ async def test_kafka_broker_killed_mid_stream_loses_no_acknowledged_record(clust
     log = Counter(await _read_all(settings, topic))
     assert all(log[n] == 1 for n in acked), "an acknowledged record is missing or duplicated"
     assert set(log) <= acked | failed
+
+
+# --- 2b. A broker SIGKILLed under a real worker ------------------------------------------------------------
+
+WORKER_USERS = 12
+WORKER_ITEMS = 10
+WORKER_EVENTS = 600
+WORKER_KILL_AT = 200
+
+
+async def test_a_worker_on_the_kafka_cluster_applies_exactly_once_through_a_broker_kill(
+    cluster_stack: ClusterStack, stack: Settings, redis_client: aioredis.Redis
+) -> None:
+    """Kills: the broker leading partition 0 of the interactions topic (SIGKILL), mid-stream, under a real worker
+    (in-process, on the session's single redis-server: a Kafka cluster before Redis Cluster). Compares: each
+    title's play counter in Redis with the plays in the topic (read back after the broker returns), and the
+    acknowledged sends with that log: nothing acknowledged lost, nothing applied twice."""
+    from test_worker_dead_letters import T0, _play, _upsert, _wait_for, per_test_settings, running_worker
+
+    from foundation.topics import ensure_topics_retrying
+    from online_state.keys import DEFAULT_KEYS
+
+    kafka = cluster_stack.settings
+    settings = per_test_settings(stack, "kcluster").model_copy(update={
+        name: getattr(kafka, name) for name in (
+            "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+            "kafka_sasl_password", "kafka_ssl_cafile", "kafka_replication_factor")
+    })
+    assert settings.kafka_replication_factor == 3
+    await ensure_topics_retrying(settings)
+    layout = StackLayout.from_settings(cluster_stack.base)
+    producer = make_producer(settings, request_timeout_ms=40_000)
+    await producer.start()
+    acked: set[str] = set()
+    victim = -1
+    try:
+        for item in range(WORKER_ITEMS):
+            await producer.send_and_wait(settings.topic_catalog, _upsert(f"i{item}", T0), key=f"i{item}".encode())
+        async with running_worker(settings) as worker:
+            for start in range(0, WORKER_EVENTS, 50):
+                if start == WORKER_KILL_AT:
+                    victim = (await _leaders(settings, settings.topic_interactions))[0] - 1
+                    record = process.read_record(layout.kafka_node(victim).pid_file)
+                    assert record is not None and process.owns(record)
+                    os.kill(record.pid, signal.SIGKILL)
+                batch = []
+                for n in range(start, start + 50):
+                    user, item = f"u{n % WORKER_USERS}", f"i{n % WORKER_ITEMS}"
+                    batch.append((f"e{T0 + n}", await producer.send(
+                        settings.topic_interactions, _play(user, item, T0 + n), key=user.encode())))
+                outcomes = await asyncio.gather(*(fut for _, fut in batch), return_exceptions=True)
+                acked.update(eid for (eid, _), out in zip(batch, outcomes, strict=True)
+                             if not isinstance(out, BaseException))
+
+            async def applied_all() -> bool:
+                return worker.processed + worker.duplicates >= len(acked)
+
+            await _wait_for(applied_all, 90)  # the worker goes on with two brokers
+    finally:
+        await stop_quietly(producer)
+        if victim >= 0:
+            again = await manager.up(cluster_stack.base)  # the broker returns for the tests after this one
+            assert again.started == (f"kafka-{victim}",)
+    assert len(acked) >= WORKER_EVENTS - 50, "the cluster did not fail over"
+    log: list[dict[str, Any]] = []
+    consumer, ends = await start_groupless(settings, settings.topic_interactions, auto_offset_reset="earliest")
+    try:
+        async with asyncio.timeout(60):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                got = await consumer.getmany(timeout_ms=500)
+                log += [json.loads(r.value) for records in got.values() for r in records]
+    finally:
+        await stop_quietly(consumer)
+    in_log = Counter(event["event_id"] for event in log)
+    assert acked <= set(in_log), "an acknowledged event is not in the log"
+    plays = Counter(event["item_id"] for event in {e["event_id"]: e for e in log}.values())
+    stored = {f"i{i}": int(await redis_client.hget(DEFAULT_KEYS.item_state(f"i{i}"), "play") or 0)
+              for i in range(WORKER_ITEMS)}
+    assert stored == {f"i{i}": plays[f"i{i}"] for i in range(WORKER_ITEMS)}  # each event applied exactly once
+    print(f"worker through the kill of kafka-{victim}: {len(acked)} of {WORKER_EVENTS} acknowledged, "
+          f"{sum(stored.values())} applied, {sum(in_log.values()) - len(in_log)} duplicate records in the log")
 
 
 # --- 3. A Redis master SIGKILLed -----------------------------------------------------------------------------
