@@ -62,16 +62,6 @@ def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
                                 stderr=subprocess.STDOUT)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 async def _scenario(own: Settings, artifacts: Path, tmp: Path) -> None:
     settings = own.model_copy(update={"api_key": ApiKey(KEY), "log_level": "WARNING"})
     env = settings_env(settings, base=dict(os.environ))
@@ -113,8 +103,8 @@ async def _scenario(own: Settings, artifacts: Path, tmp: Path) -> None:
         assert duplicates >= 2  # at least the triple POST's two repeats
     finally:
         await redis.aclose()
-        _stop(server)
-        _stop(worker)
+        process.terminate(server)
+        process.terminate(worker)
 
 
 def _play(user: str, n: int, items: list[str]) -> bytes:

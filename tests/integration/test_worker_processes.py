@@ -26,20 +26,18 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
+from test_worker_exactly_once import _assert_features  # the same comparison with the log applied once
 
 from foundation.child_env import settings_env
 from foundation.kafka_io import make_admin
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from models.dataset import load_log
-from models.features.state import EventBatch, ItemStatic
-from online_state import RedisFeatureStore
+from models.features.state import ItemStatic
 from online_state.keys import DEFAULT_KEYS
-from online_state.memory_store import MemoryFeatureStore
 from schemas.decoder import EventError, interaction_decoder
 from streams.metrics import MetricsPortInUse
 from streams.process_pool import ProcessSpec, WorkerPool, metrics_ports
@@ -213,24 +211,6 @@ async def _scrape(port: int) -> dict[str, float]:
     return {f"{s.labels['topic']}/{s.labels['outcome']}": s.value
             for family in text_string_to_metric_families(text) if family.name == "streamrec_worker_events"
             for s in family.samples if s.name == "streamrec_worker_events_total"}
-
-
-async def _assert_features(client: aioredis.Redis, world: _World) -> None:
-    """Every user's and item's features equal the log applied once, in memory."""
-    truth = MemoryFeatureStore(world.static)
-    for start in range(0, len(world.events), 1000):
-        await truth.apply(EventBatch.from_events(world.events[start:start + 1000], world.static))
-    store = RedisFeatureStore(client, world.static)
-    now = max(e.ts for e in world.events) + 1
-    items = list(world.static.item_ids)
-    got, want = await store.read("nobody", items, now), await truth.read("nobody", items, now)
-    np.testing.assert_array_equal(got.items.counts, want.items.counts)
-    assert got.items.counts.sum() > 1000  # real state was compared
-    for user in sorted({e.user_id for e in world.events}):
-        got, want = await store.read(user, [], now), await truth.read(user, [], now)
-        for f in dataclasses.fields(got.user):
-            np.testing.assert_array_equal(getattr(got.user, f.name), getattr(want.user, f.name),
-                                          err_msg=f"user {user}, {f.name}")
 
 
 async def test_processes_share_the_partitions_apply_once_and_stop_together(
