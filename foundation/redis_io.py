@@ -85,3 +85,11 @@ def redis_client_sync(
         client: Any = redis.cluster.RedisCluster.from_url(target, **{**options, **overrides})
         return client
     return redis.Redis.from_url(target, **{**connection_options(settings, target), **overrides})
+
+
+async def mget_any(client: Any, keys: list[str]) -> list[Any]:
+    """``MGET`` of keys in any slots: one command on one redis-server, split by slot on a cluster (redis-py's
+    ``mget_nonatomic``; a plain ``MGET`` there is refused as ``CROSSSLOT``)."""
+    if isinstance(client, aiocluster.RedisCluster):
+        return list(await client.mget_nonatomic(keys))
+    return list(await client.mget(keys))

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse, urlunparse
 
 from dotenv import dotenv_values
@@ -190,6 +190,12 @@ class Settings(BaseSettings):
         64, ge=0, le=4096, description="Event ids remembered per user (8-byte digests, next to the user's state, "
         "same TTL): an interaction whose event_id is among its user's last N applied ones is skipped, so a "
         "client may retry any of a user's last N events; 0: no de-duplication (streams/dedupe.py)."
+    )
+
+    worker_protocol: Literal["slots", "transaction"] = Field(
+        "slots", description="How a stream worker applies a partition batch exactly once: `slots`, per-hash-slot "
+        "idempotent units (streams/slot_protocol.py; one redis-server or Redis Cluster); `transaction`, one "
+        "MULTI per batch (streams/batch_protocol.py; one redis-server only). A cluster always uses `slots`."
     )
 
     # --- Serving (HTTP) --------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Every Redis key of the system, built from one prefix by one object (:class:`KeyLayout`).
 
-Workers, servers, tools and tests take their keys from here, so the layout is written down once. Each
-key is self-contained (no hash tags), so every key works on Redis Cluster, where a key's slot is its own.
+Workers, servers, tools and tests take their keys from here, so the layout is written down once. The four keys
+a user owns carry the hash tag ``{u:<user>}``: on Redis Cluster they are one slot, so one user's state is one atomic
+unit for the worker's per-slot writes (``docs/cluster-exactly-once.md``) and the server's per-request user read is
+one slot, one round trip. Every other key is self-contained (its slot is its own).
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ DEFAULT_PREFIX: Final = "sr"
 _GLOB: Final = frozenset("*?[]")
 
 
+def user_tag(user_id: str) -> str:
+    """The hash tag of a user's keys. ``u:`` keeps the tag non-empty whatever the id (an empty ``{}`` tag would
+    not count), and the tag ends at the first ``}``, so an id containing one still gives its four keys one slot."""
+    return f"{{u:{user_id}}}"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyLayout:
     """The key of every piece of online state under ``prefix`` (``sr`` unless settings say otherwise).
@@ -22,11 +30,11 @@ class KeyLayout:
     ======================================= ====== ==========================================================
     key                                     type   what (module with the value's codec)
     ======================================= ====== ==========================================================
-    ``sr:u:{user}``                         STRING a user's feature state (:mod:`online_state.feature_codec`)
+    ``sr:u:{u:<user>}``                     STRING a user's feature state (:mod:`online_state.feature_codec`)
     ``sr:i:{item}``                         HASH   an item's feature state (:mod:`online_state.feature_codec`)
-    ``sr:uv:{user}``                        STRING a user's online vector (:mod:`online_state.user_vectors`)
-    ``sr:s:{user}``                         STRING a user's session (:mod:`online_state.sessions`)
-    ``sr:ew:{user}``                        STRING a user's last applied event ids (:mod:`streams.dedupe`)
+    ``sr:uv:{u:<user>}``                    STRING a user's online vector (:mod:`online_state.user_vectors`)
+    ``sr:s:{u:<user>}``                     STRING a user's session (:mod:`online_state.sessions`)
+    ``sr:ew:{u:<user>}``                    STRING a user's last applied event ids (:mod:`streams.dedupe`)
     ``sr:trend:{window}:{scope}:g{gen}``    ZSET   trending counts (:mod:`online_state.trending`)
     ``sr:new_releases``                     ZSET   item id -> release ts (:mod:`online_state.trending`)
     ``sr:il:{space:08x}:{item}``            HASH   a title's online learning sums (:mod:`online_state.item_learning`)
@@ -35,7 +43,7 @@ class KeyLayout:
     ``sr-auth:api-keys``                    HASH   key name -> sha256 and scopes (:mod:`online_state.api_keys`)
     ======================================= ====== ==========================================================
 
-    Passing ``"*"`` as an id gives the SCAN pattern of a family (``user_state("*") == "sr:u:*"``).
+    Passing ``"*"`` as an id gives the SCAN pattern of a family (``user_state("*") == "sr:u:{u:*}"``).
     """
 
     prefix: str = DEFAULT_PREFIX
@@ -47,20 +55,28 @@ class KeyLayout:
             raise ValueError(f"Redis key prefix {self.prefix!r} must be non-empty and free of glob characters")
 
     def user_state(self, user_id: str) -> str:
-        return f"{self.prefix}:u:{user_id}"
+        return f"{self.prefix}:u:{user_tag(user_id)}"
+
+    def is_user_key(self, key: str) -> bool:
+        """Whether ``key`` is one of the four keys a user owns (the per-slot protocol's user stage)."""
+        return key.startswith(self._user_families)
+
+    @property
+    def _user_families(self) -> tuple[str, ...]:
+        return tuple(f"{self.prefix}:{family}:{{u:" for family in ("u", "uv", "s", "ew"))
 
     def item_state(self, item_id: str) -> str:
         return f"{self.prefix}:i:{item_id}"
 
     def user_vector(self, user_id: str) -> str:
-        return f"{self.prefix}:uv:{user_id}"
+        return f"{self.prefix}:uv:{user_tag(user_id)}"
 
     def session(self, user_id: str) -> str:
-        return f"{self.prefix}:s:{user_id}"
+        return f"{self.prefix}:s:{user_tag(user_id)}"
 
     def event_window(self, user_id: str) -> str:
         """Digests of the user's last applied event ids (de-duplication of retried events)."""
-        return f"{self.prefix}:ew:{user_id}"
+        return f"{self.prefix}:ew:{user_tag(user_id)}"
 
     def trending(self, window: str, scope: str, generation: int | str) -> str:
         """One generation of one window and scope (``scope``: ``all``, ``country:US``, ...)."""

@@ -115,7 +115,9 @@ class RedisFeatureStore(OnlineFeatureStore):
         bulk: bool = False,
         read_back: bool = False,
     ) -> None:
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        pool = getattr(client, "connection_pool", None)  # a cluster client has one per node, same options
+        options = pool.connection_kwargs if pool is not None else client.get_connection_kwargs()
+        if options.get("decode_responses"):
             raise ValueError("RedisFeatureStore needs a client with decode_responses=False (it parses bytes)")
         self.client = client
         self.static = static
@@ -276,9 +278,12 @@ class RedisFeatureStore(OnlineFeatureStore):
         if plan.row_items:
             if self.bulk:
                 rows: list[tuple[int, Any]] = decode_rows(replies[plan.row_replies[0]])
-            else:  # HINCRBY v, then HGETALL (a dict by redis-py's callback)
-                rows = [(int(replies[i - 1]), replies[i]) for i in plan.row_replies]
-            plan.rows = dict(zip(plan.row_items, rows, strict=True))
+                plan.rows = dict(zip(plan.row_items, rows, strict=True))
+            else:  # HINCRBY v, then HGETALL (a dict by redis-py's callback); None where the write was skipped
+                # (the per-slot protocol: that slot had the batch already, streams.slot_protocol)
+                plan.rows = {item: (int(replies[i - 1]), replies[i])
+                             for item, i in zip(plan.row_items, plan.row_replies, strict=True)
+                             if replies[i] is not None}
 
     def failed(self, plan: ApplyPlan) -> None:
         """The transaction did not commit: nothing was deleted, so the clean-ups are due again."""

@@ -1,30 +1,27 @@
 """Per-slot idempotent writes: one function call applies a batch's writes to the keys of one hash slot, once.
 
-The unit of exactly-once on Redis Cluster (design: ``docs/cluster-exactly-once.md``). Each hash slot ``s`` has a
-marker hash, :meth:`online_state.keys.KeyLayout.applied` (in slot ``s`` through its tag), whose field
-``<stage>|<topic>|<partition>`` is the last offset of that partition whose writes to the slot's keys were
-applied. A call carries the batch's offsets ``first..last`` and, atomically inside Redis:
+The unit of exactly-once on Redis Cluster (design: ``docs/cluster-exactly-once.md``; the client side:
+:mod:`streams.slot_protocol`). Each hash slot ``s`` has a marker hash, :meth:`online_state.keys.KeyLayout.applied`
+(in slot ``s`` through its tag), whose field ``<stage>|<topic>|<partition>`` is the last offset of that partition
+whose writes to the slot's keys were applied. A call carries the batch's offsets ``first..last`` and, atomically
+inside Redis, per section (one slot's writes):
 
-- marker ``>= last``: ``SKIPPED`` (the slot has the whole batch: a redelivery, a client retry);
-- ``first <= marker < last``: ``PARTIAL`` with the marker, nothing written: the caller recomputes the slot's
-  writes from the records after it (a redelivery cut at other offsets) and calls again;
-- marker ``< first``: the writes are applied and the marker set to ``last``: ``APPLIED``.
+- marker ``>= last``: ``SKIPPED`` (the slot has the whole batch: a redelivery, a client retry, a zombie);
+- ``first <= marker < last``: ``PARTIAL`` with the marker, nothing written: the slot holds a batch that ended at
+  the marker (a crashed worker's or a zombie's cut); the caller re-cuts its batch there;
+- marker ``< first``: the section's commands run and the marker is set to ``last``: ``APPLIED``, with their replies.
 
 So a slot's state and its marker change together, also on a replica (Redis replicates a function's writes as
 one transaction), and a replay of any records in any batching applies each record once per slot. The same calls
-run on one redis-server, where every slot lives on the one node.
+run on one redis-server, where every slot lives on the one node and one call carries every section of a stage.
 
-Library ``streamrec_slots`` (``FUNCTION LOAD REPLACE``, :func:`load_slot_functions`; on a cluster redis-py
-sends it to every primary). ``streamrec_slot_hincr``: ``ARGV`` = field, last, payload; the payload (msgpack) is a
-list of *sections*, one per slot, ``[first, [entry, ...]]``, and ``KEYS`` holds per section its marker then its
-item hashes (one per entry). An entry is ``[[field, amount, ...], [prefix, epoch, amount, ...]]`` as in
-:mod:`online_state.redis_functions`' ``streamrec_hincr`` (counts, then popularity epochs; a new epoch field
-deletes the item's fields of epochs ``e-2 .. e-6``). The reply: per section, its gate and marker. Each section is
-gated and applied on its own, so a call of several sections is just several slot units sent as one command: on
-Redis Cluster a call may only hold one slot's section (``CROSSSLOT``); on one redis-server one call carries the
-whole batch (one command instead of one per slot: the single node keeps its throughput). The function checks the
-shape of its input before its first write (Redis does not roll back a function that fails half-way).
-Offsets travel as decimal strings and are compared as Lua numbers (exact below 2**53).
+Library ``streamrec_slots`` (``FUNCTION LOAD REPLACE``, :func:`load_slot_functions`; on a cluster redis-py sends
+it to every primary). ``streamrec_slot_apply``: ``ARGV`` = field, last, payload, checkpoint; the payload (msgpack)
+is a list of sections ``[first, marker's index in KEYS, [[command, key, arg, ...], ...]]``, and ``KEYS`` holds
+every marker and key (declared, as Redis Cluster requires). ``checkpoint`` (an index in ``KEYS``, 0: none): set
+that key to ``last`` too when no section was ``PARTIAL`` (one server only, where the key may be in another slot).
+The function checks the shape of its input before its first write (Redis does not roll back a function that fails
+half-way). Offsets travel as decimal strings and are compared as Lua numbers (exact below 2**53).
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ from typing import Any, Final
 import msgspec
 
 LIBRARY: Final = """#!lua name=streamrec_slots
--- v2: streamrec_slot_hincr over sections (see online_state/slot_markers.py)
+-- v3: streamrec_slot_apply, the worker's per-slot writes (see online_state/slot_markers.py)
 
 local function marker_gate(marker, field, first, last)
   local stored = redis.call('HGET', marker, field)
@@ -48,54 +45,53 @@ local function marker_gate(marker, field, first, last)
   return nil, m
 end
 
-local function hincr_item(key, entry)
-  local counts, pops = entry[1], entry[2]
-  for j = 1, #counts, 2 do
-    redis.call('HINCRBY', key, counts[j], counts[j + 1])
-  end
-  for j = 1, #pops, 3 do
-    local prefix, epoch, amount = pops[j], tonumber(pops[j + 1]), pops[j + 2]
-    local value = redis.call('HINCRBY', key, prefix .. ':' .. epoch, amount)
-    if value == tonumber(amount) then
-      redis.call('HDEL', key, prefix .. ':' .. (epoch - 2), prefix .. ':' .. (epoch - 3),
-                 prefix .. ':' .. (epoch - 4), prefix .. ':' .. (epoch - 5), prefix .. ':' .. (epoch - 6))
-    end
-  end
-end
-
-local function slot_hincr(keys, args)
+-- ARGV: field, last, payload, checkpoint (index in KEYS of the partition's checkpoint key, 0: none).
+-- payload: sections {first, marker index in KEYS, {{command, key, arg...}, ...}}.
+local function slot_apply(keys, args)
   local field, last = args[1], args[2]
   local sections = cmsgpack.unpack(args[3])
-  local expected = 0
-  for s = 1, #sections do
-    expected = expected + 1 + #sections[s][2]
+  local checkpoint = tonumber(args[4]) or 0
+  if type(sections) ~= 'table' or (checkpoint ~= 0 and type(keys[checkpoint]) ~= 'string') then
+    return redis.error_reply('streamrec_slot_apply: bad payload or checkpoint index')
   end
-  if expected ~= #keys then
-    return redis.error_reply('streamrec_slot_hincr: ' .. #keys .. ' keys for ' .. expected .. ' in the payload')
+  for s = 1, #sections do  -- the shape of everything before the first write: a function is not rolled back
+    local sec = sections[s]
+    if type(sec) ~= 'table' or tonumber(sec[1]) == nil or type(keys[sec[2]]) ~= 'string'
+        or type(sec[3]) ~= 'table' then
+      return redis.error_reply('streamrec_slot_apply: bad section ' .. s)
+    end
+    for i = 1, #sec[3] do
+      local command = sec[3][i]
+      if type(command) ~= 'table' or type(command[1]) ~= 'string' or type(command[2]) ~= 'string' then
+        return redis.error_reply('streamrec_slot_apply: bad command ' .. i .. ' of section ' .. s)
+      end
+    end
   end
   local out = {}
-  local k = 1
+  local partial = false
   for s = 1, #sections do
-    local first, entries = sections[s][1], sections[s][2]
-    local marker = keys[k]
-    local gate, m = marker_gate(marker, field, first, last)
+    local sec = sections[s]
+    local marker = keys[sec[2]]
+    local gate, m = marker_gate(marker, field, sec[1], last)
     if gate then
-      out[#out + 1] = gate
-      out[#out + 1] = m
+      out[s] = {gate, m}
+      if gate == 2 then partial = true end
     else
-      for i = 1, #entries do
-        hincr_item(keys[k + i], entries[i])
+      local commands, replies = sec[3], {}
+      for i = 1, #commands do
+        replies[i] = redis.call(unpack(commands[i]))
       end
       redis.call('HSET', marker, field, last)
-      out[#out + 1] = 1
-      out[#out + 1] = tonumber(last)
+      out[s] = {1, tonumber(last), replies}
     end
-    k = k + 1 + #entries
+  end
+  if checkpoint ~= 0 and not partial then
+    redis.call('SET', keys[checkpoint], last)
   end
   return out
 end
 
-redis.register_function('streamrec_slot_hincr', slot_hincr)
+redis.register_function('streamrec_slot_apply', slot_apply)
 """
 
 ITEM_STAGE: Final = "i"  # item-level writes (counters, trending, item learning): sent first
@@ -124,24 +120,32 @@ def marker_field(stage: str, topic: str, partition: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Section:
-    """One slot's share of a call: its marker, the first offset it carries, its item hashes and increments."""
+class CommandSection:
+    """One slot's share of a stage, for ``streamrec_slot_apply``: its marker and its recorded write commands
+    (``(name, key, arg, ...)``, every key in the marker's slot; values already bytes or text)."""
 
     marker: str
-    first: int
-    keys: Sequence[str]
-    entries: Sequence[tuple[list[str], list[str]]]
+    commands: Sequence[Sequence[Any]]
 
 
-def queue_slot_hincr(pipe: Any, field: str, last: int, sections: Sequence[Section]) -> int:
-    """Queue one call of ``sections`` (on a cluster: of one slot; on one server: any) for the offsets up to ``last``
-    of the marker field's partition; its reply goes to :func:`parse_gates`. Returns the sections queued."""
-    keys = [key for section in sections for key in (section.marker, *section.keys)]
-    payload = _pack([(str(section.first), section.entries) for section in sections])
-    pipe.execute_command("FCALL", "streamrec_slot_hincr", len(keys), *keys, field, str(last), payload)
-    return len(sections)
+def queue_slot_apply(pipe: Any, field: str, first: int, last: int, sections: Sequence[CommandSection],
+                     checkpoint: str | None = None) -> None:
+    """Queue one ``streamrec_slot_apply`` of ``sections`` (on a cluster: of one slot; on one server: any) for the
+    offsets ``first..last`` of the marker field's partition. ``checkpoint``: also set this key to ``last`` when
+    no section was ``PARTIAL`` (one server only: the key is in its own slot). Reply: :func:`parse_sections`."""
+    keys: list[str] = []
+    payload = []
+    for section in sections:
+        keys.append(section.marker)
+        payload.append((first, len(keys), section.commands))
+        keys.extend(dict.fromkeys(str(command[1]) for command in section.commands))
+    if checkpoint is not None:
+        keys.append(checkpoint)
+    pipe.execute_command("FCALL", "streamrec_slot_apply", len(keys), *keys, field, str(last), _pack(payload),
+                         len(keys) if checkpoint is not None else 0)
 
 
-def parse_gates(reply: Sequence[Any]) -> list[tuple[Gate, int]]:
-    """A call's reply: per section, what it did and the slot's marker (after the call when applied)."""
-    return [(Gate(int(reply[i])), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+def parse_sections(reply: Sequence[Any]) -> list[tuple[Gate, int, list[Any] | None]]:
+    """A ``streamrec_slot_apply`` reply: per section, its gate, the slot's marker (after the call when applied)
+    and, when applied, the replies of its commands (raw: no redis-py callbacks)."""
+    return [(Gate(int(r[0])), int(r[1]), list(r[2]) if len(r) > 2 else None) for r in reply]

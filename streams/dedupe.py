@@ -135,6 +135,14 @@ class EventWindows:
         """``MGET`` of the users' windows, as a recorded command (:mod:`streams.redis_batch`)."""
         return ("MGET", *(self.keys.event_window(u) for u in users)), {}
 
+    def read_commands(self, users: Sequence[str], *, per_key: bool) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        """The users' windows as recorded commands: one ``MGET`` (one redis-server), or one ``GET`` per user
+        (``per_key``: Redis Cluster, where each user is its own slot); the replies go to :meth:`filter`
+        (``MGET``'s one reply, or the ``GET`` s' replies)."""
+        if not per_key:
+            return [self.read_command(users)]
+        return [(("GET", self.keys.event_window(u)), {}) for u in users]
+
     def filter(self, events: Sequence[_UserEvent], users: Sequence[str], replies: Sequence[bytes | None]) -> Deduped:
         return dedupe(events, dict(zip(users, replies, strict=True)), self.size)
 

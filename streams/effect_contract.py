@@ -21,6 +21,7 @@ from online_state.keys import KeyLayout
 from online_state.offsets import parse_stored
 from streams.batch_protocol import Outcome, apply_batch
 from streams.effects import Batch, BatchInfo, Effect
+from streams.slot_protocol import SlotProtocol
 
 # Builds a fresh effect whose keys live under the given layout.
 BuildEffect = Callable[[KeyLayout], Effect[Any]]
@@ -40,6 +41,9 @@ class ContractCase:
     unknown: Sequence[Any]  # events whose users and items the bundle and the catalogue do not know
     # Effects whose state this one reads, built for the same keys: applied with it in every batch.
     companions: Callable[[KeyLayout], list[Effect[Any]]] = lambda keys: []
+    # How batches are applied: "transaction" (streams.batch_protocol: one MULTI, one redis-server) or "slots"
+    # (streams.slot_protocol: per-slot units, one redis-server or Redis Cluster; the effects' bulk must be off).
+    protocol: str = "transaction"
 
     def effects(self, keys: KeyLayout) -> list[Effect[Any]]:
         """A fresh effect and its companions, as one worker process runs them."""
@@ -47,14 +51,16 @@ class ContractCase:
 
 
 async def apply_events(redis: Any, effects: Sequence[Effect[Any]], keys: KeyLayout, topic: str,
-                       events: Sequence[Any], first_offset: int) -> Outcome:
-    """``events`` as one batch at offsets ``first_offset..``, through the exactly-once protocol."""
+                       events: Sequence[Any], first_offset: int, protocol: str = "transaction") -> Outcome:
+    """``events`` as one batch at offsets ``first_offset..``, through the exactly-once ``protocol``."""
     records = [SimpleNamespace(offset=first_offset + k, event=event) for k, event in enumerate(events)]
 
     async def prepare(fresh: Sequence[Any]) -> Batch[Any]:
         info = BatchInfo(topic, PARTITION, fresh[0].offset, fresh[-1].offset)
         return Batch(info, [record.event for record in fresh])
 
+    if protocol == "slots":
+        return await SlotProtocol(redis, keys).apply(topic, PARTITION, records, prepare, effects)
     return await apply_batch(redis, keys.offset(topic, PARTITION), records, prepare, effects)
 
 
@@ -62,8 +68,11 @@ async def snapshot(redis: Any, keys: KeyLayout) -> dict[str, Any]:
     """Every key under the layout's prefix (prefix stripped) with its value; sorted sets as ``{member: score}``."""
     out: dict[str, Any] = {}
     start = len(keys.prefix) + 1
+    markers = keys.applied(0).split("{")[0]  # the per-slot protocol's bookkeeping, not state: cuts differ
     async for raw in redis.scan_iter(match=keys.everything, count=1000):
         key = raw.decode() if isinstance(raw, bytes) else raw
+        if key.startswith(markers):
+            continue
         kind = await redis.type(key)
         kind = kind.decode() if isinstance(kind, bytes) else kind
         if kind == "string":
@@ -106,7 +115,7 @@ async def check_empty_batch_queues_nothing(case: ContractCase, redis: Any, keys:
 
 async def check_unknown_users_and_items(case: ContractCase, redis: Any, keys: KeyLayout) -> None:
     """Users and items the bundle and the catalogue do not know are applied (or ignored), never an error."""
-    outcome = await apply_events(redis, case.effects(keys), keys, case.topic, case.unknown, 0)
+    outcome = await apply_events(redis, case.effects(keys), keys, case.topic, case.unknown, 0, case.protocol)
     assert outcome.applied == len(case.unknown)
     assert parse_stored(await redis.get(keys.offset(case.topic, PARTITION))) == len(case.unknown) - 1
 
@@ -115,12 +124,13 @@ async def check_redelivery_changes_nothing(case: ContractCase, redis: Any, keys:
     """A batch delivered again (whole, or a part of it) is skipped by its stored offsets: the state stays."""
     effects = case.effects(keys)
     events = [*case.events, *case.unknown]
-    await apply_events(redis, effects, keys, case.topic, events, 0)
+    await apply_events(redis, effects, keys, case.topic, events, 0, case.protocol)
     before = await snapshot(redis, keys)
-    again = await apply_events(redis, case.effects(keys), keys, case.topic, events, 0)  # a restarted worker
+    # a restarted worker:
+    again = await apply_events(redis, case.effects(keys), keys, case.topic, events, 0, case.protocol)
     assert (again.skipped, again.applied) == (len(events), 0)
     half = len(events) // 2
-    tail = await apply_events(redis, effects, keys, case.topic, events[half:], half)
+    tail = await apply_events(redis, effects, keys, case.topic, events[half:], half, case.protocol)
     assert (tail.skipped, tail.applied) == (len(events) - half, 0)
     assert_same_state(await snapshot(redis, keys), before, f"{case.name} after a redelivery")
 
@@ -129,12 +139,12 @@ async def check_batching_does_not_matter(case: ContractCase, redis: Any, keys: K
     """The same events in one batch or in two give the same state."""
     events = [*case.events, *case.unknown]
     whole = KeyLayout(f"{keys.prefix}-whole")
-    await apply_events(redis, case.effects(whole), whole, case.topic, events, 0)
+    await apply_events(redis, case.effects(whole), whole, case.topic, events, 0, case.protocol)
     split = KeyLayout(f"{keys.prefix}-split")
     effects = case.effects(split)
     cut = len(events) // 3
-    await apply_events(redis, effects, split, case.topic, events[:cut], 0)
-    await apply_events(redis, effects, split, case.topic, events[cut:], cut)
+    await apply_events(redis, effects, split, case.topic, events[:cut], 0, case.protocol)
+    await apply_events(redis, effects, split, case.topic, events[cut:], cut, case.protocol)
     assert_same_state(await snapshot(redis, split), await snapshot(redis, whole), f"{case.name} in two batches")
 
 

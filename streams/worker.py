@@ -38,7 +38,7 @@ from redis.exceptions import OutOfMemoryError
 from foundation.blas_threads import limit_blas_threads
 from foundation.kafka_io import make_consumer, make_producer, producer_failure, stop_quietly
 from foundation.logs import get_logger
-from foundation.redis_io import redis_client
+from foundation.redis_io import mget_any, redis_client
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from models.bundle import Bundle, BundleError, open_bundle
@@ -46,6 +46,7 @@ from online_state.keys import DEFAULT_PREFIX, KeyLayout
 from online_state.offsets import parse_stored
 from online_state.redis_functions import functions_available, is_missing_function, load_functions
 from online_state.redis_store import DEFAULT_USER_TTL_S
+from online_state.slot_markers import load_slot_functions
 from schemas.decoder import catalog_decoder, interaction_decoder
 from streams import metrics
 from streams.batch_protocol import Fenced, apply_batch
@@ -56,6 +57,7 @@ from streams.effects_registry import CATALOG_EFFECTS, FEATURES_ONLY, INTERACTION
 from streams.intake import Intake
 from streams.offsets import resume_position
 from streams.rebuild import delete_state
+from streams.slot_protocol import SlotProtocol
 
 log = get_logger(__name__)
 
@@ -180,6 +182,9 @@ class Worker:
         self.processed = 0
         self.duplicates = 0  # interaction events dropped as already applied (streams.dedupe)
         self.windows: EventWindows | None = None
+        # The per-slot protocol (streams.slot_protocol), or None: one MULTI per batch (streams.batch_protocol).
+        self.slots: SlotProtocol | None = None
+        self._position: dict[Any, int] = {}  # per partition, the last offset this worker applied (slot protocol)
         self.oom = OomPause(self.options.oom_backoff_s, self.options.oom_backoff_max_s)
         self._committed_round = False
         self._metrics_served = False
@@ -196,6 +201,7 @@ class Worker:
         self._redis_warm = False
         self._last: dict[Any, int] = {}
         self._uncommitted: set[Any] = set()
+        self._position = {}
 
     @property
     def rejected(self) -> int:
@@ -221,9 +227,15 @@ class Worker:
         if o.rebuild:
             deleted = await delete_state(self.redis, self.keys)
             log.warning("worker.rebuild", deleted_keys=deleted)
-        self.bulk = o.bulk and await functions_available(self.redis)
-        if o.bulk and not self.bulk:
-            log.warning("worker.no_redis_functions", reason="FUNCTION LOAD failed: one command per key (slower)")
+        if s.redis_cluster or s.worker_protocol == "slots":
+            # Per-slot units carry one command per key (a bulk FCALL spans slots), and run as a Redis Function.
+            await load_slot_functions(self.redis)
+            self.slots = SlotProtocol(self.redis, self.keys)
+            self.bulk = False
+        else:
+            self.bulk = o.bulk and await functions_available(self.redis)
+            if o.bulk and not self.bulk:
+                log.warning("worker.no_redis_functions", reason="FUNCTION LOAD failed: one command per key (slower)")
         self.windows = (EventWindows(self.keys, s.worker_dedupe_window, DEFAULT_USER_TTL_S, bulk=self.bulk)
                         if s.worker_dedupe_window > 0 else None)
         await ensure_topics_retrying(s)
@@ -370,7 +382,14 @@ class Worker:
             self._redis_warm = True
             await self._warm_redis()
         try:
-            while True:
+            while self.slots is not None:
+                outcome = await self.slots.apply(topic, tp.partition, records, partial(self.intake.batch, tp, decoder),
+                                                 effects, windows, position=self._position.get(tp))
+                self._position[tp] = outcome.position
+                if outcome.recuts:
+                    metrics.FENCED.labels(topic).inc(outcome.recuts)
+                break
+            while self.slots is None:
                 try:
                     outcome = await apply_batch(self.redis, self.keys.offset(topic, tp.partition), records,
                                                 partial(self.intake.batch, tp, decoder), effects, windows)
@@ -386,9 +405,9 @@ class Worker:
         except Exception as exc:
             metrics.FAILURES.labels(topic).inc()
             log.error("worker.batch_failed", topic=topic, partition=tp.partition, error=repr(exc))
-            if self.bulk and is_missing_function(exc):  # a Redis restarted without persistence lost them
+            if is_missing_function(exc):  # a Redis restarted without persistence lost them
                 with contextlib.suppress(Exception):
-                    await load_functions(self.redis)
+                    await (load_slot_functions(self.redis) if self.slots is not None else load_functions(self.redis))
             with contextlib.suppress(Exception):
                 self.consumer.seek(tp, records[0].offset)
             await asyncio.sleep(1.0)
@@ -411,7 +430,9 @@ class Worker:
     async def _warm_redis(self) -> None:
         """Open, at once, the connections the concurrent batches will hold: setting one up is several round
         trips, which a batch would otherwise spend between its WATCH and its EXEC."""
-        pool = self.redis.connection_pool
+        pool = getattr(self.redis, "connection_pool", None)
+        if pool is None:  # a cluster client: its nodes' connections open on first use
+            return
         conns = await asyncio.gather(*(pool.get_connection() for _ in range(max(1, self.options.concurrency) + 1)),
                                      return_exceptions=True)
         for conn in conns:
@@ -443,9 +464,10 @@ class Worker:
         if not assigned:
             return
         tps = sorted(assigned)
-        stored = await self.redis.mget([self.keys.offset(tp.topic, tp.partition) for tp in tps])
+        stored = await mget_any(self.redis, [self.keys.offset(tp.topic, tp.partition) for tp in tps])
         to_start = []
         for tp, raw in zip(tps, stored, strict=True):
+            self._position[tp] = parse_stored(raw)
             position = resume_position(parse_stored(raw))
             if position is None:
                 to_start.append(tp)
@@ -461,6 +483,7 @@ class Worker:
                 await self._commit_kafka()
             for tp in revoked:
                 self._last.pop(tp, None)
+                self._position.pop(tp, None)
         if revoked:
             log.info("worker.revoked", partitions=[f"{tp.topic}:{tp.partition}" for tp in sorted(revoked)])
 

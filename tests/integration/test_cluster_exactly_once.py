@@ -1,12 +1,15 @@
-"""Exactly once without cross-slot transactions (``docs/cluster-exactly-once.md``): the features' item counters
-applied by per-slot idempotent calls (:mod:`streams.slot_apply`) on a real Redis Cluster of three masters started
-here, and on the single-node test stack (the same code).
+"""Exactly once without cross-slot transactions (``docs/cluster-exactly-once.md``): partition batches applied
+through the worker's per-slot protocol (:mod:`streams.slot_protocol`) with the features, trending, sessions and
+event-id de-duplication, on a real Redis Cluster of three masters started here and on the single-node test stack
+(the same code).
 
-Two source partitions write the same titles. Partition 0 crashes between two slots' calls (half of a batch's
-slot calls land), restarts from an older offset with other batch boundaries, both partitions see batches
-delivered again, and one slot loses partition 1's last batch as a failover to a lagging replica would (its
-hashes and its marker back to their values before the batch) before the batch is redone; every title's hash
-must equal the one a clean, once-through apply gives, and its counts the sums of the whole log.
+Two source partitions write the same titles, and their logs hold retried events (same ``event_id``). Partition 0
+crashes mid-batch: on the cluster half of its item stage's slot units land; everywhere a crash between the item
+and the user stage. Its successor resumes from the checkpoint with other batch boundaries (so slots answer
+``PARTIAL`` and the batch is re-cut), a zombie re-applies an old batch cut elsewhere, batches are delivered again,
+and one slot loses a batch as a failover to a lagging replica would (its keys and its marker back to their values
+before it) before the batch is redone. Every key (users, titles, trending, sessions, windows) must then equal what
+one clean pass over each log gives.
 """
 
 from __future__ import annotations
@@ -23,14 +26,20 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from models.features import spec
-from models.features.state import ITEM_COUNT_NAMES, EventBatch, ItemStatic, item_deltas
+from models.features.state import ItemStatic
 from online_state.keys import KeyLayout
 from online_state.redis_functions import load_functions
-from online_state.slot_markers import load_slot_functions
+from online_state.redis_store import RedisFeatureStore
+from online_state.slot_markers import ITEM_STAGE, USER_STAGE, load_slot_functions
 from online_state.slots import slot_of
 from schemas.events import AddToList, Click, Complete, Context, Impression, Play, Rating, Skip
-from streams.slot_apply import SlotOutcome, apply_item_counts, plan_item_calls, send_item_calls
+from streams.dedupe import EventWindows
+from streams.effect_contract import assert_same_state, snapshot
+from streams.effects import Batch, BatchInfo, Effect
+from streams.features import FeatureStoreEffect
+from streams.session import SessionEffect
+from streams.slot_protocol import SlotOutcome, SlotProtocol
+from streams.trending import TrendingEffect
 from tools.stack import scratch_cluster as scratch
 
 TOPIC = "interactions"
@@ -48,7 +57,9 @@ def make_log(seed: int, n: int) -> list[Any]:
     out: list[Any] = []
     for k, t in enumerate(ts):
         user, item = f"user-{seed}-{rng.integers(25)}", ITEMS[int(rng.zipf(1.6)) % len(ITEMS)]
-        common = {"event_id": f"e-{seed}-{k}", "ts": t, "schema_version": 1, "user_id": user}
+        # Every 11th event is a client's retry of the one before it (same event_id): de-duplicated.
+        common = {"event_id": f"e-{seed}-{k - 1 if k % 11 == 10 else k}", "ts": t, "schema_version": 1,
+                  "user_id": user}
         kind = k % 7
         ctx = Context(device="tv")
         if kind == 0:
@@ -78,11 +89,76 @@ def static() -> ItemStatic:
                             np.zeros(n, np.int8), np.zeros(n, np.bool_))
 
 
-async def item_hashes(redis: Any, keys: KeyLayout) -> dict[str, dict[bytes, bytes]]:
-    pipe = redis.pipeline(transaction=False)
-    for item in ITEMS:
-        pipe.hgetall(keys.item_state(item))
-    return {item: h for item, h in zip(ITEMS, await pipe.execute(), strict=True) if h}
+class Crash(Exception):
+    """A worker process dying at a chosen point of the protocol."""
+
+
+class CrashingProtocol(SlotProtocol):
+    """The protocol, dying once: after the item stage (``after_item``), or in the middle of the item stage with
+    only every other slot unit sent (``mid_item``: a cluster, where each slot is its own call)."""
+
+    def __init__(self, client: Any, keys: KeyLayout, where: str) -> None:
+        super().__init__(client, keys)
+        self.where = where
+        real_run = self.pipes.run
+
+        async def run(commands: Sequence[Any], *, wait: bool = False) -> list[Any]:
+            args = commands[0][0] if commands else ()
+            if self.where == "mid_item" and args[1:2] == ("streamrec_slot_apply",) \
+                    and str(args[-4]).startswith(ITEM_STAGE + "|"):
+                await real_run(commands[::2], wait=wait)
+                self.where = ""
+                raise Crash("killed mid item stage")
+            return await real_run(commands, wait=wait)
+
+        self.pipes.run = run  # type: ignore[method-assign]
+
+    async def _stage(self, stage: str, *args: Any, **kwargs: Any) -> list[int]:
+        if stage == USER_STAGE and self.where == "after_item":
+            self.where = ""
+            raise Crash("killed between the stages")
+        return await super()._stage(stage, *args, **kwargs)
+
+
+def effects(redis: Any, keys: KeyLayout, rows: ItemStatic) -> tuple[list[Effect[Any]], EventWindows]:
+    """The effects of one worker process (per-key writes, as on a cluster) and its de-duplication windows."""
+    store = RedisFeatureStore(redis, rows, keys=keys, bulk=False)
+    catalogue = SimpleNamespace(static=lambda: rows)
+    return ([FeatureStoreEffect(store, catalogue), TrendingEffect(keys=keys, bulk=False),  # type: ignore[arg-type]
+             SessionEffect(item_genres=None, keys=keys, bulk=False)],
+            EventWindows(keys, 64, None, bulk=False))
+
+
+async def prepare(fresh: Sequence[Any], partition: int) -> Batch[Any]:
+    return Batch(BatchInfo(TOPIC, partition, fresh[0].offset, fresh[-1].offset), [r.event for r in fresh])
+
+
+class Worker:
+    """One worker process's protocol and effects for one partition, applying the log in batches of ``size``."""
+
+    def __init__(self, redis: Any, keys: KeyLayout, rows: ItemStatic, partition: int, crash: str = "", *,
+                 dedupe: bool = True) -> None:
+        self.protocol = CrashingProtocol(redis, keys, crash) if crash else SlotProtocol(redis, keys)
+        self.effects, windows = effects(redis, keys, rows)
+        self.windows = windows if dedupe else None
+        self.partition = partition
+        self.outcomes: list[SlotOutcome] = []
+
+    async def run(self, log: Sequence[Any], lo: int, hi: int, size: int) -> None:
+        async def prep(fresh: Sequence[Any]) -> Batch[Any]:
+            return await prepare(fresh, self.partition)
+
+        for start in range(lo, hi, size):
+            batch = records(log, start, min(start + size, hi))
+            self.outcomes.append(await self.protocol.apply(TOPIC, self.partition, batch, prep, self.effects,
+                                                           self.windows, position=start - 1))
+
+    def total(self, name: str) -> int:
+        return sum(dict(o.sections).get(name, 0) for o in self.outcomes)
+
+
+async def keys_in_slot(redis: Any, keys: KeyLayout, slot: int) -> list[str]:
+    return [k.decode() async for k in redis.scan_iter(match=keys.everything, count=1000) if slot_of(k.decode()) == slot]
 
 
 async def dump(redis: Any, keys: Sequence[str]) -> dict[str, bytes | None]:
@@ -103,68 +179,84 @@ async def restore(redis: Any, values: dict[str, bytes | None]) -> None:
     await pipe.execute()
 
 
-async def apply_in_batches(redis: Any, keys: KeyLayout, partition: int, log: Sequence[Any], lo: int, hi: int,
-                           size: int, static_rows: ItemStatic) -> SlotOutcome:
-    total = SlotOutcome()
-    for start in range(lo, hi, size):
-        out = await apply_item_counts(redis, keys, TOPIC, partition, records(log, start, min(start + size, hi)),
-                                      static_rows)
-        total.applied += out.applied
-        total.skipped += out.skipped
-        total.partial += out.partial
-        total.round_trips += out.round_trips
-    return total
-
-
-async def crash_replay_compare(redis: Any, name: str) -> dict[str, SlotOutcome]:
-    """The scenario of the module docstring on ``redis`` (plain or cluster client); the outcomes by phase."""
+async def crash_replay_compare(redis: Any, name: str, cluster: bool) -> dict[str, Worker]:
+    """The scenario of the module docstring on ``redis`` (plain or cluster client); the workers by phase."""
     await load_slot_functions(redis)
     rows = static()
     logs = [make_log(1, 600), make_log(2, 400)]
     ref, eo = KeyLayout(f"{name}-ref"), KeyLayout(f"{name}-eo")
     for partition, log in enumerate(logs):  # the reference: each record once, in one clean pass
-        await apply_in_batches(redis, ref, partition, log, 0, len(log), 100, rows)
+        await Worker(redis, ref, rows, partition).run(log, 0, len(log), 100)
 
-    out: dict[str, SlotOutcome] = {}
-    await apply_in_batches(redis, eo, 0, logs[0], 0, 200, 100, rows)
-    await apply_in_batches(redis, eo, 1, logs[1], 0, 150, 150, rows)
-    # Partition 0's worker dies between two slots' calls: half of batch 200..299's slots hold it.
-    calls = plan_item_calls(eo, records(logs[0], 200, 300), rows)
-    assert len({c.slot for c in calls}) == len(calls) > 4
-    await send_item_calls(redis, eo, TOPIC, 0, 299, calls[::2])
-    await apply_in_batches(redis, eo, 1, logs[1], 150, 300, 75, rows)
-    # Its successor resumes from an older checkpoint (150), in batches cut elsewhere (70).
-    out["replay"] = await apply_in_batches(redis, eo, 0, logs[0], 150, len(logs[0]), 70, rows)
-    # Redeliveries: partition 1 again from 100 (a rebalance), partition 0's last batch twice.
-    out["redelivered"] = await apply_in_batches(redis, eo, 1, logs[1], 100, 300, 100, rows)
-    # A failover loses partition 1's last batch in one slot: that slot's item hashes and marker go back to
-    # what they were before it (the promoted replica never got the call); the worker redoes the batch.
-    lost = plan_item_calls(eo, records(logs[1], 300, 400), rows)[0]
-    before = await dump(redis, [eo.applied(lost.slot), *lost.keys])
-    await apply_in_batches(redis, eo, 1, logs[1], 300, 400, 100, rows)
+    out: dict[str, Worker] = {}
+    await Worker(redis, eo, rows, 0).run(logs[0], 0, 200, 100)
+    await Worker(redis, eo, rows, 1).run(logs[1], 0, 150, 150)
+    # Partition 0's worker dies in batch 200..299: mid item stage on a cluster, else between the stages.
+    out["crashed"] = Worker(redis, eo, rows, 0, "mid_item" if cluster else "after_item")
+    with pytest.raises(Crash):
+        await out["crashed"].run(logs[0], 200, 300, 100)
+    await Worker(redis, eo, rows, 1).run(logs[1], 150, 300, 75)
+    # Its successor resumes from an older checkpoint (150), in batches cut elsewhere (70), and dies once more
+    # between the stages of its second batch; the next one resumes where that one's checkpoint was.
+    out["replay"] = Worker(redis, eo, rows, 0, "")
+    await out["replay"].run(logs[0], 150, 220, 70)
+    second = Worker(redis, eo, rows, 0, "after_item")
+    with pytest.raises(Crash):
+        await second.run(logs[0], 220, 290, 70)
+    out["replay2"] = Worker(redis, eo, rows, 0)
+    await out["replay2"].run(logs[0], 220, 480, 65)
+    # A zombie of partition 0 still applies an old batch, cut at other offsets: every slot already has it. (Its
+    # de-duplication is off, else the windows alone would drop its events before the slots' gates see them.)
+    out["zombie"] = Worker(redis, eo, rows, 0, dedupe=False)
+    await out["zombie"].run(logs[0], 190, 330, 35)
+    await Worker(redis, eo, rows, 0).run(logs[0], 480, 570, 90)
+    # Redeliveries: partition 1 again from 100 (a rebalance).
+    out["redelivered"] = Worker(redis, eo, rows, 1)
+    await out["redelivered"].run(logs[1], 100, 300, 100)
+    # A failover loses the item stage in flight in one slot: its master died before WAIT answered, so the
+    # worker never sent the user stage; the slot's keys and marker go back to what they were before the batch
+    # (the promoted replica never got the call), and the worker redoes the batch.
+    slot = slot_of(eo.item_state(next(e.item_id for e in logs[1][300:400] if hasattr(e, "item_id"))))
+    before = await dump(redis, await keys_in_slot(redis, eo, slot))
+    with pytest.raises(Crash):
+        await Worker(redis, eo, rows, 1, "after_item").run(logs[1], 300, 400, 100)
+    created = set(await keys_in_slot(redis, eo, slot)) - before.keys()
+    await restore(redis, {**before, **dict.fromkeys(created)})
+    out["after_loss"] = Worker(redis, eo, rows, 1)
+    await out["after_loss"].run(logs[1], 300, 400, 100)
+    # Then a failover loses a user stage in one slot (its item stage was acknowledged): one user's keys and the
+    # slot's user-stage marker go back; the worker redoes the batch.
+    user = logs[0][580].user_id
+    user_keys = [eo.user_state(user), eo.session(user), eo.event_window(user)]
+    marker, field = eo.applied(slot_of(user_keys[0])), f"{USER_STAGE}|{TOPIC}|0"
+    before = await dump(redis, user_keys)
+    old_marker = await redis.hget(marker, field)
+    await Worker(redis, eo, rows, 0).run(logs[0], 570, len(logs[0]), 100)
     await restore(redis, before)
-    out["after_loss"] = await apply_in_batches(redis, eo, 1, logs[1], 300, 400, 100, rows)
-    out["again"] = await apply_in_batches(redis, eo, 0, logs[0], 570, len(logs[0]), 100, rows)
+    await redis.hset(marker, field, old_marker)
+    out["user_loss"] = Worker(redis, eo, rows, 0)
+    await out["user_loss"].run(logs[0], 570, len(logs[0]), 100)
+    out["again"] = Worker(redis, eo, rows, 0)
+    await out["again"].run(logs[0], 560, len(logs[0]), 100)
 
-    got, want = await item_hashes(redis, eo), await item_hashes(redis, ref)
-    assert got.keys() == want.keys()
-    assert {i: settled(h) for i, h in got.items()} == {i: settled(h) for i, h in want.items()}, name
-    # The counts and the live popularity epochs are the sums of the whole log (independent of the slot path).
-    whole = EventBatch.from_events([*logs[0], *logs[1]], rows)
-    deltas = item_deltas(whole)
-    for pos, counts in zip(deltas.item.tolist(), deltas.counts.tolist(), strict=True):
-        stored = got[whole.item_keys[pos]]
-        for col, value in zip(ITEM_COUNT_NAMES, counts, strict=True):
-            assert int(stored.get(col.encode(), 0)) == value, f"{name}: {whole.item_keys[pos]} {col}"
-    checked = 0
-    for (prefix, _), pop in zip(spec.POP_HALF_LIVES, deltas.pop, strict=True):
-        for pos, epoch, amount in zip(pop.item.tolist(), pop.epoch.tolist(), pop.amount.tolist(), strict=True):
-            stored = got[whole.item_keys[pos]]
-            if epoch >= _latest(stored, prefix) - 1:  # never deleted: the whole log's sum
-                assert int(stored[f"{prefix}:{epoch}".encode()]) == amount, f"{name}: {whole.item_keys[pos]} {prefix}"
-                checked += 1
-    assert checked > len(got)
+    ref_state, eo_state = await snapshot(redis, ref), await snapshot(redis, eo)
+    for state in (ref_state, eo_state):  # see settled()
+        for key, (kind, value) in state.items():
+            if key.startswith("i:"):
+                state[key] = (kind, settled(value))
+    assert_same_state(eo_state, ref_state, name)
     return out
+
+
+def assert_replays_were_exercised(out: dict[str, Worker]) -> None:
+    assert sum(o.recuts for o in out["replay"].outcomes) > 0, "the successor never re-cut a batch"
+    assert out["replay"].total("skipped") > 0 and out["replay"].total("applied") > 0
+    assert out["replay2"].total("skipped") > 0
+    assert out["zombie"].total("applied") == 0 and out["zombie"].total("skipped") > 0
+    assert out["redelivered"].total("applied") == 0
+    assert out["after_loss"].total("applied") >= 1 and out["after_loss"].total("skipped") > 0
+    assert out["user_loss"].total("applied") >= 1 and out["user_loss"].total("skipped") > 0
+    assert out["again"].total("applied") == 0
 
 
 def _latest(stored: dict[bytes, bytes], prefix: str) -> int:
@@ -183,15 +275,8 @@ def settled(stored: dict[bytes, bytes]) -> dict[bytes, bytes]:
     return out
 
 
-def assert_replays_were_exercised(out: dict[str, SlotOutcome]) -> None:
-    assert out["replay"].partial > 0 and out["replay"].skipped > 0 and out["replay"].applied > 0
-    assert out["redelivered"].skipped > 0 and out["redelivered"].applied == 0
-    assert out["again"].applied == 0 and out["again"].partial == 0 and out["again"].skipped > 0
-    assert out["after_loss"].applied == 1 and out["after_loss"].skipped > 0 and out["after_loss"].partial == 0
-
-
-async def test_item_counters_exactly_once_on_single_node(redis_client: Redis) -> None:
-    assert_replays_were_exercised(await crash_replay_compare(redis_client, "slots"))
+async def test_exactly_once_through_crashes_recuts_and_zombies_on_single_node(redis_client: Redis) -> None:
+    assert_replays_were_exercised(await crash_replay_compare(redis_client, "slots", cluster=False))
 
 
 # --- a Redis Cluster of three masters, started by the test ---------------------------------------------------
@@ -217,7 +302,7 @@ async def redis_cluster(cluster_ports: list[int]) -> AsyncIterator[RedisCluster]
 
 
 @pytest.mark.cluster
-async def test_item_counters_exactly_once_on_redis_cluster(redis_cluster: RedisCluster) -> None:
+async def test_exactly_once_through_crashes_recuts_and_zombies_on_redis_cluster(redis_cluster: RedisCluster) -> None:
     assert len({n.name for n in redis_cluster.get_primaries()}) == 3
     # Why the redesign: today's one call over a batch's titles (as inside its MULTI) is refused by the server.
     await load_functions(redis_cluster)
@@ -229,5 +314,5 @@ async def test_item_counters_exactly_once_on_redis_cluster(redis_cluster: RedisC
             await node.execute_command("FCALL", "streamrec_hincr", 2, a, b, b"\x92\x92\x90\x90\x92\x90\x90")
     finally:
         await node.aclose()
-    out = await crash_replay_compare(redis_cluster, "slots")
+    out = await crash_replay_compare(redis_cluster, "slots", cluster=True)
     assert_replays_were_exercised(out)

@@ -7,6 +7,7 @@ definition of the effects' test parameters), loaded by path: the test folders ar
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import redis.asyncio as aioredis
 
 from online_state.keys import KeyLayout
 from online_state.redis_functions import functions_available
+from online_state.slot_markers import load_slot_functions
 from streams.effect_contract import CHECKS
 from streams.effects_registry import CATALOG_EFFECTS, INTERACTION_EFFECTS
 
@@ -49,3 +51,15 @@ async def test_effect_contract_on_redis(world: Any, redis_client: aioredis.Redis
     assert await functions_available(redis_client)
     (case,) = [c for c in UNIT.contract_cases(world, redis_client, bulk=True) if c.name == name]
     await check(case, redis_client, KeyLayout("contract"))
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__.removeprefix("check_") for c in CHECKS])
+@pytest.mark.parametrize("name", NAMES)
+async def test_effect_contract_through_per_slot_units(world: Any, redis_client: aioredis.Redis, name: str,
+                                                      check: Callable[..., Any]) -> None:
+    """The same checks through the per-slot protocol (streams.slot_protocol) the worker runs on Redis Cluster and,
+    by default, on one redis-server: the effects write one command per key, grouped into gated slot units."""
+    await load_slot_functions(redis_client)
+    (case,) = [dataclasses.replace(c, protocol="slots") for c in UNIT.contract_cases(world, redis_client, bulk=False)
+               if c.name == name]
+    await check(case, redis_client, KeyLayout("contract-slots"))

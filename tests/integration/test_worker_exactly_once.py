@@ -49,6 +49,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from foundation.kafka_io import connection_options, make_producer
+from foundation.redis_io import mget_any as _mget
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from models.bundle import Bundle, open_bundle
@@ -178,7 +179,7 @@ def _spawn(env: dict[str, str], log_path: Path, world: World) -> subprocess.Pope
 async def _applied(client: aioredis.Redis, settings: Settings) -> int:
     """Records applied so far (sum over partitions of stored offset + 1)."""
     keys = [DEFAULT_KEYS.offset(settings.topic_interactions, p) for p in range(PARTITIONS)]
-    return sum(int(v) + 1 for v in await client.mget(keys) if v is not None)
+    return sum(int(v) + 1 for v in await _mget(client, keys) if v is not None)
 
 
 async def _wait_applied(client: aioredis.Redis, settings: Settings, at_least: int, seconds: float,
@@ -208,7 +209,7 @@ async def _wait_catalog_applied(client: aioredis.Redis, settings: Settings, seco
         await consumer.stop()
     deadline = time.monotonic() + seconds
     while True:
-        stored = await client.mget([DEFAULT_KEYS.offset(settings.topic_catalog, p) for p in ends])
+        stored = await _mget(client, [DEFAULT_KEYS.offset(settings.topic_catalog, p) for p in ends])
         if all(raw is not None and int(raw) >= end - 1 for raw, end in zip(stored, ends.values(), strict=True)):
             return
         for proc in procs:
@@ -247,8 +248,9 @@ async def _assert_all_effects(client: aioredis.Redis, settings: Settings, world:
     await _assert_offsets(client, settings)
     await _assert_dead_letters(settings, world)
     await _assert_event_windows(client, world)
+    await _assert_slot_markers(client)
     families = ("sr:u:", "sr:i:", "sr:offset:", "sr:trend:", "sr:new_releases", "sr:s:", "sr:uv:", "sr:il:",
-                "sr:ew:")
+                "sr:ew:", "sr:applied:")
     unchecked = [k for k in await _keys(client, DEFAULT_KEYS.everything) if not k.startswith(families)]
     assert not unchecked, f"keys no ground truth covers (add one here): {unchecked[:5]}"
 
@@ -258,7 +260,7 @@ async def _assert_event_windows(client: aioredis.Redis, world: World) -> None:
     expected = dedupe(world.events, {}, Settings().worker_dedupe_window).windows
     keys = await _keys(client, DEFAULT_KEYS.event_window("*"))
     assert keys == sorted(DEFAULT_KEYS.event_window(u) for u in expected)
-    stored = await client.mget(keys) if keys else []
+    stored = await _mget(client, keys) if keys else []
     assert dict(zip(keys, stored, strict=True)) == {DEFAULT_KEYS.event_window(u): w for u, w in expected.items()}
 
 
@@ -338,7 +340,7 @@ async def _assert_sessions(client: aioredis.Redis, world: World) -> None:
     users = effect.users(world.events)
     want = effect.apply(world.events, [None] * len(users))
     assert await _keys(client, DEFAULT_KEYS.session("*")) == sorted(DEFAULT_KEYS.session(u) for u in want)
-    raws = await client.mget([DEFAULT_KEYS.session(u) for u in want])
+    raws = await _mget(client, [DEFAULT_KEYS.session(u) for u in want])
     for (user, blob), raw in zip(want.items(), raws, strict=True):
         assert decode_session(raw) == blob, user
 
@@ -370,7 +372,7 @@ async def _assert_user_vectors(client: aioredis.Redis, world: World) -> None:
     assert effect is not None and effect.initial is not None
     signals = _user_signals(effect, world.events)
     assert await _keys(client, DEFAULT_KEYS.user_vector("*")) == sorted(DEFAULT_KEYS.user_vector(u) for u in signals)
-    raws = await client.mget([DEFAULT_KEYS.user_vector(u) for u in signals])
+    raws = await _mget(client, [DEFAULT_KEYS.user_vector(u) for u in signals])
     for (user, events), raw in zip(signals.items(), raws, strict=True):
         got, version = unpack_user_vector(raw, space=effect.space, dim=effect.model.dim)
         assert got is not None and version == len(events), user
@@ -423,7 +425,22 @@ async def _assert_offsets(client: aioredis.Redis, settings: Settings) -> None:
     want = {DEFAULT_KEYS.offset(tp.topic, tp.partition): end - 1 for tp, end in ends.items() if end > 0}
     keys = await _keys(client, DEFAULT_KEYS.offset("*", "*"))
     assert keys == sorted(want)
-    assert [int(v) for v in await client.mget(keys)] == [want[k] for k in keys]
+    assert [int(v) for v in await _mget(client, keys)] == [want[k] for k in keys]
+
+
+async def _assert_slot_markers(client: aioredis.Redis) -> None:
+    """The per-slot protocol's markers (streams.slot_protocol): each slot's applied offset of a partition is at
+    most the partition's checkpoint (its end, checked by _assert_offsets), and every stored field names a stage,
+    a topic and a partition that has one."""
+    markers = await _keys(client, DEFAULT_KEYS.applied(0).split("{")[0] + "*")
+    offset_keys = await _keys(client, DEFAULT_KEYS.offset("*", "*"))
+    checkpoints = {k: int(v) for k, v in zip(offset_keys, await _mget(client, offset_keys), strict=True)}
+    assert markers, "no slot markers: the worker did not run the per-slot protocol"
+    for key in markers:
+        for field, value in (await client.hgetall(key)).items():
+            stage, topic, partition = field.decode().split("|")
+            assert stage in ("i", "u")
+            assert int(value) <= checkpoints[DEFAULT_KEYS.offset(topic, partition)], (key, field)
 
 
 async def _assert_dead_letters(settings: Settings, world: World) -> None:

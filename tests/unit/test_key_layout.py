@@ -11,10 +11,10 @@ from online_state.keys import DEFAULT_KEYS, DEFAULT_PREFIX, KeyLayout
 def test_every_key_of_the_default_layout() -> None:
     keys = KeyLayout()
     assert keys == DEFAULT_KEYS and keys.prefix == DEFAULT_PREFIX == "sr"
-    assert keys.user_state("42") == "sr:u:42"
+    assert keys.user_state("42") == "sr:u:{u:42}"
     assert keys.item_state("m7") == "sr:i:m7"
-    assert keys.user_vector("42") == "sr:uv:42"
-    assert keys.session("42") == "sr:s:42"
+    assert keys.user_vector("42") == "sr:uv:{u:42}"
+    assert keys.session("42") == "sr:s:{u:42}"
     assert keys.trending("24h", "all", 7) == "sr:trend:24h:all:g7"
     assert keys.trending("1h", "country:US", -1) == "sr:trend:1h:country:US:g-1"
     assert keys.new_releases == "sr:new_releases"
@@ -27,12 +27,12 @@ def test_every_key_of_the_default_layout() -> None:
 
 def test_another_prefix_moves_every_key() -> None:
     keys = KeyLayout("bench1")
-    assert keys.user_state("u") == "bench1:u:u" and keys.offset("catalog", 0) == "bench1:offset:catalog:0"
+    assert keys.user_state("u") == "bench1:u:{u:u}" and keys.offset("catalog", 0) == "bench1:offset:catalog:0"
     assert keys.everything == "bench1:*"
 
 
 def test_a_star_gives_the_scan_pattern_of_a_family() -> None:
-    assert DEFAULT_KEYS.user_state("*") == "sr:u:*"
+    assert DEFAULT_KEYS.user_state("*") == "sr:u:{u:*}"
     assert DEFAULT_KEYS.offset("*", "*") == "sr:offset:*:*"
 
 
@@ -41,3 +41,13 @@ def test_a_prefix_that_is_no_exact_pattern_is_refused(prefix: str) -> None:
     # --rebuild deletes everything matching the prefix's pattern: it must match exactly the prefix's keys.
     with pytest.raises(ValueError, match="prefix"):
         KeyLayout(prefix)
+
+
+def test_a_users_keys_share_one_hash_slot_and_others_do_not() -> None:
+    from online_state.slots import slot_of
+    keys = KeyLayout()
+    for user in ("42", "}x", "a}b", "{odd}", ""):
+        slots = {slot_of(k) for k in (keys.user_state(user), keys.user_vector(user), keys.session(user),
+                                      keys.event_window(user))}
+        assert len(slots) == 1, user
+    assert len({slot_of(keys.user_state(str(u))) for u in range(100)}) > 90  # users spread over the slots
