@@ -9,12 +9,18 @@ one slot, one round trip. Every other key is self-contained (its slot is its own
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Final
 
 from online_state.slots import slot_tag
 
 DEFAULT_PREFIX: Final = "sr"
 _GLOB: Final = frozenset("*?[]")
+
+
+@cache
+def _user_families(prefix: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}:{family}:{{u:" for family in ("u", "uv", "s", "ew"))
 
 
 def user_tag(user_id: str) -> str:
@@ -59,11 +65,7 @@ class KeyLayout:
 
     def is_user_key(self, key: str) -> bool:
         """Whether ``key`` is one of the four keys a user owns (the per-slot protocol's user stage)."""
-        return key.startswith(self._user_families)
-
-    @property
-    def _user_families(self) -> tuple[str, ...]:
-        return tuple(f"{self.prefix}:{family}:{{u:" for family in ("u", "uv", "s", "ew"))
+        return key.startswith(_user_families(self.prefix))
 
     def item_state(self, item_id: str) -> str:
         return f"{self.prefix}:i:{item_id}"

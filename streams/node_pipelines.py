@@ -44,6 +44,10 @@ _TOPOLOGY_ERRORS: Final = (MovedError, AskError, TryAgainError, ClusterDownError
                            ConnectionError, TimeoutError, OSError)
 
 
+# Replies used as the server sends them (an integer): redis-py's callback would only re-wrap them.
+_NO_CALLBACK: Final = frozenset({"HINCRBY", "HDEL", "HSET", "ZADD", "ZREM"})
+
+
 class TopologyChanged(Exception):
     """A node refused or dropped a round trip (failover, moved slot): the slot table was refreshed; redo."""
 
@@ -68,12 +72,49 @@ def apply_callbacks(commands: Sequence[Command], replies: Sequence[Any]) -> list
     callbacks = RECORDER.response_callbacks
     out = []
     for (args, options), reply in zip(commands, replies, strict=True):
-        callback = callbacks.get(args[0]) if reply is not None else None
+        callback = callbacks.get(args[0]) if reply is not None and args[0] not in _NO_CALLBACK else None
         if callback is not None:
             reply = callback(reply, **{k: v for k, v in options.items() if k != "keys"})
             if inspect.isawaitable(reply):  # pragma: no cover - no async callbacks for these commands
                 raise TypeError(f"async response callback for {args[0]!r}")
         out.append(reply)
+    return out
+
+
+def coalesce_gets(commands: Sequence[Command]) -> tuple[list[Command], list[int]]:
+    """Runs of ``GET`` as one ``MGET`` each (one server: fewer commands to pack, parse and run); per packed
+    command, how many replies it stands for (0: not a coalesced ``MGET``)."""
+    packed: list[Command] = []
+    spans: list[int] = []
+    run: list[Any] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            packed.append((("GET", run[0]), {}))
+            spans.append(0)
+        elif run:
+            packed.append((("MGET", *run), {}))
+            spans.append(len(run))
+        run.clear()
+
+    for args, options in commands:
+        if args[0] == "GET" and len(args) == 2 and options.keys() <= {"keys"}:
+            run.append(args[1])
+            continue
+        flush()
+        packed.append((args, options))
+        spans.append(0)
+    flush()
+    return packed, spans
+
+
+def expand_gets(replies: Sequence[Any], spans: Sequence[int]) -> list[Any]:
+    out: list[Any] = []
+    for reply, span in zip(replies, spans, strict=True):
+        if span:
+            out.extend(reply)
+        else:
+            out.append(reply)
     return out
 
 
@@ -90,8 +131,10 @@ class NodePipelines:
         if not commands:
             return []
         if not self.cluster:
+            packed, spans = coalesce_gets(commands)
             async with BatchConnection(self.client) as conn:
-                return await conn.read(commands)
+                replies = await conn.read(packed)
+            return expand_gets(replies, spans)
         return await self._run_cluster(commands, wait)
 
     async def _run_cluster(self, commands: Sequence[Command], wait: bool) -> list[Any]:

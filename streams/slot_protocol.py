@@ -58,7 +58,6 @@ from streams.node_pipelines import (
     ReplicationShortfall,
     TopologyChanged,
     apply_callbacks,
-    command_key,
     recorder,
 )
 from streams.offsets import fresh_records
@@ -120,22 +119,42 @@ def _lua_str(data: bytes) -> msgspec.Raw:
     return msgspec.Raw(head + data)
 
 
+def _arg(a: Any) -> Any:
+    if isinstance(a, str):
+        return a
+    if isinstance(a, bytes):
+        return _lua_str(a)
+    if isinstance(a, int) and not isinstance(a, bool):
+        return str(a)
+    if isinstance(a, float):
+        return repr(a)  # as redis-py sends a float
+    return _encode(a).decode()  # anything else as redis-py would (or its refusal)
+
+
 def _plain(command: Command) -> list[Any]:
     """A recorded write as the function receives it: ``[name, key, arg, ...]``, each a string (numbers as redis-py
     would send them, bytes as msgpack str)."""
-    args, _ = command
-    return [a if isinstance(a, str) else _lua_str(a) if isinstance(a, bytes) else _encode(a).decode() for a in args]
+    return [_arg(a) for a in command[0]]
 
 
 def _group(commands: Sequence[Command], keys: KeyLayout) -> tuple[_Stage, _Stage]:
     """The batch's writes by (stage, slot): user-owned keys in the user stage, every other key in the item stage."""
     item, user = _Stage(), _Stage()
+    placed: dict[Any, list[int]] = {}  # key -> its stage's list of the key's slot (a key has many commands)
     for i, (args, _) in enumerate(commands):
-        if str(args[0]).upper() in ("FCALL", "EVALSHA", "EVAL", "MULTI", "EXEC"):
-            raise SlotProtocolError(f"{args[0]}: the per-slot protocol needs one command per key (effects' bulk off)")
-        key = command_key(args)
-        (user if keys.is_user_key(key) else item).slots[slot_of(key)].append(i)
+        key = args[1]
+        target = placed.get(key)
+        if target is None:
+            if str(args[0]).upper() in _NOT_PER_KEY:
+                raise SlotProtocolError(f"{args[0]}: the per-slot protocol needs one command per key "
+                                        "(effects' bulk off)")
+            text = key.decode() if isinstance(key, bytes) else str(key)
+            target = placed[key] = (user if keys.is_user_key(text) else item).slots[slot_of(text)]
+        target.append(i)
     return item, user
+
+
+_NOT_PER_KEY: Final = frozenset({"FCALL", "FCALL_RO", "EVALSHA", "EVAL", "MULTI", "EXEC", "MSET", "DEL", "UNLINK"})
 
 
 class SlotProtocol:
