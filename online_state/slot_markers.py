@@ -76,6 +76,9 @@ local function slot_apply(keys, args)
     if gate then
       out[s] = {gate, m}
       if gate == 2 then partial = true end
+      -- SKIPPED rewrites the marker as it is: a write, so that a WAIT on this connection also covers the earlier
+      -- writes it skips over (a redo after a WAIT shortfall may run on another connection than the first try).
+      if gate == 0 then redis.call('HSET', marker, field, m) end
     else
       local commands, replies = sec[3], {}
       for i = 1, #commands do

@@ -176,6 +176,8 @@ class NodePipelines:
             raise failure
         for name, command in waits.items():
             if int(command.result) < replicas[name]:
+                # A replica may have failed: the cluster's slot table (CLUSTER SLOTS) leaves failed ones out.
+                await self._refresh()
                 raise ReplicationShortfall(f"{name}: {command.result} of {replicas[name]} replicas acknowledged")
         return replies
 
