@@ -52,7 +52,7 @@ from rich.table import Table
 from foundation.child_env import settings_env
 from foundation.kafka_io import make_consumer, make_producer
 from foundation.logs import configure_logging
-from foundation.redis_io import redis_client
+from foundation.redis_io import mget_any, redis_client
 from foundation.settings import Settings, get_settings
 from foundation.topics import delete_topics, ensure_topics_retrying
 from models.config import TwoStageConfig
@@ -153,7 +153,7 @@ def _cpu_seconds(pid: int) -> float:
 
 async def _applied(client, prefix: str, topic: str) -> dict[int, int]:  # type: ignore[no-untyped-def]
     keys = KeyLayout(prefix)
-    values = await client.mget([keys.offset(topic, p) for p in range(PARTITIONS)])
+    values = await mget_any(client, [keys.offset(topic, p) for p in range(PARTITIONS)])
     return {p: int(v) for p, v in enumerate(values) if v is not None}
 
 
