@@ -69,7 +69,10 @@ def redis_client(
     it offers the same commands (typed here as a plain client: callers use the common interface)."""
     target = url or settings.redis_url
     if settings.redis_cluster if cluster is None else cluster:
-        client: Any = aiocluster.RedisCluster.from_url(target, **{**cluster_options(settings, target), **overrides})
+        overrides.pop("retry_on_timeout", None)  # a cluster client has its own retry policy (and refuses this one)
+        seeds = {"startup_nodes": [aiocluster.ClusterNode(h, int(p)) for h, p in _seed_nodes(settings)]}
+        client: Any = aiocluster.RedisCluster.from_url(
+            target, **{**cluster_options(settings, target), **(seeds if seeds["startup_nodes"] else {}), **overrides})
         return client
     return aioredis.Redis.from_url(target, **{**connection_options(settings, target), **overrides})
 
@@ -82,9 +85,17 @@ def redis_client_sync(
     if settings.redis_cluster if cluster is None else cluster:
         options = {**connection_options(settings, target),
                    "retry": redis.retry.Retry(_cluster_backoff(), CLUSTER_RETRIES)}
+        if settings.redis_cluster_nodes:
+            options["startup_nodes"] = [redis.cluster.ClusterNode(h, int(p)) for h, p in _seed_nodes(settings)]
         client: Any = redis.cluster.RedisCluster.from_url(target, **{**options, **overrides})
         return client
     return redis.Redis.from_url(target, **{**connection_options(settings, target), **overrides})
+
+
+def _seed_nodes(settings: Settings) -> list[tuple[str, str]]:
+    """``redis_cluster_nodes`` as (host, port) pairs: the seeds beside ``redis_url``'s node."""
+    return [tuple(node.strip().rsplit(":", 1)) for node in settings.redis_cluster_nodes.split(",")  # type: ignore[misc]
+            if node.strip()]
 
 
 async def mget_any(client: Any, keys: list[str]) -> list[Any]:

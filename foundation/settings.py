@@ -139,6 +139,10 @@ class Settings(BaseSettings):
         False, description="redis_url names one node of a Redis Cluster: clients discover the others and follow "
         "failovers and moved slots (redis-py's cluster client). `stack up --redis-cluster` writes true."
     )
+    redis_cluster_nodes: str = Field(
+        "", description="Further seed nodes of a Redis Cluster (host:port, comma-separated) beside redis_url's, so a "
+        "process starting while that node is down still finds the cluster; `stack up --redis-cluster` writes them all."
+    )
     redis_maxmemory: str = Field(
         "1gb", pattern=r"^\d+(?:[kKmMgG][bB]?)?$", description="`maxmemory` of the stack's redis-server (with "
         "maxmemory-policy noeviction: writes fail rather than lose offset keys); 0: no limit."

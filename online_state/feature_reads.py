@@ -7,7 +7,7 @@ returns every row packed as one msgpack string, which msgspec unpacks in C. Keys
 (:class:`~online_state.keys.KeyLayout`, :func:`~online_state.feature_codec.item_fields`); the result is the
 same :class:`~online_state.feature_store.StateSnapshot`. Values travel as Lua numbers (doubles): exact for
 integers below 2**53, which the counters and the fixed-point decayed sums stay far below. A server without Lua
-scripting falls back to ``store.read``.
+scripting, and Redis Cluster (the candidates' keys span slots), fall back to ``store.read``.
 
 The user's own value is read fresh for every request (it is what real-time learning changes per event), once:
 the request's first read (:func:`~online_state.reads.read_online_state`) hands it over as a
@@ -35,6 +35,7 @@ from typing import Any, Final
 
 import msgspec
 import numpy as np
+import redis.asyncio.cluster as aiocluster
 from numpy.typing import NDArray
 
 from models.features.state import ItemStates, StaticRows
@@ -67,8 +68,11 @@ class FeatureReader:
         # Every title's state held in this process (online_state.item_state): when it covers a read, the
         # candidates' rows come from it and the read does no I/O.
         self.table = table
-        self.script = store.client.register_script(HMGET_MANY)
-        self.scripting = True  # set False after the server refused the script (no Lua): plain reads then
+        # False: the rows are read by ``store.read``'s pipelined HMGETs. From the start on Redis Cluster (a script
+        # may only touch keys of one slot, the candidates' hashes are in many; the cluster client sends each
+        # master its HMGETs at once), elsewhere once the server refused the script (no Lua).
+        self.scripting = not isinstance(store.client, aiocluster.RedisCluster)
+        self.script = store.client.register_script(HMGET_MANY) if self.scripting else None
         self.ttl_s = ttl_s
         self._clock = clock
         self._epochs: tuple[int, ...] | None = None

@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import msgspec
 import numpy as np
+import redis.asyncio.cluster as aiocluster
 from numpy.typing import NDArray
 
 from models.features import spec
@@ -253,10 +254,12 @@ async def load_item_states(redis: Any, keys: KeyLayout, table: ItemStateTable, *
     ``SCAN`` in chunks, each chunk's hashes read by one script (one round trip, packed by ``cmsgpack``), so a
     million titles load in a few hundred round trips without blocking Redis for long at a time.
     """
-    script = redis.register_script(HGETALL_MANY)
     pattern = keys.item_state("*")
     strip = len(keys.item_state(""))
     now_ms = int(time.time() * 1000)
+    if isinstance(redis, aiocluster.RedisCluster):
+        return await _load_from_cluster(redis, pattern, strip, table, now_ms, chunk)
+    script = redis.register_script(HGETALL_MANY)
     read = 0
     cursor: int | bytes = 0
     while True:
@@ -270,5 +273,33 @@ async def load_item_states(redis: Any, keys: KeyLayout, table: ItemStateTable, *
             read += len(ids)
         if int(cursor) == 0:
             break
+    table.loaded = True
+    return read
+
+
+async def _load_from_cluster(redis: aiocluster.RedisCluster, pattern: str, strip: int, table: ItemStateTable,
+                             now_ms: int, chunk: int) -> int:
+    """:func:`load_item_states` on Redis Cluster: ``scan_iter`` walks every master (redis-py's cluster SCAN), and a
+    chunk's hashes are read by a pipeline of ``HGETALL`` s, which the client splits by master and sends at once (a
+    script may only touch keys of one slot there, and a chunk's keys are in many)."""
+    read = 0
+    names: list[Any] = []
+
+    async def apply(batch: list[Any]) -> int:
+        pipe = redis.pipeline(transaction=False)
+        for name in batch:
+            pipe.hgetall(name)
+        for name, record in zip(batch, await pipe.execute(), strict=True):
+            if record:
+                table.apply((name.decode() if isinstance(name, bytes) else name)[strip:], record_of(record, now_ms))
+        return len(batch)
+
+    async for name in redis.scan_iter(match=pattern, count=chunk):
+        names.append(name)
+        if len(names) >= chunk:
+            read += await apply(names)
+            names = []
+    if names:
+        read += await apply(names)
     table.loaded = True
     return read

@@ -169,6 +169,15 @@ def _releases(reply: Any) -> RankedIds:
     return RankedIds([(member_text(m), int(s)) for m, s in reply])
 
 
+def _user_pipeline(redis: Any, user_keys: list[str]) -> Any:
+    """A pipeline that starts with the MGET of the user's keys. Queued as a raw command: redis-py's cluster pipeline
+    refuses its ``mget`` method (meant for keys of any slot), while an ``MGET`` of one slot's keys (the user's, by
+    their hash tag) is one command to the master owning it, on a cluster as on one redis-server."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.execute_command("MGET", *user_keys)
+    return pipe
+
+
 async def refresh_shared(redis: Any, keys: KeyLayout, shared: SharedReads, now_ms: int) -> int:
     """Re-read every list ``shared`` wants, at ``now_ms``, in one round trip (the server's background loop);
     returns the lists read."""
@@ -222,8 +231,7 @@ async def read_online_state(
             out.trending[label] = cached
             continue
         if pipe is None:
-            pipe = redis.pipeline(transaction=False)
-            pipe.mget(user_keys)
+            pipe = _user_pipeline(redis, user_keys)
         to_read.append((label, cache_key))
         _queue_trending(pipe, keys, window, scope, gens, trending_k)
         if shared is not None:
@@ -232,8 +240,7 @@ async def read_online_state(
     releases = shared.get(new_key, now_ms) if shared is not None else None
     if releases is None:
         if pipe is None:
-            pipe = redis.pipeline(transaction=False)
-            pipe.mget(user_keys)
+            pipe = _user_pipeline(redis, user_keys)
         _queue_releases(pipe, keys, now_ms, new_k)
         if shared is not None:
             shared.want(("new_releases", keys.prefix, new_k))

@@ -116,7 +116,8 @@ class RecommendationService:
             model = await asyncio.to_thread(RecommenderModel.load, root)
         except (BundleError, FileNotFoundError) as exc:
             raise NoBundleError(f"no model bundle to serve under {root}: {exc} (run `streamrec train`)") from exc
-        # Short socket timeouts: a dead or hung Redis must fail inside the stage budget, not after seconds.
+        # Short socket timeouts: a dead or hung Redis must fail inside the stage budget, not after seconds. (On
+        # Redis Cluster the client's own retries follow a failover; redis_io drops retry_on_timeout there.)
         redis = redis_client(settings, socket_connect_timeout=options.redis_timeout_s,
                              socket_timeout=options.redis_timeout_s, retry_on_timeout=False)
         table = ItemStateTable() if options.item_state_in_process else None

@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from foundation.kafka_io import make_consumer
+from foundation.redis_io import mget_any
 from foundation.settings import Settings
 from online_state.keys import DEFAULT_KEYS, KeyLayout
 from online_state.offsets import parse_stored
@@ -50,7 +51,7 @@ async def wait_applied(redis: Any, ends: dict[tuple[str, int], int], timeout_s: 
     names = [keys.offset(topic, partition) for (topic, partition), _ in pending]
     started = time.perf_counter()
     while True:
-        stored = await redis.mget(names) if names else []
+        stored = await mget_any(redis, names) if names else []  # offsets span slots on a cluster
         if progress is not None:
             progress(sum(min(parse_stored(raw) + 1, end) for raw, (_, end) in zip(stored, pending, strict=True)),
                      sum(end for _, end in pending))

@@ -7,7 +7,8 @@ Protocol:
    (titles released later are not in its catalogue) and a bundle is trained on it.
 2. **Warm state.** The prefix is produced into Kafka (topics of its own, named after the run) and one
    worker applies it to Redis database ``online_db``; that state is then copied to ``frozen_db``. Both
-   arms so start from the same state: the bundle plus what the workers knew at the cut.
+   arms so start from the same state: the bundle plus what the workers knew at the cut. On Redis Cluster
+   (one database) the arms are two key prefixes of the run instead (:func:`arm_keys`), copied key by key.
 3. **Replay with probes.** The rest is produced in order. Just before a sampled target is produced,
    both arms are asked "what would you recommend this user now, in this context?" and the answer is
    scored against the title the user is about to engage with. Point in time: before a probe, every
@@ -58,9 +59,11 @@ from foundation.topics import delete_topics, ensure_topics
 from models.config import TwoStageConfig
 from models.recommend.pipeline import RecommendRequest
 from models.train import train_bundle
+from online_state.keys import DEFAULT_KEYS, DEFAULT_PREFIX, KeyLayout
 from schemas.events import AddToList, Complete, Event, Play, Rating
 from serving.options import options_from_settings
 from serving.service import RecommendationService
+from streams.rebuild import delete_state
 from tools.bundle_reuse import bundle_trained_on
 from tools.catch_up import end_offsets, wait_applied
 from tools.replay import LogRecord, RejectsFile, default_rejects_path, log_files, merged_records
@@ -235,8 +238,24 @@ def plot_series(report: dict[str, Any], path: Path) -> Path:
 # --- the run -------------------------------------------------------------------------------------
 
 def run_settings(base: Settings, run_id: str, db: int) -> Settings:
-    """The run's own topics (so a run neither reads nor pollutes the deployment's) on Redis ``db``."""
-    return base.with_topic_prefix(f"eval-{run_id}").with_redis_db(db)
+    """The run's own topics (so a run neither reads nor pollutes the deployment's) on Redis ``db``; on Redis
+    Cluster (database 0 only) the Redis URL stays: the arms are apart by key prefix there (:func:`arm_keys`)."""
+    topics = base.with_topic_prefix(f"eval-{run_id}")
+    return topics if base.redis_cluster else topics.with_redis_db(db)
+
+
+def arm_keys(settings: Settings, run_id: str, arm: str) -> KeyLayout:
+    """The key layout of an arm's state: the default one in the arm's own database on one redis-server, and on
+    Redis Cluster, which has one database, a prefix of the run and arm (``sr-eval-<run>-online``)."""
+    return KeyLayout(f"{DEFAULT_PREFIX}-eval-{run_id}-{arm}") if settings.redis_cluster else DEFAULT_KEYS
+
+
+async def clear_arm(redis: Any, keys: KeyLayout, cluster: bool) -> None:
+    """Start an arm empty: ``FLUSHDB`` of its database; on a cluster, every key under its prefix (every master)."""
+    if cluster:
+        await delete_state(redis, keys)
+    else:
+        await redis.flushdb()
 
 
 def _bundle_for(train_dir: Path, artifacts: Path, config: StreamEvalConfig, say: Callable[[str], None]) -> str:
@@ -294,12 +313,52 @@ async def copy_db(redis: Any, target_db: int, batch: int = 2000) -> int:
     return copied
 
 
-def _start_worker(settings: Settings, artifacts: Path, log_path: Path) -> subprocess.Popen[bytes]:
+async def copy_prefix(redis: Any, source: KeyLayout, target: KeyLayout, batch: int = 2000) -> int:
+    """Copy every key under ``source``'s prefix (values and TTLs) to the same name under ``target``'s: the
+    frozen arm's snapshot on Redis Cluster. ``DUMP`` and ``RESTORE`` rather than ``COPY``: a key and its copy
+    under another prefix are in different slots (item and trending keys), which ``COPY`` refuses there; the
+    pipelines are split by master by the cluster client."""
+    copied = 0
+    strip = len(source.prefix)
+    names: list[Any] = []
+
+    async def flush() -> int:
+        read = redis.pipeline(transaction=False)
+        for name in names:
+            read.dump(name)
+            read.pttl(name)
+        replies = await read.execute()
+        write = redis.pipeline(transaction=False)
+        n = 0
+        for i, name in enumerate(names):
+            value, ttl = replies[2 * i], replies[2 * i + 1]
+            if value is None:  # expired or deleted since the scan
+                continue
+            text = name.decode() if isinstance(name, bytes) else name
+            write.restore(target.prefix + text[strip:], max(int(ttl), 0), value, replace=True)
+            n += 1
+        if n:
+            await write.execute()
+        return n
+
+    async for name in redis.scan_iter(match=source.everything, count=batch):
+        names.append(name)
+        if len(names) >= batch:
+            copied += await flush()
+            names = []
+    if names:
+        copied += await flush()
+    return copied
+
+
+def _start_worker(settings: Settings, artifacts: Path, log_path: Path,
+                  keys: KeyLayout = DEFAULT_KEYS) -> subprocess.Popen[bytes]:
     env = settings_env(settings.model_copy(update={"artifacts": artifacts}))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "streamrec.commands.worker", "--artifacts", str(artifacts),
-                                 "--metrics-port", "0"], env=env, stdout=out, stderr=subprocess.STDOUT)
+                                 "--metrics-port", "0", "--prefix", keys.prefix], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
 
 
 def _rank(answer: dict[str, Any], item_id: str) -> int:
@@ -372,6 +431,8 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
     run_id = uuid.uuid4().hex[:8]
     online_settings = run_settings(settings, run_id, config.online_db)
     frozen_settings = run_settings(settings, run_id, config.frozen_db)
+    cluster = settings.redis_cluster
+    online_keys, frozen_keys = arm_keys(settings, run_id, "online"), arm_keys(settings, run_id, "frozen")
     await ensure_topics(online_settings)
     online_redis = redis_client(online_settings)
     frozen_redis = redis_client(frozen_settings)
@@ -381,14 +442,15 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
     probes: list[Probe] = []
     wait_total = 0.0
     try:
-        await online_redis.flushdb()
-        await frozen_redis.flushdb()
+        await clear_arm(online_redis, online_keys, cluster)
+        await clear_arm(frozen_redis, frozen_keys, cluster)
         say("producing the prefix and applying it with a worker")
         await publisher.start()
         await publisher.send(split.prefix)
-        worker = _start_worker(online_settings, artifacts, worker_log)
-        await wait_applied(online_redis, publisher.ends, config.catch_up_timeout_s, worker)
-        copied = await copy_db(online_redis, config.frozen_db)
+        worker = _start_worker(online_settings, artifacts, worker_log, online_keys)
+        await wait_applied(online_redis, publisher.ends, config.catch_up_timeout_s, worker, keys=online_keys)
+        copied = (await copy_prefix(online_redis, online_keys, frozen_keys) if cluster
+                  else await copy_db(online_redis, config.frozen_db))
         say(f"state at the cut copied to the frozen arm ({copied:,} keys)")
         budgets = options_from_settings(online_settings)
         budgets = dataclasses.replace(budgets, candidates_timeout_ms=config.stage_timeout_ms,
@@ -396,10 +458,12 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
                                       redis_timeout_s=config.stage_timeout_ms / 1000,
                                       # exact point-in-time rows, trending and releases for every probe
                                       item_state_ttl_s=0.0, shared_reads_ttl_s=0.0)
-        services["online"] = await RecommendationService.start(online_settings, artifacts, tail_index=True,
-                                                               watch_bundle=False, options=budgets)
-        services["frozen"] = await RecommendationService.start(frozen_settings, artifacts, tail_index=False,
-                                                               watch_bundle=False, options=budgets)
+        services["online"] = await RecommendationService.start(
+            online_settings, artifacts, tail_index=True, watch_bundle=False,
+            options=dataclasses.replace(budgets, redis_prefix=online_keys.prefix))
+        services["frozen"] = await RecommendationService.start(
+            frozen_settings, artifacts, tail_index=False, watch_bundle=False,
+            options=dataclasses.replace(budgets, redis_prefix=frozen_keys.prefix))
         await _wait_ready(services["online"], config.catch_up_timeout_s)
         say(f"replaying the rest ({len(split.rest):,} records) with {len(split.targets):,} probes")
         pending = _probes(split)
@@ -413,7 +477,8 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
             if end <= flushed:
                 return
             await publisher.send(rest[flushed:end])
-            wait_total += await wait_applied(online_redis, publisher.ends, config.catch_up_timeout_s, worker)
+            wait_total += await wait_applied(online_redis, publisher.ends, config.catch_up_timeout_s, worker,
+                                             keys=online_keys)
             if catalog_since:  # new titles: their vectors reach the online index through item-vectors
                 await _wait_index(services["online"], 5.0)
             flushed, catalog_since = end, False
@@ -442,6 +507,10 @@ async def _replay_with_probes(split: Split, artifacts: Path, settings: Settings,
         if worker is not None:
             terminate(worker)
         await publisher.stop()
+        if cluster:  # the arms' keys share the deployment's database there: leave nothing behind
+            with contextlib.suppress(Exception):
+                for keys in (online_keys, frozen_keys):
+                    await delete_state(online_redis, keys)
         await online_redis.aclose()
         await frozen_redis.aclose()
         if not config.keep_topics:

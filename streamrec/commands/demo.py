@@ -17,6 +17,8 @@ from tools.demo.show import pick_users, read_log_facts, run_stories
 from tools.demo.steps import DEMO_KEY_SCOPES, make_demo_key, prepare_data, replay_once, train_once, wait_worker
 from tools.stack import StackError, manager
 
+CLUSTER_BROKERS = 3  # `demo --cluster`'s topology: three brokers, three Redis masters with a replica each
+
 
 def demo(
     data: Annotated[Path, typer.Option(help="Where the demo's event log is written.")] = Path("data/demo"),
@@ -32,9 +34,13 @@ def demo(
     worker_metrics_port: Annotated[int | None, typer.Option(
         min=0, max=65535, help="The worker's Prometheus port (default: STREAMREC_WORKER_METRICS_PORT).")] = None,
     down: Annotated[bool, typer.Option("--down", help="Stop everything the demo started, then exit.")] = False,
+    cluster: Annotated[bool, typer.Option(
+        "--cluster", help=f"On the cluster stack ({CLUSTER_BROKERS} Kafka brokers and a Redis Cluster: "
+        f"`stack up --brokers {CLUSTER_BROKERS} --redis-cluster`), started or reused.")] = False,
 ) -> None:
     """Start Kafka + Redis, make an event log, train, start a worker and the API, replay the log, and
-    show a few users' recommendations before and after new interactions."""
+    show a few users' recommendations before and after new interactions (``--cluster``: on three brokers
+    and a Redis Cluster)."""
     settings = get_settings()
     if worker_metrics_port is not None:
         settings = settings.model_copy(update={"worker_metrics_port": worker_metrics_port})
@@ -49,16 +55,22 @@ def demo(
         return
     try:
         _run(settings, out, err, data, movielens, users, items, events, seed,
-             (artifacts or settings.artifacts).resolve(), show_users)
+             (artifacts or settings.artifacts).resolve(), show_users, cluster)
     except StackError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=1) from None
 
 
 def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: Path | None, users: int,
-         items: int, events: int, seed: int, artifacts: Path, show_users: int) -> None:
-    out.rule("[bold]1. local stack: Kafka (KRaft) + redis-server")
-    started = asyncio.run(manager.up(settings, progress=lambda message: err.status(message, spinner="dots")))
+         items: int, events: int, seed: int, artifacts: Path, show_users: int, cluster: bool = False) -> None:
+    if cluster:
+        out.rule(f"[bold]1. local cluster stack: {CLUSTER_BROKERS} Kafka brokers (KRaft) + Redis Cluster")
+    else:
+        out.rule("[bold]1. local stack: Kafka (KRaft) + redis-server")
+    # None: what the state dir remembers (one broker and one redis-server on a fresh one), as `stack up` does.
+    topology: dict[str, Any] = {"brokers": CLUSTER_BROKERS, "redis_cluster": True} if cluster else {}
+    started = asyncio.run(manager.up(settings, progress=lambda message: err.status(message, spinner="dots"),
+                                     **topology))
     settings = started.settings  # with the stack's credentials (a first `up` generates them)
     for service in started.status.services:
         out.print(f"{service.name:<6} {service.address:<16} pid {service.pid}  {service.detail}")
@@ -108,7 +120,8 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
     out.print(f"API      {url}/v1/recommendations/USER_ID   (docs: {url}/openapi.json, metrics: {url}/metrics)")
     metrics_port = settings.worker_metrics_port
     out.print(f"worker   metrics on :{metrics_port}" if metrics_port else "worker   running")
-    out.print(f"Kafka    {settings.kafka_bootstrap}    Redis {settings.redis_url_masked}")
+    redis_kind = " (Redis Cluster: the client finds every node from this one)" if settings.redis_cluster else ""
+    out.print(f"Kafka    {settings.kafka_bootstrap}    Redis {settings.redis_url_masked}{redis_kind}")
     out.print(f"API key  {key}   (shown once here; also in {key_file})", markup=False)
     out.print(f"         curl -H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d @event.json "
               f"{url}/v1/events", markup=False)

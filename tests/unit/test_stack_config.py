@@ -697,9 +697,11 @@ def test_topology_ports_and_client_env(settings: Settings) -> None:
         "STREAMREC_KAFKA_BOOTSTRAP": "127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096",
         "STREAMREC_KAFKA_REPLICATION_FACTOR": "3",
         "STREAMREC_REDIS_CLUSTER": "true",
+        "STREAMREC_REDIS_CLUSTER_NODES": ",".join(f"127.0.0.1:{p}" for p in range(26379, 26385)),
     }
     applied = cluster.apply(settings)
     assert applied.kafka_port == 29092 and applied.redis_cluster and applied.kafka_replication_factor == 3
+    assert applied.redis_cluster_nodes.split(",")[-1] == "127.0.0.1:26384"
     assert Topology(brokers=5).replication_factor == 3
     cluster.check_ports(settings)
     clash = settings.model_copy(update={"kafka_controller_port": 29094})  # on broker 1's client port

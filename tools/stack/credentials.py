@@ -32,7 +32,7 @@ log = get_logger(__name__)
 KAFKA_USER = "streamrec"
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 # The topology lines a cluster stack adds (tools.stack.topology.Topology.client_env).
-TOPOLOGY_VARIABLES = ("KAFKA_BOOTSTRAP", "KAFKA_REPLICATION_FACTOR", "REDIS_CLUSTER")
+TOPOLOGY_VARIABLES = ("KAFKA_BOOTSTRAP", "KAFKA_REPLICATION_FACTOR", "REDIS_CLUSTER", "REDIS_CLUSTER_NODES")
 
 
 @dataclass(frozen=True)

@@ -87,12 +87,16 @@ class Topology:
                     "KAFKA_REPLICATION_FACTOR": str(self.replication_factor)}
         if self.redis_cluster:
             env["REDIS_CLUSTER"] = "true"
+            # Every node as a seed: a client starting while redis_url's node is down still finds the cluster.
+            env["REDIS_CLUSTER_NODES"] = ",".join(f"{HOST}:{port}" for port in self.redis_ports(settings))
         return {f"{ENV_PREFIX}{name}": value for name, value in env.items()}
 
     def apply(self, settings: Settings) -> Settings:
         """``settings`` as a client of this stack sees them (bootstrap list, replication factor, cluster client)."""
         update: dict[str, object] = {"kafka_replication_factor": self.replication_factor,
                                       "redis_cluster": self.redis_cluster}
+        if self.redis_cluster:
+            update["redis_cluster_nodes"] = ",".join(f"{HOST}:{port}" for port in self.redis_ports(settings))
         if self.brokers > 1:  # one broker: the caller's bootstrap string stays as it was
             update["kafka_bootstrap"] = self.bootstrap(settings)
         return settings.model_copy(update=update)
