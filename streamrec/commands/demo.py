@@ -39,8 +39,9 @@ def demo(
         f"`stack up --brokers {CLUSTER_BROKERS} --redis-cluster`), started or reused.")] = False,
 ) -> None:
     """Start Kafka + Redis, make an event log, train, start a worker and the API, replay the log, and
-    show a few users' recommendations before and after new interactions (``--cluster``: on three brokers
-    and a Redis Cluster)."""
+    show a few users' recommendations before and after new interactions.
+
+    ``--cluster``: the same on three brokers and a Redis Cluster."""
     settings = get_settings()
     if worker_metrics_port is not None:
         settings = settings.model_copy(update={"worker_metrics_port": worker_metrics_port})
