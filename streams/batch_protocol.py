@@ -19,7 +19,6 @@ and the users' windows of applied ids are written in the same ``MULTI``, so they
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from redis.exceptions import WatchError
 from foundation.logs import get_logger
 from online_state.offsets import parse_stored
 from streams.dedupe import EventWindows
-from streams.effects import Batch, Effect, Reads
+from streams.effects import Batch, Effect, Reads, hand_replies, queue_effect_writes
 from streams.offsets import fresh_records, gap
 from streams.redis_batch import BatchConnection, recorded
 
@@ -86,20 +85,10 @@ async def apply_batch(
         active = effects if batch.events else ()  # no valid event: only the offset moves
         read_pipe = redis.pipeline(transaction=False)  # a recorder: the connection sends it
         reads: list[Reads[Any]] = [effect.read(read_pipe, batch) for effect in active]
-        replies = await conn.read(recorded(read_pipe))
-        pos = 0
-        for r in reads:
-            r.replies = replies[pos:pos + r.queued]
-            pos += r.queued
+        hand_replies(reads, await conn.read(recorded(read_pipe)))
         started = time.perf_counter()
         writes = redis.pipeline(transaction=True)  # a recorder too
-        spans: list[tuple[int, int]] = []
-        for effect, r in zip(active, reads, strict=True):
-            first = len(writes.command_stack)
-            result = effect.write(writes, batch, r)
-            if inspect.isawaitable(result):
-                await result
-            spans.append((first, len(writes.command_stack)))
+        spans = await queue_effect_writes(writes, active, batch, reads)
         if deduped is not None:
             windows.queue_writes(writes, deduped)  # type: ignore[union-attr]
         writes.set(offset_key, batch.info.last_offset)

@@ -16,6 +16,7 @@ them); state shared across partitions (items, trending) changes through commutat
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -96,6 +97,28 @@ class EffectContext:
     # The Redis Functions of online_state.redis_functions are loaded: effects may queue their writes as one
     # FCALL per batch instead of one command per key (what the worker's throughput needs).
     bulk: bool = False
+
+
+def hand_replies(reads: Sequence[Reads[Any]], replies: Sequence[Any]) -> None:
+    """Give each effect's :class:`Reads` its share of the read round trip's ``replies`` (queued in order)."""
+    pos = 0
+    for r in reads:
+        r.replies = list(replies[pos:pos + r.queued])
+        pos += r.queued
+
+
+async def queue_effect_writes(pipe: Any, effects: Sequence[Effect[Any]], batch: Batch[Any],
+                              reads: Sequence[Reads[Any]]) -> list[tuple[int, int]]:
+    """Every effect's writes on ``pipe`` (a recorder), in order, awaiting what a ``write`` returns; per effect, the
+    span of ``pipe.command_stack`` it queued (where its replies will be)."""
+    spans: list[tuple[int, int]] = []
+    for effect, r in zip(effects, reads, strict=True):
+        first = len(pipe.command_stack)
+        result = effect.write(pipe, batch, r)
+        if inspect.isawaitable(result):
+            await result
+        spans.append((first, len(pipe.command_stack)))
+    return spans
 
 
 # Builds an effect from the worker's context; ``None`` when it does not apply there (e.g. no bundle).

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import inspect
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,7 +50,7 @@ from online_state.slot_markers import (
 from online_state.slots import slot_of
 from streams.batch_protocol import Outcome
 from streams.dedupe import EventWindows
-from streams.effects import Batch, Effect, Reads
+from streams.effects import Batch, Effect, Reads, hand_replies, queue_effect_writes
 from streams.node_pipelines import (
     RECORDER,
     NodePipelines,
@@ -233,20 +232,10 @@ class SlotProtocol:
         active = effects if batch.events else ()
         read_pipe = recorder()
         reads: list[Reads[Any]] = [effect.read(read_pipe, batch) for effect in active]
-        replies = await self.pipes.run(recorded(read_pipe))
-        pos = 0
-        for r in reads:
-            r.replies = replies[pos:pos + r.queued]
-            pos += r.queued
+        hand_replies(reads, await self.pipes.run(recorded(read_pipe)))
         started = time.perf_counter()
         writes = recorder()
-        spans: list[tuple[int, int]] = []
-        for effect, r in zip(active, reads, strict=True):
-            begin = len(writes.command_stack)
-            result = effect.write(writes, batch, r)
-            if inspect.isawaitable(result):
-                await result
-            spans.append((begin, len(writes.command_stack)))
+        spans = await queue_effect_writes(writes, active, batch, reads)
         if deduped is not None:
             windows.queue_writes(writes, deduped)  # type: ignore[union-attr]
         commands = recorded(writes)

@@ -8,15 +8,13 @@ definition of the effects' test parameters), loaded by path: the test folders ar
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from suite_loader import load_test_module
 
 from online_state.keys import KeyLayout
 from online_state.redis_functions import functions_available
@@ -24,18 +22,8 @@ from online_state.slot_markers import load_slot_functions
 from streams.effect_contract import CHECKS
 from streams.effects_registry import CATALOG_EFFECTS, INTERACTION_EFFECTS
 
-
-def _unit_suite() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "unit" / "test_effect_contract.py"
-    spec = importlib.util.spec_from_file_location("effect_contract_cases", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
-UNIT = _unit_suite()
+UNIT = load_test_module(Path(__file__).resolve().parents[1] / "unit" / "test_effect_contract.py",
+                        "effect_contract_cases")
 NAMES = [f.name for f in (*INTERACTION_EFFECTS, *CATALOG_EFFECTS)]
 
 

@@ -14,18 +14,16 @@ sessions, online user vectors, item learning, event-id windows, offsets, slot ma
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from cluster_support import REDIS_PORT, ClusterStack
+from suite_loader import load_test_module
 
 from foundation.redis_io import redis_client
 from online_state.keys import DEFAULT_KEYS
@@ -33,18 +31,7 @@ from online_state.slot_markers import load_slot_functions
 from tools.stack import manager, process
 from tools.stack.layout import StackLayout
 
-
-def _exactly_once_suite() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "test_worker_exactly_once.py"
-    spec = importlib.util.spec_from_file_location("worker_exactly_once_suite", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
-EO = _exactly_once_suite()
+EO = load_test_module(Path(__file__).resolve().parents[1] / "test_worker_exactly_once.py", "worker_exactly_once_suite")
 world = EO.world  # the same generated world and bundle (a module-scoped fixture)
 
 
