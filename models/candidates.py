@@ -148,7 +148,7 @@ def recent_positives(
     uniq, net, last = uniq[pos], net[pos], last[pos]
     order = np.lexsort((uniq, last))  # oldest first, ties by item for determinism
     if max_items is not None:
-        order = order[len(order) - max_items:] if max_items > 0 else order[:0]
+        order = order[max(0, len(order) - max_items):] if max_items > 0 else order[:0]  # max: no wrap-around
     return uniq[order].astype(np.int32), net[order].astype(np.float32), last[order]
 
 
@@ -159,7 +159,7 @@ def most_recent(positives: tuple[Items, NDArray[np.float32], NDArray[np.int64]],
     if max_items is None:
         return positives
     # The cut exactly as recent_positives makes it (the same slice of the same order).
-    cut = slice(len(positives[0]) - max_items, None) if max_items > 0 else slice(0, 0)
+    cut = slice(max(0, len(positives[0]) - max_items), None) if max_items > 0 else slice(0, 0)
     return positives[0][cut], positives[1][cut], positives[2][cut]
 
 

@@ -15,6 +15,11 @@ user weighs the same, means over test users):
 - ``mrr``: mean reciprocal rank of the first hit within the top ``max_k`` (50), 0 without a hit
   (i.e. MRR@50).
 - ``coverage``: distinct items in anybody's top 10 / catalogue size.
+- ``top_title_share``: share of users whose top 10 holds the single most common title across all
+  top 10s (the report names that title); 1.0 means one title is pushed to everybody.
+- ``mean_pop_rank``: mean popularity rank of the titles in the top 10s, pooled over every filled
+  slot; rank 1 is the title with the most distinct training users, tied titles share the best rank
+  of their tie (competition ranking), so the value does not depend on item indices.
 - ``diversity``: mean over users of the mean pairwise cosine distance (1 - cosine) between the
   multi-hot genre vectors of the top 10; an item without genres is at distance 1 from everything.
 """
@@ -37,6 +42,9 @@ METRIC_DEFINITIONS: Final[dict[str, str]] = {
     "ndcg@K": "binary relevance; DCG=sum 1/log2(rank+1); ideal DCG over min(K, |positives|) hits",
     "mrr": f"mean reciprocal rank of the first hit within the top {MAX_K}, 0 without a hit",
     "coverage": f"distinct items in any user's top {BEYOND_K} / catalogue size",
+    "top_title_share": f"share of users whose top {BEYOND_K} holds the most common title of all top {BEYOND_K}s",
+    "mean_pop_rank": f"mean popularity rank (1 = most distinct training users; ties share the best rank) "
+                     f"of the titles in the top {BEYOND_K}s, pooled over filled slots",
     "diversity": f"mean pairwise (1 - cosine) of genre multi-hot vectors in each top {BEYOND_K}, averaged over users",
 }
 
@@ -127,6 +135,40 @@ def coverage(top: NDArray[np.int32], n_items: int, k: int = BEYOND_K) -> float:
     return float(len(np.unique(items[items >= 0])) / max(n_items, 1))
 
 
+def popularity_ranks(item_popularity: NDArray[np.number]) -> NDArray[np.int64]:
+    """Rank per item, 1 = most popular; tied items share the best rank of their tie ("1224" ranking)."""
+    popularity = np.asarray(item_popularity, np.float64)
+    ascending = np.sort(popularity)
+    # 1 + the number of strictly more popular items
+    return len(popularity) - np.searchsorted(ascending, popularity, side="right").astype(np.int64) + 1
+
+
+def most_common_item(top: NDArray[np.int32], k: int = BEYOND_K) -> tuple[int, int]:
+    """(item, number of lists holding it) for the item found in the most top-k lists; ties go to the
+    lower index; (-1, 0) when no list holds an item. An item repeated inside one list counts once."""
+    items = np.sort(top[:, :k], axis=1)
+    first = np.ones(items.shape, bool)
+    first[:, 1:] = items[:, 1:] != items[:, :-1]
+    held = items[first & (items >= 0)]
+    if held.size == 0:
+        return -1, 0
+    lists_holding = np.bincount(held)
+    item = int(np.argmax(lists_holding))
+    return item, int(lists_holding[item])
+
+
+def top_title_share(top: NDArray[np.int32], k: int = BEYOND_K) -> float:
+    """Share of the rows (users, empty lists included) whose top k holds :func:`most_common_item`."""
+    return most_common_item(top, k)[1] / max(top.shape[0], 1)
+
+
+def mean_popularity_rank(top: NDArray[np.int32], ranks: NDArray[np.integer], k: int = BEYOND_K) -> float:
+    """Mean of ``ranks`` (see :func:`popularity_ranks`) over every filled slot of the top k; 0 when none is."""
+    items = top[:, :k]
+    held = items[items >= 0]
+    return float(np.asarray(ranks)[held].mean()) if held.size else 0.0
+
+
 def intra_list_diversity(top: NDArray[np.int32], genre_matrix: NDArray[np.floating], k: int = BEYOND_K) -> float:
     """Mean over users of the mean pairwise cosine distance of genre vectors in the top k."""
     items = top[:, :k]
@@ -150,8 +192,12 @@ def compute_metrics(
     positives: sp.csr_matrix,
     genre_matrix: NDArray[np.floating],
     ks: tuple[int, ...] = (10, 20),
+    item_popularity: NDArray[np.number] | None = None,
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """(metrics, curves) for lists ``top`` (rows aligned with ``positives``' rows)."""
+    """(metrics, curves) for lists ``top`` (rows aligned with ``positives``' rows).
+
+    ``item_popularity`` (per item, e.g. distinct training users) adds ``mean_pop_rank``.
+    """
     hits = hit_matrix(top, positives)
     curves = ranking_curves(hits, np.diff(positives.indptr))
     metrics: dict[str, float] = {}
@@ -163,6 +209,9 @@ def compute_metrics(
     metrics["mrr"] = mean_reciprocal_rank(hits)
     metrics["coverage"] = coverage(top, positives.shape[1])
     metrics["diversity"] = intra_list_diversity(top, genre_matrix)
+    metrics["top_title_share"] = top_title_share(top)
+    if item_popularity is not None:
+        metrics["mean_pop_rank"] = mean_popularity_rank(top, popularity_ranks(item_popularity))
     return metrics, {"recall": curves["recall"].tolist(), "ndcg": curves["ndcg"].tolist(),
                      "recall_capped": curves["recall_capped"].tolist()}
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.eval.metrics import BEYOND_K
 from models.eval.report import EvalReport
 
 
 def write_plots(report: EvalReport, out_dir: Path) -> list[Path]:
-    """``recall_at_k.png`` and ``ndcg_at_k.png`` (metric vs K per system), and ``candidate_recall.png``
-    (recall per candidate source and their union) when the report has candidate recall. Returns the paths."""
+    """``recall_at_k.png`` and ``ndcg_at_k.png`` (metric vs K per system), ``candidate_recall.png``
+    (recall per candidate source and their union) when the report has candidate recall, and
+    ``popularity_bias.png`` (:func:`write_popularity_bias_plot`) when it has the bias metrics. Returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,4 +58,42 @@ def write_plots(report: EvalReport, out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
+    bias = write_popularity_bias_plot(report, out_dir)
+    if bias is not None:
+        written.append(bias)
     return written
+
+
+def write_popularity_bias_plot(report: EvalReport, out_dir: Path, accuracy: str = "ndcg@10") -> Path | None:
+    """``popularity_bias.png``: ``accuracy`` against ``top_title_share`` and against ``mean_pop_rank``, one
+    point per system, so a system that buys accuracy by pushing the same hits to everybody stands out.
+    None when no system in the report has the bias metrics."""
+    systems = {name: row for name, row in report.systems.items()
+               if accuracy in row and "top_title_share" in row and "mean_pop_rank" in row}
+    if not systems:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    panels = (("top_title_share", "share of users given the most common title"),
+              ("mean_pop_rank", "mean popularity rank of recommended titles (1 = most popular)"))
+    for ax, (metric, label) in zip(axes, panels, strict=True):
+        for name, row in systems.items():
+            ax.scatter(row[metric], row[accuracy], s=40)
+            ax.annotate(name, (row[metric], row[accuracy]), textcoords="offset points", xytext=(5, 4), fontsize=9)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_xlim(0, 1.05)
+    axes[1].set_xscale("log")  # ranks span 1 to the catalogue size
+    axes[0].set_ylabel(accuracy)
+    fig.suptitle(f"accuracy vs popularity bias ({report.split}: {report.test_users} test users, top "
+                 f"{BEYOND_K})", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / "popularity_bias.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

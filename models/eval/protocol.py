@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from models.dataset import EventLog
-from models.eval.metrics import MAX_K, candidate_recall, compute_metrics, hit_matrix, pad_lists, top_k
+from models.eval.metrics import MAX_K, candidate_recall, compute_metrics, hit_matrix, most_common_item, pad_lists, top_k
 from models.eval.report import EvalReport
 from models.split import Split, make_split
 
@@ -101,8 +101,27 @@ def evaluate_system(
     recommender: Recommender, split: Split, ks: tuple[int, ...] = (10, 20), chunk: int | None = None
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """(metrics, curves) of a fitted recommender on ``split``."""
+    return _score(recommender, split, ks, chunk)[1:]
+
+
+def _score(
+    recommender: Recommender, split: Split, ks: tuple[int, ...], chunk: int | None
+) -> tuple[NDArray[np.int32], dict[str, float], dict[str, list[float]]]:
+    """(lists, metrics, curves); popularity is counted on the split's training part only."""
     lists = recommend_lists(recommender, split, max(MAX_K, *ks), chunk)
-    return compute_metrics(lists, split.positives, split.log.catalog.genre_matrix, ks)
+    popularity = np.asarray(split.train_items.sum(axis=0)).ravel()  # distinct training users per item
+    metrics, curves = compute_metrics(lists, split.positives, split.log.catalog.genre_matrix, ks,
+                                      item_popularity=popularity)
+    return lists, metrics, curves
+
+
+def top_title(lists: NDArray[np.int32], split: Split) -> dict[str, Any]:
+    """The title found in the most top-10 lists, for the report (``item`` is -1 when no list has one)."""
+    item, users = most_common_item(lists)
+    catalog = split.log.catalog
+    found = item >= 0
+    return {"item": item, "id": catalog.item_ids[item] if found else None,
+            "title": catalog.titles[item] if found else None, "users": users}
 
 
 def collect_candidates(
@@ -152,10 +171,11 @@ def run_evaluation(
         recommender = factory(the_split.train, context)
         fitted = time.perf_counter()
         say(f"{name}: ranking for {the_split.n_test_users} users")
-        metrics, curves = evaluate_system(recommender, the_split, ks, chunk)
+        lists, metrics, curves = _score(recommender, the_split, ks, chunk)
         finished = time.perf_counter()
         extra = dict(getattr(recommender, "extra", {}) or {})
-        row: dict[str, Any] = {**metrics, "seconds": finished - started, "fit_seconds": fitted - started, **extra}
+        row: dict[str, Any] = {**metrics, "top_title": top_title(lists, the_split), "seconds": finished - started,
+                               "fit_seconds": fitted - started, **extra}
         report.systems[name] = row
         report.curves[name] = curves
         candidates = collect_candidates(recommender, the_split, chunk)

@@ -11,7 +11,12 @@ import orjson
 from models.eval.metrics import MAX_K, METRIC_DEFINITIONS
 
 # Columns of the printed table, in order (absent ones are skipped).
-TABLE_COLUMNS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "mrr", "coverage", "diversity", "seconds")
+TABLE_COLUMNS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "mrr", "coverage", "diversity",
+                                  "top_title_share", "mean_pop_rank", "seconds")
+# Columns printed with one decimal (seconds, ranks) rather than four.
+_ONE_DECIMAL: frozenset[str] = frozenset({"seconds", "mean_pop_rank"})
+_METRICS: frozenset[str] = frozenset({"mrr", "coverage", "diversity", "top_title_share", "mean_pop_rank",
+                                      "seconds", "fit_seconds"})
 
 
 @dataclass
@@ -20,6 +25,8 @@ class EvalReport:
 
         {"split", "test_users", "positives", "train_events", "n_items", "ks", "max_k",
          "systems": {name: {"recall@10", "recall@20", "ndcg@10", "mrr", "coverage", "diversity",
+                            "top_title_share", "mean_pop_rank",
+                            "top_title": {"item": index or -1, "id", "title", "users": test users given it},
                             "seconds", ...more metrics and the system's extra}},
          "candidate_recall": {system: {source: recall, ..., "union": recall}},
          "curves": {name: {"recall": [K=1..50], "ndcg": [...], "recall_capped": [...]}},
@@ -74,7 +81,8 @@ def report_table(report: EvalReport) -> Any:
         table.add_column(column, justify="right")
     table.add_column("notes")
     for name, row in report.systems.items():
-        cells = [f"{row[c]:.1f}" if c == "seconds" else f"{row[c]:.4f}" for c in columns]
+        cells = [("" if c not in row else f"{row[c]:.1f}" if c in _ONE_DECIMAL else f"{row[c]:.4f}")
+                 for c in columns]
         notes = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in row.items() if _is_note(k, v))
         table.add_row(name, *cells, notes)
@@ -86,5 +94,5 @@ def report_table(report: EvalReport) -> Any:
 
 def _is_note(key: str, value: Any) -> bool:
     """A system's extra worth a table cell: a scalar that is not a metric (dicts stay in the JSON)."""
-    metric = "@" in key or key in ("mrr", "coverage", "diversity", "seconds", "fit_seconds")
+    metric = "@" in key or key in _METRICS
     return not metric and isinstance(value, str | int | float | bool)

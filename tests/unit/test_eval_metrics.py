@@ -267,7 +267,8 @@ def test_list_systems_candidates_and_report(world: EventLog, tmp_path: Path) -> 
     assert len(data["curves"]["lists"]["recall"]) == 50
     assert EvalReport.read(path).systems.keys() == report.systems.keys()
     written = write_plots(report, tmp_path / "plots")
-    assert {p.name for p in written} == {"recall_at_k.png", "ndcg_at_k.png", "candidate_recall.png"}
+    assert {p.name for p in written} == {"recall_at_k.png", "ndcg_at_k.png", "candidate_recall.png",
+                                         "popularity_bias.png"}
     assert all(p.stat().st_size > 1000 for p in written)
 
 
