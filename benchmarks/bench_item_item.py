@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from models.item_item import ItemNeighbours, fit_item_neighbours, item_item
 from models.recommend.pipeline import Snapshot, retrieve
 from models.split import Split, make_split
 from models.two_stage import fit_retrieval, recommender, request_at
+from tools.bench.timing import median_us
 from tools.datasets.movielens import import_movielens
 
 BUDGETS = (100, 200, 400, 600)
@@ -115,17 +115,6 @@ def pipeline_union(split: Split) -> dict[str, list[NDArray[np.int32]]]:
         for name, items in cands.by_source().items():
             out[name].append(items)
     return out
-
-
-def median_us(fn: Callable[[int], Any], users: Sequence[int]) -> float:
-    for u in users[:20]:
-        fn(u)  # warm-up
-    times = []
-    for u in users:
-        started = time.perf_counter_ns()
-        fn(u)
-        times.append(time.perf_counter_ns() - started)
-    return statistics.median(times) / 1000.0
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -65,6 +64,7 @@ from models.recommend.model import RecommenderModel
 from models.recommend.pipeline import RecommendRequest, Snapshot, retrieve
 from models.split import make_split
 from models.two_stage import Retrieval, recommender
+from tools.bench.timing import median_us
 from tools.datasets.movielens import import_movielens
 
 
@@ -115,15 +115,6 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - started
-
-
-def median_us(fn: Callable[[int], Any], users: NDArray[np.int64]) -> float:
-    times = []
-    for u in users.tolist():
-        started = time.perf_counter_ns()
-        fn(u)
-        times.append(time.perf_counter_ns() - started)
-    return statistics.median(times) / 1000.0
 
 
 def main() -> None:
@@ -207,10 +198,8 @@ def main() -> None:
     timings: dict[str, dict[str, float]] = {}
     with threadpool_limits(1, "blas"):
         def row(name: str, fn: Callable[[int], Any], floor: Callable[[int], Any] | None = None, k: int = 0) -> None:
-            median_us(fn, users[:20])  # warm-up
             timings[name] = {"median_us": round(median_us(fn, users), 1), "k": k}
             if floor is not None:
-                median_us(floor, users[:20])
                 timings[name]["knn_query_floor_us"] = round(median_us(floor, users), 1)
 
         uv = cf.user_vectors

@@ -44,20 +44,14 @@ from models.dataset import load_log
 from models.eval.metrics import candidate_recall
 from models.sequence import SequenceScorer, positive_sequences, sequence_next, train_sequence_model
 from models.split import make_split
+from tools.bench.timing import per_call_us
 from tools.datasets.movielens import import_movielens
 
 BUDGETS = (50, 100, 200)
 
 
 def latency_us(fn: Callable[[int], Any], users: NDArray[np.int64]) -> dict[str, float]:
-    for u in users[:20].tolist():  # warm-up
-        fn(u)
-    times = []
-    for u in users.tolist():
-        started = time.perf_counter_ns()
-        fn(u)
-        times.append(time.perf_counter_ns() - started)
-    t = np.asarray(times, np.float64) / 1000.0
+    t = per_call_us(fn, users)
     return {"median_us": round(float(np.median(t)), 1), "p99_us": round(float(np.percentile(t, 99)), 1)}
 
 

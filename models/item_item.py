@@ -38,11 +38,11 @@ from typing import Final
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from scipy.linalg import lapack
 
 from models.candidates import ItemMask, Items, Scores, top_k
 from models.cf import interaction_matrix
 from models.dataset import EventLog
+from models.linalg import spd_inverse_lower
 
 ITEM_NEIGHBOURS_FILE: Final = "item_neighbours.npz"
 _BLOCK_ELEMENTS: Final = 1 << 22  # entries of one pruning block (32 MB of float64)
@@ -154,12 +154,7 @@ def _ease_inverse(x: sp.csc_matrix, lam: float) -> tuple[NDArray[np.float64], ND
         gram[:, start:start + step] = (x.T @ x[:, start:start + step]).toarray()
     gram[np.diag_indices(m)] += lam
     # Fortran order lets LAPACK work in place: one m x m buffer for the Gram, its factor and P.
-    chol, info = lapack.dpotrf(gram, lower=1, overwrite_a=1, clean=0)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"XᵀX + λI is not positive definite (dpotrf {info}); is λ > 0?")
-    p, info = lapack.dpotri(chol, lower=1, overwrite_c=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"dpotri failed ({info})")
+    p = spd_inverse_lower(gram)
     return p, np.diagonal(p).copy()
 
 

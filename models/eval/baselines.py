@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from models.dataset import EventLog
 from models.eval.protocol import evaluate_system
+from models.linalg import spd_inverse_lower
 from models.split import Split, interaction_matrix
 
 EASE_LAMBDAS: Final[tuple[float, ...]] = (50.0, 100.0, 200.0, 500.0, 1000.0)
@@ -166,14 +167,7 @@ class EASE:
 
 def _spd_inverse(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
     """Inverse of a symmetric positive definite matrix via Cholesky (about half the work of LU)."""
-    from scipy.linalg import lapack
-
-    chol, info = lapack.dpotrf(matrix, lower=1, overwrite_a=1, clean=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"dpotrf failed ({info})")
-    inv, info = lapack.dpotri(chol, lower=1, overwrite_c=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"dpotri failed ({info})")
+    inv = spd_inverse_lower(matrix)
     return np.tril(inv) + np.tril(inv, -1).T
 
 
