@@ -70,9 +70,10 @@ def redis_client(
     target = url or settings.redis_url
     if settings.redis_cluster if cluster is None else cluster:
         overrides.pop("retry_on_timeout", None)  # a cluster client has its own retry policy (and refuses this one)
-        seeds = {"startup_nodes": [aiocluster.ClusterNode(h, int(p)) for h, p in _seed_nodes(settings)]}
-        client: Any = aiocluster.RedisCluster.from_url(
-            target, **{**cluster_options(settings, target), **(seeds if seeds["startup_nodes"] else {}), **overrides})
+        options = cluster_options(settings, target)
+        if settings.redis_cluster_nodes:
+            options["startup_nodes"] = [aiocluster.ClusterNode(h, int(p)) for h, p in _seed_nodes(settings)]
+        client: Any = aiocluster.RedisCluster.from_url(target, **{**options, **overrides})
         return client
     return aioredis.Redis.from_url(target, **{**connection_options(settings, target), **overrides})
 

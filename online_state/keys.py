@@ -101,10 +101,15 @@ class KeyLayout:
         """The last offset of a partition whose effects committed (written in the same MULTI)."""
         return f"{self.prefix}:offset:{topic}:{partition}"
 
+    @property
+    def applied_family(self) -> str:
+        """What every slot marker's key starts with (the per-slot protocol's bookkeeping)."""
+        return f"{self.prefix}:applied:"
+
     def applied(self, slot: int) -> str:
         """The applied offsets of hash slot ``slot`` (``stage|topic|partition`` -> last offset applied to the
         slot's keys), in that slot through its tag: :mod:`online_state.slot_markers`."""
-        return f"{self.prefix}:applied:{{{slot_tag(slot)}}}"
+        return f"{self.applied_family}{{{slot_tag(slot)}}}"
 
     @property
     def api_keys(self) -> str:

@@ -68,7 +68,7 @@ async def snapshot(redis: Any, keys: KeyLayout) -> dict[str, Any]:
     """Every key under the layout's prefix (prefix stripped) with its value; sorted sets as ``{member: score}``."""
     out: dict[str, Any] = {}
     start = len(keys.prefix) + 1
-    markers = keys.applied(0).split("{")[0]  # the per-slot protocol's bookkeeping, not state: cuts differ
+    markers = keys.applied_family  # the per-slot protocol's bookkeeping, not state: cuts differ
     async for raw in redis.scan_iter(match=keys.everything, count=1000):
         key = raw.decode() if isinstance(raw, bytes) else raw
         if key.startswith(markers):

@@ -49,7 +49,7 @@ from online_state.redis_store import DEFAULT_USER_TTL_S
 from online_state.slot_markers import load_slot_functions
 from schemas.decoder import catalog_decoder, interaction_decoder
 from streams import metrics
-from streams.batch_protocol import Fenced, apply_batch
+from streams.batch_protocol import Fenced, Outcome, apply_batch
 from streams.catalogue import CatalogueFollower, LiveCatalogue
 from streams.dedupe import EventWindows
 from streams.effects import Effect, EffectContext
@@ -184,7 +184,6 @@ class Worker:
         self.windows: EventWindows | None = None
         # The per-slot protocol (streams.slot_protocol), or None: one MULTI per batch (streams.batch_protocol).
         self.slots: SlotProtocol | None = None
-        self._position: dict[Any, int] = {}  # per partition, the last offset this worker applied (slot protocol)
         self.oom = OomPause(self.options.oom_backoff_s, self.options.oom_backoff_max_s)
         self._committed_round = False
         self._metrics_served = False
@@ -201,7 +200,7 @@ class Worker:
         self._redis_warm = False
         self._last: dict[Any, int] = {}
         self._uncommitted: set[Any] = set()
-        self._position = {}
+        self._position: dict[Any, int] = {}  # per partition, the last offset this worker applied (slot protocol)
 
     @property
     def rejected(self) -> int:
@@ -381,22 +380,17 @@ class Worker:
         if not self._redis_warm:
             self._redis_warm = True
             await self._warm_redis()
+        prepare = partial(self.intake.batch, tp, decoder)
         try:
-            while self.slots is not None:
-                outcome = await self.slots.apply(topic, tp.partition, records, partial(self.intake.batch, tp, decoder),
-                                                 effects, windows, position=self._position.get(tp))
-                self._position[tp] = outcome.position
-                if outcome.recuts:
-                    metrics.FENCED.labels(topic).inc(outcome.recuts)
-                break
-            while self.slots is None:
-                try:
-                    outcome = await apply_batch(self.redis, self.keys.offset(topic, tp.partition), records,
-                                                partial(self.intake.batch, tp, decoder), effects, windows)
-                    break
-                except Fenced:
-                    metrics.FENCED.labels(topic).inc()
-                    log.info("worker.fenced", topic=topic, partition=tp.partition)
+            if self.slots is not None:
+                slotted = await self.slots.apply(topic, tp.partition, records, prepare, effects, windows,
+                                                 position=self._position.get(tp))
+                self._position[tp] = slotted.position
+                if slotted.recuts:
+                    metrics.FENCED.labels(topic).inc(slotted.recuts)
+                outcome: Outcome = slotted
+            else:
+                outcome = await self._apply_transaction(tp, records, prepare, effects, windows)
         except OutOfMemoryError as exc:  # nothing was written: rewind, the round backs off (OomPause)
             self.oom.refused(topic, tp.partition, exc)
             with contextlib.suppress(Exception):
@@ -426,6 +420,18 @@ class Worker:
         metrics.BATCH_SECONDS.labels(topic).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(topic).observe(len(records))
         return records[-1].offset
+
+    async def _apply_transaction(self, tp: Any, records: list[Any], prepare: Any, effects: Sequence[Effect[Any]],
+                                 windows: EventWindows | None) -> Outcome:
+        """One ``MULTI`` per batch (``worker_protocol=transaction``); a fenced batch is redone at once, from the
+        offset the other worker stored."""
+        while True:
+            try:
+                return await apply_batch(self.redis, self.keys.offset(tp.topic, tp.partition), records, prepare,
+                                         effects, windows)
+            except Fenced:
+                metrics.FENCED.labels(tp.topic).inc()
+                log.info("worker.fenced", topic=tp.topic, partition=tp.partition)
 
     async def _warm_redis(self) -> None:
         """Open, at once, the connections the concurrent batches will hold: setting one up is several round

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from stack_settings import stack_settings
 
 from foundation.settings import Settings
 
@@ -54,21 +55,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.is_relative_to(HERE):
             item.add_marker(pytest.mark.integration)
-
-
-def stack_settings(
-    state_dir: Path, kafka_port: int, controller_port: int, redis_port: int, **overrides: object
-) -> Settings:
-    """Settings for a local stack on the given ports (the rest comes from the environment; not from files: the
-    credentials.env of an older stack in ``state_dir`` must not leak into the new one)."""
-    return Settings(
-        _env_file=None,
-        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
-        kafka_controller_port=controller_port,
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        state_dir=state_dir,
-        **overrides,
-    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

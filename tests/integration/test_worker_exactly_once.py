@@ -432,7 +432,7 @@ async def _assert_slot_markers(client: aioredis.Redis) -> None:
     """The per-slot protocol's markers (streams.slot_protocol): each slot's applied offset of a partition is at
     most the partition's checkpoint (its end, checked by _assert_offsets), and every stored field names a stage,
     a topic and a partition that has one."""
-    markers = await _keys(client, DEFAULT_KEYS.applied(0).split("{")[0] + "*")
+    markers = await _keys(client, DEFAULT_KEYS.applied_family + "*")
     offset_keys = await _keys(client, DEFAULT_KEYS.offset("*", "*"))
     checkpoints = {k: int(v) for k, v in zip(offset_keys, await _mget(client, offset_keys), strict=True)}
     assert markers, "no slot markers: the worker did not run the per-slot protocol"

@@ -22,6 +22,7 @@ def test_every_key_of_the_default_layout() -> None:
     assert keys.item_learning(-1, "m7") == "sr:il:ffffffff:m7"  # crc32 spaces as unsigned 32 bits
     assert keys.item_learning_space(0xABC) == "sr:il:00000abc:"
     assert keys.offset("interactions", 3) == "sr:offset:interactions:3"
+    assert keys.applied(0).startswith(keys.applied_family) and keys.applied_family == "sr:applied:"
     assert keys.everything == "sr:*"
 
 

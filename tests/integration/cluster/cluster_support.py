@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from stack_settings import stack_settings
+
 from foundation.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -30,10 +32,4 @@ class ClusterStack:
 def base_settings() -> Settings:
     """Settings for the cluster stack's ports and state dir (not from files: an older credentials.env must not
     leak in)."""
-    return Settings(
-        _env_file=None,
-        kafka_bootstrap=f"127.0.0.1:{KAFKA_PORT}",
-        kafka_controller_port=KAFKA_CONTROLLER_PORT,
-        redis_url=f"redis://127.0.0.1:{REDIS_PORT}/0",
-        state_dir=STATE_DIR,
-    )
+    return stack_settings(STATE_DIR, KAFKA_PORT, KAFKA_CONTROLLER_PORT, REDIS_PORT)
