@@ -139,6 +139,29 @@ def set_latest(root: Path, version: str) -> None:
     os.replace(tmp, root / LATEST)
 
 
+def update_manifest(root: Path, version: str, **fields: Any) -> dict[str, Any]:
+    """Add ``fields`` to the manifest of the published bundle ``version`` (e.g. the retraining gate's
+    comparison, known only once the bundle can be loaded and scored); returns the new manifest.
+
+    The manifest is replaced with one ``os.replace``, so a reader sees the old or the new one whole. File
+    checksums are untouched: ``manifest.json`` is not among the files they cover. Core fields (version,
+    files, ...) cannot be changed this way.
+    """
+    reserved = {"format", "version", "created_at", "data_fingerprint", "feature_spec_version", "files"}
+    if clash := reserved & fields.keys():
+        raise ValueError(f"cannot overwrite manifest fields {sorted(clash)}")
+    path = root / "versions" / version / MANIFEST
+    try:
+        manifest = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise BundleError(f"bundle {version} not found under {root}") from None
+    manifest.update(fields)
+    tmp = path.with_name(f".{MANIFEST}-{uuid.uuid4().hex}")
+    tmp.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    os.replace(tmp, path)
+    return dict(manifest)
+
+
 def latest_version(root: Path) -> str:
     try:
         return (root / LATEST).read_text().strip()

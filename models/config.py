@@ -20,9 +20,24 @@ class TwoStageConfig:
     seed: int = 0
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     rank_users: int = 2000  # users whose split point becomes a ranker training request (at most)
+    ranker_requests_per_user: int = 1  # requests per user spread over their held-out part (see request_points)
     valid_share: float = 0.15  # of those requests, held out for early stopping
     ranker_epochs: int = 12
     ranker_loss: str = "listwise"
+    # Negatives kept per request and epoch (models.ranker.train); 0: every candidate (best on validation: the
+    # listwise loss learns the order among the hard negatives retrieval brings, not just against random ones).
+    ranker_negatives: int = 0
+    item_item_lambda: float = 1000.0  # EASE's λ of the item-to-item source (models.item_item)
+    item_item_top_k: int = 400  # neighbours kept per title
+    item_item_max_items: int = 6000  # titles the dense solve covers (the most interacted); 0: no such source
+    sequence_epochs: int = 40  # the next-title sequence model (models.sequence); 0: no such model
+    sequence_dim: int = 64
+    sequence_max_len: int = 20  # its input: the user's last N distinct positive titles
+    # The largest share of the training requests' top 10s any one title may take (models.exposure); 0: no cap.
+    exposure_cap: float = 0.15
+    # Training picks post.popularity_correction and exposure_cap itself (models.debias): the strongest pair
+    # whose validation NDCG@10 is within this share of the best; None: use the two as given.
+    debias_tolerance: float | None = 0.1
     post: PostConfig = field(default_factory=PostConfig)
 
 

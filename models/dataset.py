@@ -8,6 +8,7 @@ same indices every time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -24,6 +25,7 @@ from schemas.events import (
     Click,
     Complete,
     Impression,
+    InteractionEvent,
     Play,
     Progress,
     Rating,
@@ -102,6 +104,21 @@ class EventLog:
         )
 
 
+def read_events(path: Path) -> Iterator[tuple[bytes, InteractionEvent | None]]:
+    """Each non-blank line of an ``events.jsonl`` (line end stripped) with its decoded event, ``None`` when it
+    does not decode: the one reading of the file for :func:`load_log` and the tools that map lines to rows."""
+    with path.open("rb") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                event = interaction_decoder.decode(line)
+            except EventError:
+                yield line.rstrip(b"\r\n"), None
+                continue
+            yield line.rstrip(b"\r\n"), event
+
+
 def load_log(folder: Path) -> EventLog:
     """Read ``folder/catalog.jsonl`` and ``folder/events.jsonl`` (invalid lines are counted, skipped)."""
     catalog = load_catalog(folder / "catalog.jsonl")
@@ -125,51 +142,46 @@ def load_log(folder: Path) -> EventLog:
             user_ids.append(user_id)
         return idx
 
-    with (folder / "events.jsonl").open("rb") as fh:
-        for line in fh:
-            if not line.strip():
+    for _, event in read_events(folder / "events.jsonl"):
+        if event is None:
+            rejected += 1
+            continue
+        u = user_of(event.user_id)
+        kind = _KIND_OF[type(event)]
+        item = NO_ITEM
+        value = duration = 0.0
+        if isinstance(event, Impression):
+            shown = [item_index[i] for i in event.item_ids if i in item_index]
+            imp_rows.append(len(cols["ts"]))
+            imp_lengths.append(len(shown))
+            imp_items.extend(shown)
+        elif isinstance(event, UserUpsert):
+            if event.maturity_limit is not None:
+                maturity_limit[u] = maturity_pos[event.maturity_limit]
+        else:
+            found = item_index.get(event.item_id)
+            if found is None:
+                rejected += 1  # an interaction with a title the catalog never announced
                 continue
-            try:
-                event = interaction_decoder.decode(line)
-            except EventError:
-                rejected += 1
-                continue
-            u = user_of(event.user_id)
-            kind = _KIND_OF[type(event)]
-            item = NO_ITEM
-            value = duration = 0.0
-            if isinstance(event, Impression):
-                shown = [item_index[i] for i in event.item_ids if i in item_index]
-                imp_rows.append(len(cols["ts"]))
-                imp_lengths.append(len(shown))
-                imp_items.extend(shown)
-            elif isinstance(event, UserUpsert):
-                if event.maturity_limit is not None:
-                    maturity_limit[u] = maturity_pos[event.maturity_limit]
-            else:
-                found = item_index.get(event.item_id)
-                if found is None:
-                    rejected += 1  # an interaction with a title the catalog never announced
-                    continue
-                item = found
-                if isinstance(event, Rating):
-                    value = event.value
-                elif isinstance(event, Progress | Complete | Skip):
-                    value = event.watched_seconds or 0.0
-                    duration = getattr(event, "duration_seconds", None) or 0.0
-            ctx = getattr(event, "context", None)
-            cols["ts"].append(event.ts)
-            cols["user"].append(u)
-            cols["item"].append(item)
-            cols["kind"].append(kind)
-            cols["value"].append(value)
-            cols["duration"].append(duration)
-            cols["device"].append(DEVICE_CODE.get(ctx.device, 0) if ctx and ctx.device else 0)
-            if ctx and ctx.country:
-                cols["country"].append(countries.setdefault(ctx.country, len(countries)) + 1)
-            else:
-                cols["country"].append(0)
-            cols["hour"].append(ctx.local_hour if ctx and ctx.local_hour is not None else -1)
+            item = found
+            if isinstance(event, Rating):
+                value = event.value
+            elif isinstance(event, Progress | Complete | Skip):
+                value = event.watched_seconds or 0.0
+                duration = getattr(event, "duration_seconds", None) or 0.0
+        ctx = getattr(event, "context", None)
+        cols["ts"].append(event.ts)
+        cols["user"].append(u)
+        cols["item"].append(item)
+        cols["kind"].append(kind)
+        cols["value"].append(value)
+        cols["duration"].append(duration)
+        cols["device"].append(DEVICE_CODE.get(ctx.device, 0) if ctx and ctx.device else 0)
+        if ctx and ctx.country:
+            cols["country"].append(countries.setdefault(ctx.country, len(countries)) + 1)
+        else:
+            cols["country"].append(0)
+        cols["hour"].append(ctx.local_hour if ctx and ctx.local_hour is not None else -1)
 
     ts = np.array(cols["ts"], np.int64)
     # events.jsonl is time-ordered by contract; a stable sort keeps it so for hand-made logs too.

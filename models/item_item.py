@@ -105,9 +105,12 @@ def item_item(
 
     Titles no history item reaches (score 0) or that disliked titles push below 0 are not returned.
     """
-    scores = neighbours.scores(history_items, history_weights)
-    scores[scores <= 0] = -np.inf
-    return top_k(scores, budget, exclude)
+    return top_positive(neighbours.scores(history_items, history_weights), budget, exclude)
+
+
+def top_positive(scores: Scores, budget: int, exclude: ItemMask | None = None) -> tuple[Items, Scores]:
+    """The source's cut of precomputed EASE scores (the pipeline also keeps them as a ranking feature)."""
+    return top_k(np.where(scores > 0, scores, -np.inf).astype(np.float32), budget, exclude)
 
 
 def positive_feedback(log: EventLog) -> sp.csr_matrix:

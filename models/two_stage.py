@@ -17,6 +17,7 @@ the feature state comes from the log replayed up to each request instead of from
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tempfile
 import time
@@ -34,14 +35,17 @@ from models.cf import CFModel, fit_cf
 from models.config import TwoStageConfig
 from models.content import ContentModel, ContentProjection, fit_content, fit_projection
 from models.dataset import DEVICES, EventLog
+from models.debias import choose_debiasing
 from models.features.batch import FeatureBatch, FeatureLayout
 from models.features.offline import Replay, Request, build_rows, context_at
 from models.features.spec import FEATURE_SPEC_VERSION, feature_layout
 from models.features.state import ItemStatic
 from models.feedback import engagement
+from models.item_item import ItemNeighbours, fit_item_neighbours
 from models.ranker.scorer import RankerSession
 from models.recommend.model import RecommenderModel
 from models.recommend.pipeline import RankingState, RecommendRequest, Snapshot, extra_dense, rank_and_answer, retrieve
+from models.sequence import SequenceScorer, sequence_parity, train_sequence_model
 from models.split import make_split
 
 Progress = Callable[[str], None]
@@ -58,6 +62,8 @@ class Retrieval:
     neighbour_index: ItemIndex  # "cosine": item -> similar items
     popularity: NDArray[np.float32]
     metrics: dict[str, Any]
+    item_neighbours: ItemNeighbours | None = None  # the EASE-style item-to-item source
+    sequence: SequenceScorer | None = None  # the next-title model, exported to ONNX
 
 
 def fit_retrieval(log: EventLog, config: TwoStageConfig, progress: Progress | None = None) -> Retrieval:
@@ -76,21 +82,46 @@ def fit_retrieval(log: EventLog, config: TwoStageConfig, progress: Progress | No
     cf_index = ItemIndex.build(cf.item_vectors, IndexParams(space="ip", seed=config.seed))
     neighbour_index = ItemIndex.build(cf.item_vectors, IndexParams(space="cosine", seed=config.seed))
     recall = cf_index.measure_recall(cf.user_vectors[cf.trained_users], n_queries=500)
+    neighbours = None
+    if config.item_item_max_items > 0:
+        say("item-to-item (EASE) neighbours")
+        ease_started = time.perf_counter()
+        neighbours = fit_item_neighbours(log, log.catalog.n_items, lam=config.item_item_lambda,
+                                         top_k=config.item_item_top_k,
+                                         max_dense_items=config.item_item_max_items)
+        ease_seconds = time.perf_counter() - ease_started
+    sequence, sequence_seconds, parity = None, 0.0, {}
+    if config.sequence_epochs > 0:
+        say("next-title sequence model")
+        seq_started = time.perf_counter()
+        histories = user_histories(log)
+        trained = train_sequence_model(histories, log.catalog.n_items, dim=config.sequence_dim,
+                                       max_len=config.sequence_max_len, epochs=config.sequence_epochs,
+                                       seed=config.seed)
+        # The TorchScript exporter: 0.5 s against 13 s for the dynamo one on a small model, the same graph
+        # shape, and the parity below is checked on every export either way.
+        sequence = trained.to_scorer(dynamo=False)
+        sequence_seconds = time.perf_counter() - seq_started
+        # The export check on the training users' own inputs: what ONNX Runtime serves vs PyTorch.
+        parity["sequence_onnx_max_abs_diff"] = sequence_parity(trained, sequence, histories)
     metrics = {"hnsw": recall, "projection": projection.report, "cf_seconds": cf.seconds,
-               "retrieval_seconds": time.perf_counter() - started}
+               "item_item_seconds": ease_seconds if neighbours is not None else 0.0,
+               "sequence_seconds": sequence_seconds, **parity, "retrieval_seconds": time.perf_counter() - started}
     return Retrieval(cf, content, content_vectors, projection, cf.item_vectors, cf_index, neighbour_index,
-                     popularity_scores(log), metrics)
+                     popularity_scores(log), metrics, neighbours, sequence)
 
 
 def recommender(retrieval: Retrieval, log: EventLog, config: TwoStageConfig, layout: FeatureLayout,
-                ranker: RankerSession | None, histories: Histories | None = None) -> RecommenderModel:
+                ranker: RankerSession | None, histories: Histories | None = None,
+                exposure_prices: NDArray[np.float32] | None = None) -> RecommenderModel:
     """The fitted model as the recommend pipeline reads it (what its bundle would load as)."""
     limits = log.user_maturity_limit if len(log.user_maturity_limit) == log.n_users else None
     return RecommenderModel.from_fit(
         log.catalog, log.user_ids, config=config, cf=retrieval.cf, content_model=retrieval.content,
         content=retrieval.content_vectors, popularity=retrieval.popularity, cf_index=retrieval.cf_index,
         neighbour_index=retrieval.neighbour_index, histories=histories or user_histories(log),
-        maturity_limit=limits, layout=layout, ranker=ranker)
+        maturity_limit=limits, layout=layout, ranker=ranker, item_neighbours=retrieval.item_neighbours,
+        sequence=retrieval.sequence, exposure_price=exposure_prices)
 
 
 def request_at(log: EventLog, user: int, row: int, ts: int, k: int = 20) -> RecommendRequest:
@@ -126,18 +157,33 @@ def _rows(log: EventLog, plans: list[_Planned], static: ItemStatic) -> tuple[Fea
     return build_rows(log, requests, static, lambda request: extras[id(request)])
 
 
-def _labels(log: EventLog, held_out: NDArray[np.bool_]) -> dict[int, tuple[NDArray[np.int32], NDArray[np.float32]]]:
-    """Per user: (items sorted, max engagement) over the held-out rows."""
-    rows = np.flatnonzero(held_out)
+def _labels(log: EventLog, rows: NDArray[np.int64]) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    """(items sorted, max engagement) over one user's held-out ``rows``."""
     gain = engagement(log.kind[rows], log.value[rows], log.duration[rows])
-    key = log.user[rows].astype(np.int64) * log.catalog.n_items + log.item[rows]
-    uniq, inv = np.unique(key, return_inverse=True)
-    best = np.zeros(len(uniq), np.float32)
+    items, inv = np.unique(log.item[rows].astype(np.int32), return_inverse=True)
+    best = np.zeros(len(items), np.float32)
     np.maximum.at(best, inv, gain)
-    users = (uniq // log.catalog.n_items).astype(np.int64)
-    items = (uniq % log.catalog.n_items).astype(np.int32)
+    return items, best
+
+
+def request_points(log: EventLog, held_out: NDArray[np.bool_], per_user: int
+                   ) -> dict[int, list[NDArray[np.int64]]]:
+    """Per user: the held-out rows (time order) from each ranker request on. The first request is at the
+    user's first held-out event; with ``per_user`` > 1 more are spread over the held-out part (the user
+    coming back later, with what they did since as online history), each labelled by what came after it.
+    Never before the cut: retrieval was fitted on the events before it, so an earlier request would ask it
+    about titles it was trained on."""
+    rows = np.flatnonzero(held_out)
+    users = log.user[rows].astype(np.int64)
+    order = np.argsort(users, kind="stable")  # rows are in time order: stable keeps each user's in time
+    rows, users = rows[order], users[order]
     bounds = np.flatnonzero(np.diff(np.concatenate([[-1], users, [-1]]))).tolist()
-    return {int(users[s]): (items[s:e], best[s:e]) for s, e in itertools.pairwise(bounds)}
+    out: dict[int, list[NDArray[np.int64]]] = {}
+    for s, e in itertools.pairwise(bounds):
+        own = rows[s:e]
+        starts = np.unique((np.arange(per_user) * len(own)) // per_user)
+        out[int(users[s])] = [own[k:] for k in starts.tolist()]
+    return out
 
 
 @dataclass
@@ -148,6 +194,7 @@ class TwoStageModel:
     static: ItemStatic
     config: TwoStageConfig
     metrics: dict[str, Any]
+    exposure_prices: NDArray[np.float32] | None = None  # models.exposure, learned on the ranker's requests
 
 
 def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
@@ -155,6 +202,7 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
     """Train retrieval and the ranker on ``log`` (see the module docstring for the protocol)."""
     # Lazy: the ranker's training imports torch (the optional `train` extra, seconds to import).
     from models.ranker.export import export_onnx
+    from models.ranker.model import torch_scores
     from models.ranker.train import grouped_ndcg, train_ranker
 
     config = config or TwoStageConfig()
@@ -162,41 +210,42 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
     started = time.perf_counter()
     inner = make_split(log, "user-last")
     held_out = inner.test_mask
-    labels = _labels(log, held_out)
     say("retrieval on the inner training part")
     inner_retrieval = fit_retrieval(inner.train, config, progress)
     histories = user_histories(log)
-    first_held = {}
-    rows = np.flatnonzero(held_out)
-    for row in rows[::-1].tolist():  # last write wins: the earliest held-out row of each user
-        first_held[int(log.user[row])] = row
-    users = np.array(sorted(first_held), np.int64)
+    points = request_points(log, held_out, config.ranker_requests_per_user)
+    users = np.array(sorted(points), np.int64)
     rng = np.random.default_rng(config.seed)
     if len(users) > config.rank_users:
         users = np.sort(rng.choice(users, config.rank_users, replace=False))
-    say(f"candidates for {len(users)} ranker requests")
+    asked = [(u, after) for u in users.tolist() for after in points[u]]
+    say(f"candidates for {len(asked)} ranker requests of {len(users)} users")
     static = ItemStatic.from_catalog(log.catalog)
     layout = feature_layout(log.catalog.n_items, static.n_genres)
     inner_model = recommender(inner_retrieval, log, config, layout, None, histories)
-    plans = [_plan(inner_model, log, u, int(log.ts[first_held[u]]), first_held[u]) for u in users.tolist()]
+    plans = [_plan(inner_model, log, u, int(log.ts[after[0]]), int(after[0])) for u, after in asked]
     say("point-in-time feature rows")
     batch, group = _rows(log, plans, static)
     label = np.zeros(len(batch), np.float32)
-    for g, plan in enumerate(plans):
-        items, gains = labels.get(plan.user, (np.zeros(0, np.int32), np.zeros(0, np.float32)))
+    n_positives = 0
+    for g, (plan, (_, after)) in enumerate(zip(plans, asked, strict=True)):
+        items, gains = _labels(log, after)
+        n_positives += len(items)
         sel = np.flatnonzero(group == g)
         pos = np.searchsorted(items, plan.candidates.items)
         found = (pos < len(items)) & (items[np.minimum(pos, len(items) - 1)] == plan.candidates.items) \
             if len(items) else np.zeros(len(sel), bool)
         label[sel[found]] = gains[pos[found]]
-    n_valid = max(1, int(len(plans) * config.valid_share))
-    valid_groups = rng.permutation(len(plans))[:n_valid]
+    # Early stopping on held-out users (not requests: a user's several requests share most of their answers).
+    n_valid = max(1, int(len(users) * config.valid_share))
+    valid_users = rng.permutation(users)[:n_valid]
+    valid_groups = np.flatnonzero(np.isin(np.array([u for u, _ in asked], np.int64), valid_users))
     is_valid = np.isin(group, valid_groups)
     say(f"Wide & Deep on {len(batch):,} rows")
     train_rows, valid_rows = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
     model, history = train_ranker(
         batch.take(train_rows), label[train_rows], group[train_rows], layout, epochs=config.ranker_epochs,
-        seed=config.seed, loss=config.ranker_loss,
+        seed=config.seed, loss=config.ranker_loss, negatives_per_group=config.ranker_negatives or None,
         valid=(batch.take(valid_rows), label[valid_rows], group[valid_rows]),
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,20 +253,35 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
         onnx_bytes = onnx_path.read_bytes()
 
     valid_scores = RankerSession(onnx_bytes).score(batch.take(valid_rows))
+    parity = float(np.max(np.abs(torch_scores(model, batch.take(valid_rows)).astype(np.float64)
+                                 - valid_scores.astype(np.float64)), initial=0.0))
     ranker_metrics = {
         "rows": len(batch), "requests": len(plans), "positive_rows": int((label > 0).sum()),
         "valid_ndcg@10": float(grouped_ndcg(valid_scores, label[valid_rows], group[valid_rows], 10)),
         "valid_ndcg@10_retrieval_order": float(grouped_ndcg(
             batch.dense[valid_rows, layout.dense_names.index("cf_score")], label[valid_rows], group[valid_rows], 10)),
         "best_epoch": history.best_epoch, "seconds": history.seconds,
+        "onnx_max_abs_diff": parity,  # the export check on the validation rows (PyTorch vs ONNX Runtime)
     }
-    candidate_recall = float((label > 0).sum()) / max(1, sum(len(labels.get(p.user, ((), ()))[0]) for p in plans))
+    candidate_recall = float((label > 0).sum()) / max(1, n_positives)
+    # Stage 3's push against popularity (models.debias): tuned on the held-out requests, or as configured.
+    say("popularity correction and exposure caps")
+    items = np.concatenate([p.candidates.items for p in plans]).astype(np.int64)
+    tuned = config.debias_tolerance is not None
+    choice = choose_debiasing(
+        RankerSession(onnx_bytes).score(batch), items, group, label, is_valid, inner_model.audience_of(items),
+        log.catalog.n_items, tolerance=config.debias_tolerance if tuned else 0.0,
+        **({} if tuned else {"betas": (config.post.popularity_correction,), "caps": (config.exposure_cap,)}))
+    config = dataclasses.replace(config, exposure_cap=choice.cap,
+                                 post=dataclasses.replace(config.post, popularity_correction=choice.beta))
+    ranker_metrics["debias"] = {"tuned": tuned, "tolerance": config.debias_tolerance, "beta": choice.beta,
+                                "cap": choice.cap, "grid": choice.table}
     say("retrieval on the whole log")
     retrieval = fit_retrieval(log, config, progress)
     metrics = {"ranker": ranker_metrics, "inner_candidate_recall": candidate_recall,
                "retrieval": retrieval.metrics, "train_seconds": time.perf_counter() - started,
                "feature_spec_version": FEATURE_SPEC_VERSION}
-    return TwoStageModel(retrieval, onnx_bytes, layout, static, config, metrics)
+    return TwoStageModel(retrieval, onnx_bytes, layout, static, config, metrics, choice.prices)
 
 
 class TwoStageRecommender:
@@ -228,7 +292,7 @@ class TwoStageRecommender:
         self.model = model
         self.log = log
         self.recommender = recommender(model.retrieval, log, model.config, model.layout,
-                                       RankerSession(model.ranker_onnx))
+                                       RankerSession(model.ranker_onnx), exposure_prices=model.exposure_prices)
 
     def _requests(self, users: NDArray[np.integer], k: int) -> list[tuple[int, RecommendRequest]]:
         log = self.log

@@ -38,6 +38,9 @@ COMMANDS: dict[str, CommandEntry] = {
     "train": CommandEntry(
         "streamrec.commands.train",
         "Train CF + content vectors, the HNSW indexes and the Wide & Deep ranker; publish the bundle."),
+    "retrain": CommandEntry(
+        "streamrec.commands.retrain",
+        "Train a candidate bundle from the topics, compare it with `latest` on a recent window, publish if not worse."),
     "eval": CommandEntry(
         "streamrec.commands.evaluate",
         "Offline evaluation: hold out each user's latest events, rank the whole catalogue, report metrics."),

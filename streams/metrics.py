@@ -125,3 +125,7 @@ ITEM_STATE_PUBLISHED: Final = Counter(
 ITEM_STATE_PENDING: Final = Gauge(
     "streamrec_worker_item_state_pending", "Item-state records committed in Redis and not yet sent (one per item).",
 )
+BUNDLE_RELOADS: Final = Counter(
+    "streamrec_worker_bundle_reloads_total", "Bundle hot reloads of the worker (a new `latest`), by outcome.",
+    ["outcome"],
+)

@@ -41,7 +41,7 @@ from foundation.logs import get_logger
 from foundation.redis_io import mget_any, redis_client
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
-from models.bundle import Bundle, BundleError, open_bundle
+from models.bundle import Bundle, BundleError, latest_version, open_bundle
 from online_state.keys import DEFAULT_PREFIX, KeyLayout
 from online_state.offsets import parse_stored
 from online_state.redis_functions import functions_available, is_missing_function, load_functions
@@ -90,6 +90,9 @@ class WorkerOptions:
     # Back-off while Redis refuses writes for memory (OomPause): first wait, doubled per refused round up to the cap.
     oom_backoff_s: float = 0.1
     oom_backoff_max_s: float = 5.0
+    # How often `latest` under ``artifacts`` is checked for a new bundle, swapped in between rounds (reload_bundle);
+    # 0: never (the bundle of the start stays).
+    bundle_poll_s: float = 5.0
 
 
 class OomPause:
@@ -187,6 +190,9 @@ class Worker:
         self.oom = OomPause(self.options.oom_backoff_s, self.options.oom_backoff_max_s)
         self._committed_round = False
         self._metrics_served = False
+        self._bundle_checked_at = time.monotonic()
+        self._failed_bundle: str | None = None  # a version that failed to load: not retried until `latest` moves
+        self.bundle_reloads = 0
         self._fresh_clients()
 
     def _fresh_clients(self) -> None:
@@ -274,14 +280,92 @@ class Worker:
     def _build_effects(self) -> None:
         """The effects of the registry (or the ones given), built against the started clients; a factory
         that fails stops the start-up (:class:`~streams.effects_registry.EffectBuildError`)."""
-        ctx = EffectContext(settings=self.settings, redis=self.redis, bundle=self.bundle, keys=self.keys,
-                            catalog=self.catalog, producer=self.producer, bulk=self.bulk)
-        if self._effects_given is None:
-            self.effects = build_effects(INTERACTION_EFFECTS if self.options.effects else FEATURES_ONLY, ctx)
-        if self._catalog_effects_given is None:
-            self.catalog_effects = build_effects(CATALOG_EFFECTS if self.options.effects else (), ctx)
+        self.effects, self.catalog_effects = self._effects_for(self.bundle, self.catalog)
         log.info("worker.effects", effects=[e.name for e in self.effects],
                  catalog_effects=[e.name for e in self.catalog_effects])
+
+    def _effects_for(self, bundle: Bundle | None, catalog: LiveCatalogue) -> tuple[list[Effect[Any]],
+                                                                                    list[Effect[Any]]]:
+        ctx = EffectContext(settings=self.settings, redis=self.redis, bundle=bundle, keys=self.keys,
+                            catalog=catalog, producer=self.producer, bulk=self.bulk)
+        effects, catalog_effects = self.effects, self.catalog_effects
+        if self._effects_given is None:
+            effects = build_effects(INTERACTION_EFFECTS if self.options.effects else FEATURES_ONLY, ctx)
+        if self._catalog_effects_given is None:
+            catalog_effects = build_effects(CATALOG_EFFECTS if self.options.effects else (), ctx)
+        return list(effects), list(catalog_effects)
+
+    # --- bundle hot reload -------------------------------------------------------------------------
+
+    async def _maybe_reload(self) -> None:
+        """Every ``bundle_poll_s``: if `latest` names another bundle than the one in use, swap it in."""
+        o = self.options
+        if o.artifacts is None or o.bundle_poll_s <= 0 or time.monotonic() - self._bundle_checked_at < o.bundle_poll_s:
+            return
+        self._bundle_checked_at = time.monotonic()
+        try:
+            version = await asyncio.to_thread(latest_version, o.artifacts)
+        except Exception:
+            return  # no bundle yet, or `latest` being replaced this instant: the next poll sees it
+        if version in (self.bundle.version if self.bundle is not None else None, self._failed_bundle):
+            return
+        await self.reload_bundle(version)
+
+    async def reload_bundle(self, version: str | None = None) -> bool:
+        """Swap in bundle ``version`` (default: `latest`) between rounds; ``False`` (old bundle kept) if it failed.
+
+        Called between rounds (no batch in flight) and under the rebalance lock, so each batch is applied whole
+        with one bundle's effects and the Redis offsets move as always: nothing is lost or applied twice. What
+        depends on the bundle is rebuilt the way a start builds it: the catalogue (the new bundle's titles, then
+        every ``catalog`` record since, read by a new follower before the swap) and the effects (their user
+        vectors, item learning's ``bundle_version``/``dim``/``space`` come from the new bundle). A new CF space
+        is handled as the effects and the server already expect of a retrained bundle: online user vectors of
+        the old space read as absent (the user restarts from their new bundle vector, or zeros), item vectors
+        are published under the new version, and servers ignore another version's vectors.
+        """
+        s, o = self.settings, self.options
+        assert o.artifacts is not None
+        started = time.perf_counter()
+        old = self.bundle.version if self.bundle is not None else None
+        follower: Any = None
+        try:
+            bundle = await asyncio.to_thread(open_bundle, o.artifacts, version)
+            catalog = await asyncio.to_thread(LiveCatalogue.from_bundle, bundle)
+            follower = make_consumer(s, group_id=None, enable_auto_commit=False)
+            await follower.start()
+            parts = await self.producer.partitions_for(s.topic_catalog)
+            tps = [TopicPartition(s.topic_catalog, p) for p in sorted(parts)]
+            follower.assign(tps)
+            await follower.seek_to_beginning(*tps)
+            new_follower = CatalogueFollower(follower, catalog)
+            await new_follower.read_to_end(tps)
+            effects, catalog_effects = self._effects_for(bundle, catalog)
+        except Exception as exc:
+            if follower is not None:
+                await stop_quietly(follower)
+            self._failed_bundle = version
+            metrics.BUNDLE_RELOADS.labels("failed").inc()
+            log.error("worker.bundle_reload_failed", old=old, new=version, error=repr(exc))
+            return False
+        async with self._lock:
+            for effect in [*self.effects, *self.catalog_effects]:
+                with contextlib.suppress(Exception):
+                    await effect.idle()  # what the old effects send after their commits goes out first
+            previous = self.follower.consumer if self.follower is not None else None
+            self.bundle, self.catalog, self.follower = bundle, catalog, new_follower
+            self.effects, self.catalog_effects = effects, catalog_effects
+        if previous is not None:
+            await stop_quietly(previous)
+        self._failed_bundle = None
+        self.bundle_reloads += 1
+        metrics.BUNDLE_RELOADS.labels("ok").inc()
+        # The old bundle was frozen out of the collector's sight at start: unfreeze so that its cycles can go.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        log.info("worker.bundle_reloaded", old=old, new=bundle.version, items=len(catalog.table),
+                 seconds=round(time.perf_counter() - started, 3))
+        return True
 
     async def stop(self) -> None:
         for effect in [*self.effects, *self.catalog_effects]:
@@ -311,6 +395,7 @@ class Worker:
             await self.start()
             while not self.stopping.is_set():
                 await self.round()
+                await self._maybe_reload()  # between rounds: no batch in flight
                 failure = producer_failure(self.producer)
                 if failure is not None and not self.stopping.is_set():
                     await self.restart(f"producer failed: {failure!r}")

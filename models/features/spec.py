@@ -21,7 +21,7 @@ from typing import Final
 
 from models.features.batch import FeatureLayout
 
-FEATURE_SPEC_VERSION: Final = 1
+FEATURE_SPEC_VERSION: Final = 2  # 2: the item-to-item and sequence sources and their scores of every candidate
 SUPPORTED_FEATURE_SPECS: Final[frozenset[int]] = frozenset({FEATURE_SPEC_VERSION})
 
 DAY_MS: Final = 86_400_000
@@ -69,7 +69,8 @@ STATE_DENSE_NAMES: Final[tuple[str, ...]] = (
 )
 # Filled by the caller from the model bundle and the retrieval stage (0 when not passed).
 EXTRA_DENSE_NAMES: Final[tuple[str, ...]] = (
-    "cf_score", "content_score", "src_ann", "src_content", "src_popular", "src_new", "src_byw",
+    "cf_score", "content_score", "src_ann", "src_content", "src_popular", "src_new", "src_byw", "src_item_item",
+    "src_sequence", "ii_score", "seq_score",
 )
 DENSE_NAMES: Final[tuple[str, ...]] = STATE_DENSE_NAMES + EXTRA_DENSE_NAMES
 WIDE_NAMES: Final[tuple[str, ...]] = (

@@ -24,11 +24,16 @@ from models.catalog import Catalog, CatalogEvent, CatalogTable
 from models.cf import CFModel
 from models.config import TwoStageConfig, config_from_params
 from models.content import ContentModel
+from models.exposure import EXPOSURE_FILE
 from models.features.batch import FeatureLayout
 from models.features.spec import check_layout, feature_layout
 from models.features.state import ItemStatic
+from models.item_item import ITEM_NEIGHBOURS_FILE, ItemNeighbours
 from models.item_vector_codec import ItemVector, space_id
+from models.postprocess import PostConfig
 from models.ranker.scorer import RankerSession
+from models.sequence import ONNX_FILE as SEQUENCE_FILE
+from models.sequence import SequenceScorer
 
 
 @dataclass
@@ -116,6 +121,13 @@ class RecommenderModel:
     dim: int
     applied_vectors: int = 0
     applied_catalog: int = 0
+    item_neighbours: ItemNeighbours | None = None  # the EASE-style source's weights (bundles since spec 2)
+    sequence: SequenceScorer | None = None  # the next-title model (bundles since spec 2)
+    # log(1 + training users with a positive event) of each bundle title: the popularity correction of
+    # stage 3 (PostConfig.popularity_correction); rows beyond it (live titles) count 0.
+    log_audience: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    # Per bundle title: the exposure price learned at training (models.exposure), 0 beyond it.
+    exposure_price: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
 
     # -- building -----------------------------------------------------------------------------------
 
@@ -136,6 +148,10 @@ class RecommenderModel:
                                   h["weights"].astype(np.float32), h["ts"].astype(np.int64))
             limits = h["maturity_limit"].astype(np.int8)
         layout = FeatureLayout.from_dict(bundle.manifest["feature_layout"])
+        neighbours = (ItemNeighbours.load(bundle.file(ITEM_NEIGHBOURS_FILE).parent)
+                      if ITEM_NEIGHBOURS_FILE in bundle.manifest["files"] else None)
+        sequence = (SequenceScorer.load(bundle.file(SEQUENCE_FILE).parent)
+                    if SEQUENCE_FILE in bundle.manifest["files"] else None)
         return cls.assemble(
             version=bundle.version, config=config, catalog=catalog, genre_vocab=list(meta["genre_vocab"]),
             content=arrays["content_vectors"], popularity=arrays["popularity"], cf=cf,
@@ -143,7 +159,9 @@ class RecommenderModel:
             neighbour_index=ItemIndex.load(bundle.file("hnsw_items.bin")),
             content_model=ContentModel.load(bundle.file("content.npz")), layout=layout,
             ranker=RankerSession(bundle.bytes("ranker.onnx"), intra_op_threads=1), user_ids=bundle.json("user_ids"),
-            histories=histories, maturity_limit=limits,
+            histories=histories, maturity_limit=limits, item_neighbours=neighbours, sequence=sequence,
+            exposure_price=(bundle.array(EXPOSURE_FILE) if f"{EXPOSURE_FILE}.npy" in bundle.manifest["files"]
+                            else None),
         )
 
     @classmethod
@@ -151,14 +169,17 @@ class RecommenderModel:
                  content_model: ContentModel, content: NDArray[np.float32], popularity: NDArray[np.float32],
                  cf_index: ItemIndex, neighbour_index: ItemIndex, histories: Histories,
                  maturity_limit: NDArray[np.int8] | None, layout: FeatureLayout, ranker: RankerSession | None,
-                 version: str = "in-memory") -> RecommenderModel:
+                 version: str = "in-memory", item_neighbours: ItemNeighbours | None = None,
+                 sequence: SequenceScorer | None = None, exposure_price: NDArray[np.float32] | None = None
+                 ) -> RecommenderModel:
         """A model just fitted (offline evaluation, the ranker's own training requests): what a bundle
         written from the same fit would load as."""
         return cls.assemble(
             version=version, config=config, catalog=CatalogTable.from_catalog(catalog),
             genre_vocab=list(catalog.genre_vocab), content=content, popularity=popularity, cf=cf, cf_index=cf_index,
             neighbour_index=neighbour_index, content_model=content_model, layout=layout, ranker=ranker,
-            user_ids=user_ids, histories=histories, maturity_limit=maturity_limit,
+            user_ids=user_ids, histories=histories, maturity_limit=maturity_limit, item_neighbours=item_neighbours,
+            sequence=sequence, exposure_price=exposure_price,
         )
 
     @classmethod
@@ -166,7 +187,9 @@ class RecommenderModel:
                  content: NDArray[np.floating], popularity: NDArray[np.floating], cf: CFModel, cf_index: ItemIndex,
                  neighbour_index: ItemIndex, content_model: ContentModel, layout: FeatureLayout,
                  ranker: RankerSession | None, user_ids: Sequence[str], histories: Histories | None,
-                 maturity_limit: NDArray[np.int8] | None) -> RecommenderModel:
+                 maturity_limit: NDArray[np.int8] | None, item_neighbours: ItemNeighbours | None = None,
+                 sequence: SequenceScorer | None = None, exposure_price: NDArray[np.floating] | None = None
+                 ) -> RecommenderModel:
         n = len(catalog)
         items = ItemTable(catalog=catalog, genre_vocab=genre_vocab, content=np.asarray(content, np.float32),
                           popularity=np.asarray(popularity, np.float32))
@@ -177,8 +200,25 @@ class RecommenderModel:
             neighbour_index=neighbour_index, static=static, layout=layout, content_model=content_model, ranker=ranker,
             user_index={u: k for k, u in enumerate(user_ids)}, user_vectors=cf.user_vectors.astype(np.float32),
             trained_users=cf.trained_users.astype(bool), histories=histories, maturity_limit=maturity_limit,
-            space=space_id(cf.item_vectors), dim=int(cf.item_vectors.shape[1]),
+            space=space_id(cf.item_vectors), dim=int(cf.item_vectors.shape[1]), item_neighbours=item_neighbours,
+            sequence=sequence, log_audience=log_audience(histories, n),
+            exposure_price=np.asarray(exposure_price if exposure_price is not None else (), np.float32),
         )
+
+    def audience_of(self, rows: NDArray[np.integer]) -> NDArray[np.float32]:
+        """``log_audience`` of item rows (0 for live titles newer than the bundle)."""
+        return _rows_of(self.log_audience, rows)
+
+    def penalty_of(self, rows: NDArray[np.integer], post: PostConfig) -> NDArray[np.float32] | None:
+        """What stage 3 takes off the ranker's scores of ``rows``: the popularity correction and the exposure
+        prices; ``None`` when both are off."""
+        penalty = None
+        if post.popularity_correction:
+            penalty = post.popularity_correction * self.audience_of(rows)
+        if post.exposure_prices and len(self.exposure_price):
+            prices = _rows_of(self.exposure_price, rows)
+            penalty = prices if penalty is None else penalty + prices
+        return penalty
 
     def exclusion(self, history_items: NDArray[np.integer], extra: ItemMask | None = None) -> ItemMask:
         """History, unavailable titles and ``extra``, as one mask over the current rows."""
@@ -274,3 +314,24 @@ class RecommenderModel:
         self.apply_catalog(catalog)
         self.apply_vectors(vectors)
         return self
+
+
+def log_audience(histories: Histories | None, n_items: int) -> NDArray[np.float32]:
+    """log(1 + distinct users whose net feedback on the title is positive), from the bundle's histories."""
+    if histories is None or not len(histories.items):
+        return np.zeros(n_items, np.float32)
+    users = np.repeat(np.arange(len(histories.ptr) - 1, dtype=np.int64), np.diff(histories.ptr))
+    key = users * n_items + histories.items.astype(np.int64)
+    uniq, inverse = np.unique(key, return_inverse=True)
+    net = np.bincount(inverse, weights=histories.weights.astype(np.float64), minlength=len(uniq))
+    counts = np.bincount((uniq[net > 0] % n_items).astype(np.int64), minlength=n_items)[:n_items]
+    return np.log1p(counts).astype(np.float32)
+
+
+def _rows_of(values: NDArray[np.float32], rows: NDArray[np.integer]) -> NDArray[np.float32]:
+    """``values[rows]`` with 0 for rows beyond ``values`` (live titles newer than the bundle)."""
+    rows = np.asarray(rows)
+    out = np.zeros(len(rows), np.float32)
+    inside = np.flatnonzero(rows < len(values))
+    out[inside] = values[rows[inside]]
+    return out

@@ -39,19 +39,21 @@ from models.features.hashing import hash_str, hash_strs
 from models.features.rows import RequestContext, feature_batch
 from models.features.spec import country_code
 from models.features.state import ITEM_COUNT_NAMES, ItemStates, StaticRows, UserStates
+from models.item_item import top_positive
 from models.postprocess import PostConfig, apply_rules, mmr
 from models.recommend.model import RecommenderModel
+from models.sequence import sequence_scores
 
 DAY_MS: Final = 86_400_000
 # The ranker's dense column of each retrieval source's score.
 SOURCE_COLUMNS: Final[dict[str, str]] = {
     "ann_cf": "src_ann", "content": "src_content", "popular": "src_popular", "new_releases": "src_new",
-    "byw": "src_byw",
+    "byw": "src_byw", "item_item": "src_item_item", "sequence": "src_sequence",
 }
 # The names the API shows for the retriever's sources.
 PUBLIC_SOURCE: Final[dict[str, str]] = {
     "ann_cf": "collaborative", "content": "content", "popular": "trending", "new_releases": "new_releases",
-    "byw": "because_you_watched",
+    "byw": "because_you_watched", "item_item": "similar_to_history", "sequence": "watch_next",
 }
 TOP_UP_REASON: Final = "Popular on streamrec"
 BYW_REASON_PRIVATE: Final = "Because of what you watched recently"  # PostConfig.reason_titles off
@@ -173,6 +175,10 @@ class Retrieved:
     profile: NDArray[np.float32]
     user: UserContext
     country_trending: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # rows
+    # The item-to-item (EASE) and next-title scores of every title of the model (None: no such model,
+    # or nothing in the history it knows): sources and ranking features both read them.
+    item_item_scores: NDArray[np.float32] | None = None
+    sequence_scores: NDArray[np.float32] | None = None
 
     def item_ids(self, model: RecommenderModel) -> list[str]:
         return model.items.ids[self.candidates.items].tolist()  # type: ignore[no-any-return]
@@ -287,7 +293,10 @@ def popular_source_scores(model: RecommenderModel, snap: Snapshot, context_weigh
 
 def release_candidates(model: RecommenderModel, snap: Snapshot, now: int, budget: int,
                        exclude: NDArray[np.bool_]) -> SourceResult:
-    """New releases: the online list when there is one (recency score in (0, 1]), else the model's arrays."""
+    """New releases: the online list when there is one, else the model's arrays. Either way ranked and scored as
+    :func:`models.candidates.new_releases` does (by the model's popularity, ties by recency): the ranker learned its
+    ``src_new`` column from the offline branch, so the served one must mean the same (issue 13: a recency score
+    here alone took the served lists' overlap with the offline ones from 1.0 to 0.38 on a generated world)."""
     cfg = model.config.candidates
     if not snap.new_releases:
         return new_releases(model.items.new_since, now, budget, cfg.new_window_days, model.items.popularity,
@@ -298,8 +307,10 @@ def release_candidates(model: RecommenderModel, snap: Snapshot, now: int, budget
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
     age = now - release_ts
     keep = (age >= 0) & (age < window) & ~exclude[rows]
-    rows, age = rows[keep][:budget], age[keep][:budget]
-    return rows.astype(np.int32), (1.0 - age / window).astype(np.float32)
+    rows, age = rows[keep], age[keep]
+    popularity = model.items.popularity[rows]
+    order = np.lexsort((rows, age, -popularity))[:budget]
+    return rows[order].astype(np.int32), popularity[order].astype(np.float32)
 
 
 def retrieve(model: RecommenderModel, request: RecommendRequest, snap: Snapshot, now: int) -> Retrieved:
@@ -323,8 +334,18 @@ def retrieve(model: RecommenderModel, request: RecommendRequest, snap: Snapshot,
     found["new_releases"] = release_candidates(model, snap, now, cfg.new_releases, exclude)
     seeds, _, _ = most_recent(positives, cfg.byw_seeds)
     found["byw"] = because_you_watched(model.neighbour_index, seeds, cfg.byw, exclude=exclude)
+    ii = seq = None
+    if model.item_neighbours is not None:
+        # The whole positive history, each title once (EASE's binary rows).
+        ii = model.item_neighbours.scores(positives[0], np.ones(len(positives[0]), np.float32))
+        if cfg.item_item > 0:
+            found["item_item"] = top_positive(ii, cfg.item_item, exclude)
+    if model.sequence is not None:
+        seq = sequence_scores(model.sequence, most_recent(positives, model.sequence.max_len)[0])
+        if seq is not None and cfg.sequence > 0:
+            found["sequence"] = top_k(seq, cfg.sequence, exclude)
     cands = merge_candidates(found, exclude=exclude, available=items.available[: len(items)])
-    return Retrieved(cands, profile, user, country_rows)
+    return Retrieved(cands, profile, user, country_rows, ii, seq)
 
 
 # -- stage 2: ranking ------------------------------------------------------------------------------
@@ -346,6 +367,41 @@ def extra_dense(model: RecommenderModel, retrieved: Retrieved) -> dict[str, NDAr
     filled = cands.score_matrix(0.0)
     for col, name in enumerate(cands.source_names):
         out[SOURCE_COLUMNS[name]] = filled[:, col]
+    out["ii_score"] = _relative(retrieved.item_item_scores, rows, _ii_scale, 0.0)
+    out["seq_score"] = _relative(retrieved.sequence_scores, rows, _seq_scale, SEQ_FLOOR)
+    return out
+
+
+SEQ_LOGIT_SPAN: Final = 10.0  # next-title logits this far below the user's best one read as -1
+SEQ_FLOOR: Final = -3.0  # ... and never below this (titles the sequence model never saw)
+
+
+def _ii_scale(scores: NDArray[np.float32], best: float) -> NDArray[np.float32]:
+    """EASE scores over the user's best one: 1 for the best title, about 0 for unrelated ones."""
+    return np.clip(scores / best, -1.0, 1.0) if best > 0 else np.zeros(len(scores), np.float32)
+
+
+def _seq_scale(scores: NDArray[np.float32], best: float) -> NDArray[np.float32]:
+    """Next-title logits below the user's best one, in units of SEQ_LOGIT_SPAN: 0 best, SEQ_FLOOR at worst."""
+    return np.clip((scores - best) / SEQ_LOGIT_SPAN, SEQ_FLOOR, 0.0)
+
+
+def _relative(scores: NDArray[np.float32] | None, rows: NDArray[np.int64], scale: Any,
+              missing: float) -> NDArray[np.float32]:
+    """Each candidate's catalogue-wide score, scaled against the user's best one over the catalogue (unit-range
+    columns for the ranker; what tells candidates apart is how they compare with the user's best title).
+    ``missing``: no model, a title it cannot score (-inf) or one newer than the model."""
+    out = np.full(len(rows), missing, np.float32)
+    if scores is None or not len(scores):
+        return out
+    finite = np.isfinite(scores)
+    if not finite.any():
+        return out
+    best = float(scores[finite].max())
+    inside = np.flatnonzero(rows < len(scores))
+    vals = scores[rows[inside]]
+    ok = np.isfinite(vals)
+    out[inside[ok]] = scale(vals[ok], best)
     return out
 
 
@@ -417,7 +473,7 @@ def answer(model: RecommenderModel, request: RecommendRequest, retrieved: Retrie
     t = model.items
     if len(rows):
         adjusted = apply_rules(scores, is_original=t.is_original[rows], release_ts=t.release_ts[rows], now=now,
-                               config=post)
+                               config=post, penalty=model.penalty_of(rows, post))
         positions = mmr(adjusted, t.genre_matrix[rows], request.k, post.diversity, post.mmr_pool)
         picked = Answer(rows[positions], adjusted[positions].astype(np.float64), source_names(cands, positions),
                         reasons(model, retrieved, rows[positions], positions, now, post))

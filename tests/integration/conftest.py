@@ -175,7 +175,7 @@ def _small_bundle_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("small-world")
     generate_world(data, users=120, items=600, events=8000, seed=9, days=7)
     root = tmp_path_factory.mktemp("small-bundle")
-    train_bundle(data, root, TwoStageConfig(dim=16, rank_users=80, ranker_epochs=1))
+    train_bundle(data, root, TwoStageConfig(dim=16, rank_users=80, ranker_epochs=1, sequence_epochs=3))
     return root
 
 

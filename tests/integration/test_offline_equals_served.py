@@ -45,7 +45,7 @@ from tools.replay import ReplayOptions, replay_log
 pytest.importorskip("torch")
 
 USERS = 200  # asked per world
-SMALL = TwoStageConfig(dim=16, rank_users=150, ranker_epochs=1)
+SMALL = TwoStageConfig(dim=16, rank_users=150, ranker_epochs=1, sequence_epochs=5)
 
 
 @pytest.fixture(scope="module", params=["generated", "movielens"])

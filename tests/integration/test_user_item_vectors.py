@@ -107,7 +107,8 @@ async def test_initial_vector_from_the_bundle(redis_client: Any) -> None:
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     root = tmp_path_factory.mktemp("ivbundle")
     generate_world(root / "data", users=150, items=800, events=12_000, seed=4, days=10)
-    train_bundle(root / "data", root / "artifacts", TwoStageConfig(dim=16, rank_users=100, ranker_epochs=2))
+    train_bundle(root / "data", root / "artifacts",
+                 TwoStageConfig(dim=16, rank_users=100, ranker_epochs=2, sequence_epochs=3))
     return open_bundle(root / "artifacts")
 
 

@@ -112,7 +112,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     (train / "catalog.jsonl").write_bytes((path / "catalog.jsonl").read_bytes())
     (train / "events.jsonl").write_bytes(b"\n".join(lines[: len(lines) // 2]) + b"\n")
     artifacts = tmp_path_factory.mktemp("eo-artifacts")
-    train_bundle(train, artifacts, TwoStageConfig(dim=16, rank_users=20, ranker_epochs=1))
+    train_bundle(train, artifacts, TwoStageConfig(dim=16, rank_users=20, ranker_epochs=1, sequence_epochs=3))
     return World(path, events, malformed, ItemStatic.from_catalog(load_log(path).catalog), catalog, artifacts,
                  open_bundle(artifacts))
 

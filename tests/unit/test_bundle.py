@@ -9,10 +9,12 @@ import orjson
 import pytest
 
 from models.bundle import BundleError, BundleWriter, fingerprint_files, latest_version, open_bundle, set_latest
+from models.features.spec import FEATURE_SPEC_VERSION
 
 
 def _publish(root: Path, scale: float = 1.0, **params: object) -> str:
-    with BundleWriter(root, data_fingerprint="ab" * 32, feature_spec_version=1, params=dict(params)) as writer:
+    with BundleWriter(root, data_fingerprint="ab" * 32, feature_spec_version=FEATURE_SPEC_VERSION,
+                      params=dict(params)) as writer:
         writer.save_array("item_vectors", np.arange(12, dtype=np.float32).reshape(3, 4) * scale)
         writer.save_json("item_ids", ["a", "b", "c"])
         writer.save_bytes("ranker.onnx", b"\x08\x01onnx")
@@ -25,7 +27,7 @@ def test_published_bundle_round_trips_and_becomes_latest(tmp_path: Path) -> None
     version = _publish(tmp_path, dim=4)
     assert latest_version(tmp_path) == version
     bundle = open_bundle(tmp_path)
-    assert bundle.version == version and bundle.feature_spec_version == 1
+    assert bundle.version == version and bundle.feature_spec_version == FEATURE_SPEC_VERSION
     np.testing.assert_array_equal(bundle.array("item_vectors"), np.arange(12, dtype=np.float32).reshape(3, 4))
     assert bundle.json("item_ids") == ["a", "b", "c"]
     assert bundle.bytes("ranker.onnx") == b"\x08\x01onnx"
@@ -48,7 +50,7 @@ def test_latest_moves_to_the_newest_bundle_and_can_be_pinned_back(tmp_path: Path
 
 
 def test_a_failed_training_run_leaves_no_bundle(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), BundleWriter(tmp_path, "cd" * 32, 1) as writer:
+    with pytest.raises(RuntimeError), BundleWriter(tmp_path, "cd" * 32, FEATURE_SPEC_VERSION) as writer:
         writer.save_array("item_vectors", np.zeros(3))
         raise RuntimeError("training crashed")
     assert list((tmp_path / "versions").iterdir()) == []

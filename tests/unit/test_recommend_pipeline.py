@@ -148,7 +148,10 @@ def test_new_releases_from_redis_keep_the_window_and_exclusions() -> None:
                                               ("zz", NOW)]))
     exclude = np.zeros(N, bool)
     rows, scores = release_candidates(model, online, NOW, 5, exclude)[:2]
-    assert rows.tolist() == [6] and 0 < scores[0] <= 1
+    assert rows.tolist() == [6] and scores[0] == model.items.popularity[6], "scored as the offline branch scores"
+    # Ranked as the offline branch ranks: by the model's popularity first (i4 is more popular than i6), then recency.
+    both = Snapshot(new_releases=RankedIds([("i6", NOW - DAY), ("i4", NOW - 2 * DAY)]))
+    assert release_candidates(model, both, NOW, 5, exclude)[0].tolist() == [4, 6]
     exclude[6] = True
     assert len(release_candidates(model, online, NOW, 5, exclude)[0]) == 0
 

@@ -29,7 +29,7 @@ from models.two_stage import (
 )
 from tools.datasets.world import generate_world
 
-SMALL = TwoStageConfig(dim=16, rank_users=120, ranker_epochs=3)
+SMALL = TwoStageConfig(dim=16, rank_users=120, ranker_epochs=3, sequence_epochs=5)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,9 @@ def test_fit_two_stage_learns_a_ranker_and_recommends_valid_titles(log: EventLog
     assert ranker["requests"] > 50 and ranker["positive_rows"] > 0
     assert 0.0 < ranker["valid_ndcg@10"] <= 1.0
     assert model.metrics["retrieval"]["hnsw"]["recall@10"] > 0.9
+    # The export checks training records (issue 13): every ONNX model serves what PyTorch computed.
+    assert ranker["onnx_max_abs_diff"] <= 1e-5
+    assert model.metrics["retrieval"]["sequence_onnx_max_abs_diff"] <= 1e-5
     users = split.test_users[:40]
     top = TwoStageRecommender(model, split.train).recommend(users, 10)
     assert top.shape == (len(users), 10)
@@ -82,7 +85,7 @@ def test_onnx_matches_torch_on_real_feature_rows(log: EventLog, tmp_path: Path) 
 def test_train_cli_publishes_a_complete_bundle(world: Path, tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     cmd = [sys.executable, "-m", "streamrec.cli", "train", "--data", str(world), "--out", str(artifacts),
-           "--dim", "16", "--rank-users", "100", "--epochs", "2"]
+           "--dim", "16", "--rank-users", "100", "--epochs", "2", "--sequence-epochs", "3"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -92,7 +95,10 @@ def test_train_cli_publishes_a_complete_bundle(world: Path, tmp_path: Path) -> N
     assert manifest["feature_spec_version"] == FEATURE_SPEC_VERSION
     check_feature_spec(manifest["feature_spec_version"])
     assert {"ranker.onnx", "cf.npz", "content.npz", "projection.npz", "hnsw_cf.bin", "hnsw_items.bin",
-            "items.npz", "catalog.json", "item_ids.json", "user_ids.json"} <= set(manifest["files"])
+            "items.npz", "catalog.json", "item_ids.json", "user_ids.json", "item_neighbours.npz", "sequence.onnx",
+            "sequence.npz"} <= set(manifest["files"])
+    assert manifest["metrics"]["ranker"]["onnx_max_abs_diff"] <= 1e-5
+    assert manifest["metrics"]["retrieval"]["sequence_onnx_max_abs_diff"] <= 1e-5
     assert manifest["metrics"]["retrieval"]["hnsw"]["recall@10"] > 0.9
     assert manifest["params"]["dim"] == 16 and manifest["data_fingerprint"]
     assert len(bundle.json("item_ids")) == bundle.arrays("items")["popularity"].shape[0]
