@@ -28,9 +28,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import settings_env
 from test_worker_dead_letters import per_test_settings, running_worker, send_records
 
+from foundation.child_env import settings_env
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
 from models.bundle import latest_version, open_bundle
@@ -65,11 +65,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {**settings_env(settings), "STREAMREC_TOPIC_INTERACTIONS": settings.topic_interactions,
-            "STREAMREC_TOPIC_CATALOG": settings.topic_catalog,
-            "STREAMREC_TOPIC_ITEM_VECTORS": settings.topic_item_vectors,
-            "STREAMREC_TOPIC_ITEM_STATE": settings.topic_item_state,
-            "STREAMREC_TOPIC_DEAD_LETTERS": settings.topic_dead_letters, "STREAMREC_LOG_JSON": "true"}
+    # Every setting (this test's topics included) as a variable, so the subprocess can't read another stack's.
+    return {**settings_env(settings), "STREAMREC_LOG_JSON": "true"}
 
 
 async def _retrain(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
