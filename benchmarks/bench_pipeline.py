@@ -26,6 +26,9 @@ and per stage of the same request replayed part by part right after it (the serv
 ``_staged_cpu``), so that CPU spent in the process shows apart from time spent waiting on Redis or on the
 other processes of a shared machine.
 
+The homepage (``service.homepage()``, 8 rows of 10) is timed right after each list request of the same user and
+context, which is its floor: the same read, retrieval and ranking (``homepage_ratio_to_list``).
+
 Prints a table and one JSON line.
 """
 
@@ -51,6 +54,7 @@ from models.config import TwoStageConfig
 from models.features.hashing import hash_str
 from models.features.rows import RequestContext, feature_batch
 from models.features.state import EventBatch, ItemStates
+from models.recommend.homepage import HomepageRequest
 from models.recommend.pipeline import (
     RecommendRequest,
     Snapshot,
@@ -222,6 +226,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         n_cands: list[int] = []
         cpu: dict[str, list[float]] = {p: [] for p in ("request", *CPU_PARTS)}
         degraded = 0
+        # The homepage (GET /v1/homepage): the same read, retrieval and ranking plus the rows; its floor is the
+        # list request of the same user and context, timed right before it.
+        page: dict[str, list[float]] = {"total": [], "rows": [], "cpu": []}
         for i in range(args.warmup):
             await service.recommend(RecommendRequest(users[i % len(users)], f"w{i}", k=20))
         done = 0
@@ -235,6 +242,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 cpu["request"].append(time.thread_time() - c0)
                 for part, value in (await _staged_cpu(service, req)).items():
                     cpu[part].append(value)
+                c0 = time.thread_time()
+                home = await service.homepage(HomepageRequest(req, rows=8, per_row=10))
+                page["cpu"].append(time.thread_time() - c0)
+                page["total"].append(home["timings_ms"]["total"] / 1000)
+                page["rows"].append(home["timings_ms"]["rows"] / 1000)
+                degraded += bool(home["degraded"])
                 degraded += bool(r["degraded"])
                 for s in STAGES:
                     stage[s].append(r["timings_ms"][s] / 1000)
@@ -284,6 +297,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "candidate_budgets": (model.config.candidates.budgets() if scaled is not None else None),
                 "median_ms": med, "p99_ms": p99, "cpu_ms": cpu_stage_ms, "cpu_parts_ms": cpu_ms,
                 "floor_ms": fl, "ratio_to_floor": ratios,
+                "homepage_ms": {"total": _median_ms(page["total"]), "rows": _median_ms(page["rows"]),
+                                "cpu": _median_ms(page["cpu"])},
+                "homepage_ratio_to_list": {"wall": round(_median_ms(page["total"]) / med["total"], 2),
+                                           "cpu": round(_median_ms(page["cpu"]) / cpu_ms["request"], 2)},
                 "machine": platform.processor() or platform.machine()}
     finally:
         await service.close()
@@ -320,6 +337,9 @@ def main() -> None:
           + ", ".join(f"{p} {parts[p]:.3f}" for p in CPU_PARTS)
           + f"; one service.recommend() call: {parts['request']:.3f}")
     print(f"candidates per request (median): {out['candidates_median']}, degraded answers: {out['degraded']}")
+    home, ratio = out["homepage_ms"], out["homepage_ratio_to_list"]
+    print(f"homepage (8 rows x 10): median {home['total']:.3f} ms wall (rows {home['rows']:.3f}), cpu {home['cpu']:.3f}"
+          f" ms; x{ratio['wall']} wall and x{ratio['cpu']} cpu of the list request (k=20) for the same user")
     print(json.dumps(out))
 
 

@@ -4,7 +4,7 @@
 for a request at the wall clock's ``now`` it is ONE command, an ``MGET`` of the user's three values:
 
 - the online user vector (space-checked against the serving bundle),
-- the session (its recent items: exclusions and because-you-watched seeds),
+- the session (its recent items: exclusions and because-you-watched seeds; the titles to continue watching),
 - the user's feature state (its last 20 engaged items, for the same; kept, decoded, for the feature
   read of the same request: :class:`~online_state.feature_reads.FeatureReader` does not read it again).
 
@@ -69,6 +69,8 @@ class OnlineState:
     user_vector: NDArray[np.float32] | None = None
     recent: list[tuple[str, int]] = field(default_factory=list)  # (item id, ts), session + feature state
     session_recent: list[tuple[str, int]] = field(default_factory=list)
+    # Titles started and not finished: (item id, ts, permille watched), most recent first (the homepage's row).
+    continue_watching: list[tuple[str, int, int]] = field(default_factory=list)
     # Scope label -> (item id, score) best first; the same object for every request that shares the list.
     trending: dict[str, RankedIds] = field(default_factory=dict)
     new_releases: RankedIds = field(default_factory=lambda: RankedIds([]))  # (item id, release ts), newest first
@@ -252,6 +254,7 @@ async def read_online_state(
     session = decode_session(raw_session)
     if session is not None:
         out.session_recent = [(str(i), int(t)) for i, t in session.rec]
+        out.continue_watching = [(str(i), int(t), int(p)) for i, t, p in session.cw]
     recent = list(out.session_recent)
     # Another layout version raises: the worker's rebuild rewrites it; go on without it (and let the
     # feature read meet the same value).

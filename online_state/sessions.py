@@ -12,7 +12,12 @@ dev     last known device (``None`` unknown)
 n       ``{kind: count}`` of the session's events (``progress`` heartbeats and impressions included)
 rec     ``[[item_id, ts], ...]``: the last 20 distinct items engaged positively, most recent first
 g       ``{genre: weight}``: sum over positive events of ``weight / len(item genres)``
+cw      ``[[item_id, ts, permille], ...]``: titles started and not finished ("continue watching"), most
+        recent first, at most :data:`CONTINUE_MAX`; ``permille``: how far in (0 unknown). Unlike the rest it
+        outlives the session (carried into the next one), so the key lives longer while it is not empty.
 ======= ===========================================================================================
+
+``cw`` is a trailing field with a default: values written before it existed decode with an empty list.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import msgspec
 from online_state.keys import DEFAULT_KEYS, KeyLayout
 
 SESSION_BLOB_VERSION: Final = 1
+CONTINUE_MAX: Final = 10  # titles kept in ``cw``
 
 
 class SessionBlob(msgspec.Struct, array_like=True):
@@ -37,6 +43,7 @@ class SessionBlob(msgspec.Struct, array_like=True):
     n: dict[str, int]
     rec: list[tuple[str, int]]
     g: dict[str, float]
+    cw: list[tuple[str, int, int]] = []
 
 
 encode_session = msgspec.msgpack.Encoder().encode
@@ -66,6 +73,7 @@ def session_dict(blob: SessionBlob | None) -> dict[str, Any]:
         "recent": [{"item_id": i, "ts": t} for i, t in blob.rec],
         "genre_weights": dict(mix),
         "genre_mix": {g: w / total for g, w in mix} if total > 0 else {},
+        "continue_watching": [{"item_id": i, "ts": t, "progress": p / 1000} for i, t, p in blob.cw],
     }
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from foundation.logs import get_logger
 from foundation.settings import Settings
+from models.recommend.homepage import HomepageRequest
 from models.recommend.pipeline import RecommendRequest
 from online_state.api_keys import CATALOG_WRITE, EVENTS_WRITE, RECOMMENDATIONS_READ
 from schemas.decoder import MAX_DEPTH, TOO_DEEP, too_deep
@@ -53,7 +54,14 @@ from serving.http_metrics import (
     REQUEST_SECONDS,
     render_metrics,
 )
-from serving.http_validation import ParamError, check_id, parse_k, parse_recommend_request, request_id_from
+from serving.http_validation import (
+    ParamError,
+    check_id,
+    parse_homepage_request,
+    parse_k,
+    parse_recommend_request,
+    request_id_from,
+)
 from serving.openapi import openapi_document
 from serving.rate_limit import RateLimiter, retry_after_header
 from serving.service import RecommendationService
@@ -70,6 +78,10 @@ class Service(Protocol):
     async def recommend(self, req: RecommendRequest) -> dict[str, Any]: ...
 
     def fallback(self, req: RecommendRequest, reason: str, seconds: float) -> dict[str, Any]: ...
+
+    async def homepage(self, hreq: HomepageRequest) -> dict[str, Any]: ...
+
+    def homepage_fallback(self, hreq: HomepageRequest, reason: str, seconds: float) -> dict[str, Any]: ...
 
     async def similar(self, item_id: str, k: int) -> dict[str, Any] | None: ...
 
@@ -96,7 +108,7 @@ ADMISSION = web.AppKey("admission", AdaptiveLimiter)
 KEYS = web.AppKey("keys", KeyTable)  # the API keys this process accepts (serving/auth.py)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)  # events per key per second (serving/rate_limit.py)
 # The read endpoints behind admission control; writes and operations are never shed.
-_ADMITTED = frozenset({"/v1/recommendations/{user_id}", "/v1/items/{item_id}/similar"})
+_ADMITTED = frozenset({"/v1/recommendations/{user_id}", "/v1/homepage/{user_id}", "/v1/items/{item_id}/similar"})
 RETRY_AFTER_S = 1  # what a shed request's Retry-After says
 
 _JSON = "application/json"
@@ -232,6 +244,18 @@ async def recommend(request: web.Request) -> web.Response:
     body, failed = await _call_service(request, "recommend", service.recommend(req))
     if failed is not None:  # the one fallback answer, degraded rather than a 5xx
         body = service.fallback(req, failed, time.perf_counter() - started)
+    return _json_response(body)
+
+
+async def homepage(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    if (refused := _read_refusal(request, "/v1/homepage/{user_id}")) is not None:
+        return refused
+    hreq = parse_homepage_request(request.match_info["user_id"], request[REQUEST_ID], request.query)
+    service = request.app[SERVICE]
+    body, failed = await _call_service(request, "homepage", service.homepage(hreq))
+    if failed is not None:  # one row of the fallback list, degraded rather than a 5xx
+        body = service.homepage_fallback(hreq, failed, time.perf_counter() - started)
     return _json_response(body)
 
 
@@ -401,6 +425,7 @@ def create_app(
     app.cleanup_ctx.append(api_keys)
     app.cleanup_ctx.append(resources)
     app.router.add_get("/v1/recommendations/{user_id}", recommend)
+    app.router.add_get("/v1/homepage/{user_id}", homepage)
     app.router.add_get("/v1/items/{item_id}/similar", similar)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/healthz", healthz)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
+from models.recommend.homepage import HomepageRequest
 from models.recommend.pipeline import RecommendRequest
 from schemas.events import DEVICES, ID_FORBIDDEN, ID_MAX_LENGTH
 
@@ -96,6 +97,22 @@ def parse_recommend_request(user_id: str, request_id: str, query: Mapping[str, s
         user_id=user_id, request_id=request_id, k=parse_k(query), device=device, country=country,
         hour=_int(query, "hour", 0, 23, None), now_ms=_int(query, "now", 0, NOW_MAX, None),
     )
+
+
+ROWS_MAX: Final = 20
+PER_ROW_MAX: Final = 50
+
+
+def parse_homepage_request(user_id: str, request_id: str, query: Mapping[str, str]) -> HomepageRequest:
+    """The homepage's request: the recommendation request's parameters (``k`` is not one) plus ``rows`` 1..20
+    (default 8) and ``per_row`` 1..50 (default 10)."""
+    if "k" in query:
+        raise ParamError("k", "the homepage takes rows and per_row, not k")
+    rows = _int(query, "rows", 1, ROWS_MAX, 8)
+    per_row = _int(query, "per_row", 1, PER_ROW_MAX, 10)
+    assert rows is not None and per_row is not None
+    base = parse_recommend_request(user_id, request_id, query)
+    return HomepageRequest(base=replace(base, k=per_row), rows=rows, per_row=per_row)
 
 
 def request_id_from(header: str | None) -> str:

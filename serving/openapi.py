@@ -15,7 +15,7 @@ import msgspec
 
 from schemas.decoder import MAX_DEPTH
 from schemas.events import DEVICES, Event
-from serving.http_validation import ID_MAX, ID_PATTERN, K_DEFAULT, K_MAX, K_MIN
+from serving.http_validation import ID_MAX, ID_PATTERN, K_DEFAULT, K_MAX, K_MIN, PER_ROW_MAX, ROWS_MAX
 
 _REF = "#/components/schemas/{name}"
 
@@ -108,6 +108,53 @@ _SHAPES: dict[str, dict[str, Any]] = {
             "model_version": {"type": ["string", "null"]},
             "items": {"type": "array", "items": _ref("RecommendedItem")},
             "degraded": {"type": "boolean", "description": "True when a part (Redis, a source, ranker) was missing."},
+            "timings_ms": {"type": "object", "additionalProperties": _NUMBER},
+        },
+    },
+    "HomepageItem": {
+        "type": "object",
+        "required": ["item_id", "title", "genres", "year", "score", "sources"],
+        "properties": {
+            "item_id": _STRING,
+            "title": _STRING,
+            "genres": {"type": "array", "items": _STRING},
+            "year": {"type": ["integer", "null"]},
+            "score": _NUMBER,
+            "sources": {"type": "array", "items": _STRING,
+                        "description": "Candidate sources that proposed it (the row's reason for titles the "
+                                       "ranker did not score)."},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1,
+                         "description": "`continue_watching` only: how far in (0 when unknown)."},
+        },
+        "additionalProperties": False,
+    },
+    "HomepageRow": {
+        "type": "object",
+        "required": ["id", "title", "reason", "score", "items"],
+        "properties": {
+            "id": {"type": "string", "description": "`continue_watching`, `top_picks`, `because_you_watched:{item}`, "
+                   "`trending_country`, `trending_device`, `trending`, `new_releases`, `genre:{name}` (`popular` "
+                   "in a degraded answer)."},
+            "title": {"type": "string", "description": "What the page shows: `Because you watched Heat (1995)`."},
+            "reason": {"type": "string", "description": "The row's kind (the id without its argument)."},
+            "score": {"type": "number", "description": "The row's worth for this user: the share of the user's "
+                      "engagement the ranker expects its first titles to get (rows are sorted by it)."},
+            "seed_item_id": {"type": "string", "description": "`because_you_watched` rows: the watched title."},
+            "genre": {"type": "string", "description": "`genre` rows: the genre."},
+            "items": {"type": "array", "items": _ref("HomepageItem")},
+        },
+        "additionalProperties": False,
+    },
+    "Homepage": {
+        "type": "object",
+        "required": ["user_id", "request_id", "model_version", "rows", "degraded", "timings_ms"],
+        "properties": {
+            "user_id": _STRING,
+            "request_id": _STRING,
+            "model_version": {"type": ["string", "null"]},
+            "rows": {"type": "array", "items": _ref("HomepageRow")},
+            "degraded": {"type": "boolean", "description": "True when a part (Redis, a source, ranker) was missing."},
+            "degraded_reasons": {"type": "array", "items": _STRING},
             "timings_ms": {"type": "object", "additionalProperties": _NUMBER},
         },
     },
@@ -214,6 +261,17 @@ _SECURITY_SCHEMES = {
 }
 
 
+# The request context both reads take.
+_CONTEXT = [
+    _query("device", {"type": "string", "enum": list(DEVICES)}, "Device of the request."),
+    _query("country", {"type": "string", "pattern": "^[A-Za-z]{2}$"}, "ISO 3166-1 alpha-2 country (any case)."),
+    _query("hour", {"type": "integer", "minimum": 0, "maximum": 23}, "Local hour of the user."),
+    _query("now", {"type": "integer", "minimum": 0, "maximum": 4_102_444_800_000},
+           "The request's clock in epoch ms (default: the wall clock). For replays and "
+           "backtests of a recorded log: decays, recency and new releases as of that time."),
+]
+
+
 def _paths() -> dict[str, Any]:
     return {
         "/v1/recommendations/{user_id}": {
@@ -223,19 +281,37 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     {"name": "user_id", "in": "path", "required": True, "schema": _ID},
                     _k(),
-                    _query("device", {"type": "string", "enum": list(DEVICES)}, "Device of the request."),
-                    _query("country", {"type": "string", "pattern": "^[A-Za-z]{2}$"},
-                           "ISO 3166-1 alpha-2 country (any case)."),
-                    _query("hour", {"type": "integer", "minimum": 0, "maximum": 23}, "Local hour of the user."),
-                    _query("now", {"type": "integer", "minimum": 0, "maximum": 4_102_444_800_000},
-                           "The request's clock in epoch ms (default: the wall clock). For replays and "
-                           "backtests of a recorded log: decays, recency and new releases as of that time."),
+                    *_CONTEXT,
                     _REQUEST_ID_HEADER,
                 ],
                 "responses": {
                     "200": _json(_ref("Recommendations"),
                                  "Always for a valid request; `degraded` says when a part was missing. "
                                  "An unknown user gets a cold-start list."),
+                    "400": _ERROR_400,
+                    **_READ_AUTH,
+                    "503": _SHED_503,
+                },
+                "security": _READ_SECURITY,
+            }
+        },
+        "/v1/homepage/{user_id}": {
+            "get": {
+                "operationId": "homepage",
+                "summary": "A user's homepage: rows (continue watching, because you watched, top picks, trending, "
+                           "new releases, genres), ordered for the user, each title at most once on the page.",
+                "parameters": [
+                    {"name": "user_id", "in": "path", "required": True, "schema": _ID},
+                    _query("rows", {"type": "integer", "minimum": 1, "maximum": ROWS_MAX, "default": 8},
+                           "How many rows."),
+                    _query("per_row", {"type": "integer", "minimum": 1, "maximum": PER_ROW_MAX, "default": 10},
+                           "Titles per row."),
+                    *_CONTEXT,
+                    _REQUEST_ID_HEADER,
+                ],
+                "responses": {
+                    "200": _json(_ref("Homepage"), "Always for a valid request; `degraded` says when a part was "
+                                 "missing. An unknown user gets cold-start rows."),
                     "400": _ERROR_400,
                     **_READ_AUTH,
                     "503": _SHED_503,

@@ -33,11 +33,14 @@ from foundation.redis_io import redis_client
 from foundation.settings import Settings
 from models.bundle import BundleError, latest_version
 from models.postprocess import PostConfig
+from models.recommend.homepage import HomepageRequest, build_rows, row_payload
 from models.recommend.model import RecommenderModel
 from models.recommend.pipeline import (
     RankingState,
     RecommendRequest,
     Retrieved,
+    Snapshot,
+    rank,
     rank_and_answer,
     retrieve,
     source_counts,
@@ -48,7 +51,7 @@ from online_state.feature_codec import StoredUser
 from online_state.feature_reads import FeatureReader
 from online_state.item_state import ItemStateTable
 from online_state.keys import KeyLayout
-from online_state.reads import RequestScopes, SharedReads, read_online_state, refresh_shared
+from online_state.reads import OnlineState, RequestScopes, SharedReads, read_online_state, refresh_shared
 from online_state.redis_store import RedisFeatureStore
 from serving import metrics
 from serving.item_state_tail import ItemStateTail
@@ -64,6 +67,19 @@ class NoBundleError(RuntimeError):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A request after its online-state read and retrieval, before ranking."""
+
+    now: int
+    online: OnlineState
+    snapshot: Snapshot
+    retrieved: Retrieved
+    state: RankingState
+    degraded: list[str]
+    seconds: dict[str, float]  # "candidates", "features"
 
 
 @dataclass
@@ -283,7 +299,9 @@ class RecommendationService:
             log.error("serving.recommend_failed", user_id=req.user_id, request_id=req.request_id, error=repr(exc))
             return self.fallback(req, "internal", time.perf_counter() - t0)
 
-    async def _recommend(self, served: _Served, req: RecommendRequest, t0: float) -> dict[str, Any]:
+    async def _retrieve(self, served: _Served, req: RecommendRequest, t0: float) -> _Prepared:
+        """Stage 1 and the ranking state of one request: the online state's one read, retrieval, the candidates'
+        feature state (shared by the list and the homepage)."""
         model, opts = served.model, self.options
         now = req.now_ms if req.now_ms is not None else _now_ms()
         degraded: list[str] = []
@@ -299,28 +317,77 @@ class RecommendationService:
         except Exception as exc:
             degraded.append("redis_timeout_candidates" if isinstance(exc, TimeoutError) else "redis_candidates")
             online = self.shared_reads.last_known()
-        retrieved = retrieve(model, req, online.snapshot(), now)
+        snapshot = online.snapshot()
+        retrieved = retrieve(model, req, snapshot, now)
         t1 = time.perf_counter()
         state, problem = await self._ranking_state(served, req, retrieved, now, online.features_user)
         if problem:
             degraded.append(problem)
-        t2 = time.perf_counter()
-        ranked = rank_and_answer(model, req, retrieved, state, now, served.post)
-        if ranked.ranker_error is not None:
-            log.error("serving.ranker_failed", error=repr(ranked.ranker_error))
-            degraded.append("ranking")
-        seconds = ranked.seconds
-        timings = {"candidates": t1 - t0, "features": t2 - t1 + seconds["features"], "ranking": seconds["ranking"],
-                   "postprocess": seconds["postprocess"], "total": time.perf_counter() - t0}
-        for stage, value in timings.items():
-            _stage_metric(stage).observe(value)
         for source, count in source_counts(retrieved.candidates).items():
             _candidates_metric(source).observe(count)
+        return _Prepared(now, online, snapshot, retrieved, state, degraded,
+                         {"candidates": t1 - t0, "features": time.perf_counter() - t1})
+
+    def _finish(self, req: RecommendRequest, model: RecommenderModel, prepared: _Prepared, seconds: dict[str, float],
+                t0: float, body: dict[str, Any]) -> dict[str, Any]:
+        """The body's common part: version, degraded flags, stage timings (and their metrics)."""
+        degraded = prepared.degraded
+        timings = {"candidates": prepared.seconds["candidates"],
+                   "features": prepared.seconds["features"] + seconds.pop("features"), **seconds,
+                   "total": time.perf_counter() - t0}
+        for stage, value in timings.items():
+            _stage_metric(stage).observe(value)
         for reason in degraded:
             metrics.DEGRADED.labels(reason).inc()
-        return {"user_id": req.user_id, "request_id": req.request_id, "model_version": model.version,
-                "items": ranked.answer.items(model), "degraded": bool(degraded), "timings_ms": _ms(timings),
+        return {"user_id": req.user_id, "request_id": req.request_id, "model_version": model.version, **body,
+                "degraded": bool(degraded), "timings_ms": _ms(timings),
                 **({"degraded_reasons": degraded} if degraded else {})}
+
+    async def _recommend(self, served: _Served, req: RecommendRequest, t0: float) -> dict[str, Any]:
+        model = served.model
+        prepared = await self._retrieve(served, req, t0)
+        ranked = rank_and_answer(model, req, prepared.retrieved, prepared.state, prepared.now, served.post)
+        if ranked.ranker_error is not None:
+            log.error("serving.ranker_failed", error=repr(ranked.ranker_error))
+            prepared.degraded.append("ranking")
+        return self._finish(req, model, prepared, dict(ranked.seconds), t0,
+                            {"items": ranked.answer.items(model)})
+
+    async def homepage(self, hreq: HomepageRequest) -> dict[str, Any]:
+        """The homepage's body (rows; see :mod:`models.recommend.homepage`); never raises for a valid request."""
+        served = self._served
+        t0 = time.perf_counter()
+        req = hreq.base
+        try:
+            model = served.model
+            prepared = await self._retrieve(served, req, t0)
+            scores, error, seconds = rank(model, req, prepared.retrieved, prepared.state, prepared.now)
+            if error is not None:
+                log.error("serving.ranker_failed", error=repr(error))
+                prepared.degraded.append("ranking")
+            t1 = time.perf_counter()
+            rows = build_rows(model, hreq, prepared.retrieved, prepared.snapshot, scores, prepared.now, served.post,
+                              prepared.online.continue_watching)
+            payload = [row_payload(model, prepared.retrieved, row) for row in rows]
+            seconds["rows"] = time.perf_counter() - t1
+            return self._finish(req, model, prepared, seconds, t0, {"rows": payload})
+        except Exception as exc:  # last line of defence: still answer (the fallback list as one row)
+            log.error("serving.homepage_failed", user_id=req.user_id, request_id=req.request_id, error=repr(exc))
+            return self.homepage_fallback(hreq, "internal", time.perf_counter() - t0)
+
+    def homepage_fallback(self, hreq: HomepageRequest, reason: str, seconds: float) -> dict[str, Any]:
+        """The homepage when the service failed or ran out of time: one row of the fallback list, degraded."""
+        body = self.fallback(hreq.base, reason, seconds)
+        model = self._served.model
+        catalog = model.items.catalog
+        index = model.items.index
+        items = []
+        for item in body.pop("items")[: hreq.per_row]:
+            r = index[item["item_id"]]
+            items.append({"item_id": item["item_id"], "title": catalog.titles[r], "genres": list(catalog.genres[r]),
+                          "year": int(catalog.year[r]) or None, "score": item["score"], "sources": item["sources"]})
+        return {**body, "rows": [{"id": "popular", "title": "Popular on streamrec", "reason": "popular",
+                                  "score": 0.0, "items": items}]}
 
     async def _ranking_state(self, served: _Served, req: RecommendRequest, retrieved: Retrieved, now: int,
                              user_value: StoredUser | None) -> tuple[RankingState, str | None]:

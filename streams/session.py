@@ -12,6 +12,11 @@ when it carries a ``session_id`` different from the stored one, or when it carri
 than :data:`SESSION_GAP_MS` (30 min) passed since the session's last event. Profile events
 (``user_upsert``) are not activity and leave the session alone.
 
+Continue watching (``cw``, read by the homepage): a ``play`` or ``progress`` puts the title in front (with how
+far in, when the event says), a ``complete`` or ``skip`` takes it out, and a title 95% in counts as finished.
+The list is carried into the next session, and a key holding one lives :data:`CONTINUE_TTL_S` (30 days) instead
+of the session's 4 h.
+
 Exactly-once: :meth:`SessionEffect.write` is a pure function of the ``GET`` replies and the
 events, applied in partition order, so a re-delivered batch (skipped by the offset marker) or a
 different batching produces the same bytes.
@@ -25,14 +30,16 @@ from typing import Any, Final
 
 from online_state.keys import DEFAULT_KEYS, KeyLayout
 from online_state.redis_functions import set_many
-from online_state.sessions import SESSION_BLOB_VERSION, SessionBlob, decode_session, encode_session
-from schemas.events import Impression, InteractionEvent, UserUpsert
+from online_state.sessions import CONTINUE_MAX, SESSION_BLOB_VERSION, SessionBlob, decode_session, encode_session
+from schemas.events import Complete, Impression, InteractionEvent, Play, Progress, Skip, UserUpsert
 from streams.effects import Batch, Effect, EffectContext, Reads
 from streams.trending import event_weights
 
 SESSION_TTL_S: Final = 4 * 3_600
 SESSION_GAP_MS: Final = 30 * 60_000
 SESSION_RECENT: Final = 20
+CONTINUE_TTL_S: Final = 30 * 86_400  # a session key that holds titles to continue
+FINISHED_PERMILLE: Final = 950  # this far into a title counts as finished (the credits)
 
 
 def _kind(event: InteractionEvent) -> str:
@@ -50,7 +57,7 @@ def apply_session_event(
     sid = context.session_id if context is not None else None
     if blob is None or (sid != blob.sid if sid is not None else event.ts - blob.last > SESSION_GAP_MS):
         blob = SessionBlob(v=SESSION_BLOB_VERSION, sid=sid, start=event.ts, last=event.ts, dev=None,
-                           n={}, rec=[], g={})
+                           n={}, rec=[], g={}, cw=blob.cw if blob is not None else [])
     blob.last = max(blob.last, event.ts)
     blob.start = min(blob.start, event.ts)
     if context is not None and context.device is not None:
@@ -64,7 +71,30 @@ def apply_session_event(
             genres = item_genres(item_id)
             for genre in genres:
                 blob.g[genre] = blob.g.get(genre, 0.0) + weight / len(genres)
+    if isinstance(event, (Play, Progress, Complete, Skip)):
+        blob.cw = continue_watching(blob.cw, event)
     return blob
+
+
+def continue_watching(cw: list[tuple[str, int, int]], event: Play | Progress | Complete | Skip
+                      ) -> list[tuple[str, int, int]]:
+    """The started-and-not-finished titles after one playback event (see the module docstring)."""
+    item_id = event.item_id
+    previous = next((p for i, _, p in cw if i == item_id), 0)
+    rest = [entry for entry in cw if entry[0] != item_id]
+    if isinstance(event, (Complete, Skip)):
+        return rest
+    permille = previous
+    if isinstance(event, Progress) and event.duration_seconds:
+        permille = min(1000, round(1000 * event.watched_seconds / event.duration_seconds))
+    if permille >= FINISHED_PERMILLE:
+        return rest
+    return [(item_id, event.ts, permille), *rest][:CONTINUE_MAX]
+
+
+def session_ttl(blob: SessionBlob, ttl_s: int) -> int:
+    """The key's TTL: the session's, or :data:`CONTINUE_TTL_S` while it holds titles to continue."""
+    return max(ttl_s, CONTINUE_TTL_S) if blob.cw else ttl_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +132,15 @@ class SessionEffect(Effect[InteractionEvent]):
         replies = reads.replies
         if self.bulk:
             sessions = self.apply(batch.events, replies[0] if replies else [], reads.state)
-            set_many(pipe, [self.keys.session(user_id) for user_id in sessions],
-                     [encode_session(blob) for blob in sessions.values()], self.ttl_s)
+            by_ttl: dict[int, list[str]] = {}  # one SET command per TTL (two at most)
+            for user_id, blob in sessions.items():
+                by_ttl.setdefault(session_ttl(blob, self.ttl_s), []).append(user_id)
+            for ttl, users in by_ttl.items():
+                set_many(pipe, [self.keys.session(user_id) for user_id in users],
+                         [encode_session(sessions[user_id]) for user_id in users], ttl)
             return
         for user_id, blob in self.apply(batch.events, replies, reads.state).items():
-            pipe.set(self.keys.session(user_id), encode_session(blob), ex=self.ttl_s)
+            pipe.set(self.keys.session(user_id), encode_session(blob), ex=session_ttl(blob, self.ttl_s))
 
     def apply(self, events: Sequence[InteractionEvent], replies: list[Any],
               users: list[str] | None = None) -> dict[str, SessionBlob]:

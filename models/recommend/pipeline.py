@@ -179,6 +179,9 @@ class Retrieved:
     # or nothing in the history it knows): sources and ranking features both read them.
     item_item_scores: NDArray[np.float32] | None = None
     sequence_scores: NDArray[np.float32] | None = None
+    # Per item row: left out of every source (watched, unavailable, above the maturity limit); the homepage's
+    # rows apply the same rules to the titles they add.
+    exclude: NDArray[np.bool_] | None = None
 
     def item_ids(self, model: RecommenderModel) -> list[str]:
         return model.items.ids[self.candidates.items].tolist()  # type: ignore[no-any-return]
@@ -345,7 +348,7 @@ def retrieve(model: RecommenderModel, request: RecommendRequest, snap: Snapshot,
         if seq is not None and cfg.sequence > 0:
             found["sequence"] = top_k(seq, cfg.sequence, exclude)
     cands = merge_candidates(found, exclude=exclude, available=items.available[: len(items)])
-    return Retrieved(cands, profile, user, country_rows, ii, seq)
+    return Retrieved(cands, profile, user, country_rows, ii, seq, exclude)
 
 
 # -- stage 2: ranking ------------------------------------------------------------------------------
@@ -449,17 +452,23 @@ class Ranked:
     seconds: dict[str, float]  # "features", "ranking", "postprocess"
 
 
-def rank_and_answer(model: RecommenderModel, request: RecommendRequest, retrieved: Retrieved, state: RankingState,
-                    now: int, post: PostConfig) -> Ranked:
-    """Stages 2 and 3 for one request: feature rows, ranker scores, rules, diversity, reasons, top-up."""
+def rank(model: RecommenderModel, request: RecommendRequest, retrieved: Retrieved, state: RankingState, now: int
+         ) -> tuple[NDArray[np.float32], Exception | None, dict[str, float]]:
+    """Stage 2 for one request: the ranker's score of every candidate, its error if it failed, stage seconds."""
     t0 = time.perf_counter()
     batch = feature_rows(model, request, retrieved, state, now)
     t1 = time.perf_counter()
     scores, error = score(model, batch, retrieved)
-    t2 = time.perf_counter()
+    return scores, error, {"features": t1 - t0, "ranking": time.perf_counter() - t1}
+
+
+def rank_and_answer(model: RecommenderModel, request: RecommendRequest, retrieved: Retrieved, state: RankingState,
+                    now: int, post: PostConfig) -> Ranked:
+    """Stages 2 and 3 for one request: feature rows, ranker scores, rules, diversity, reasons, top-up."""
+    scores, error, seconds = rank(model, request, retrieved, state, now)
+    t0 = time.perf_counter()
     picked = answer(model, request, retrieved, scores, now, post)
-    t3 = time.perf_counter()
-    return Ranked(picked, error, {"features": t1 - t0, "ranking": t2 - t1, "postprocess": t3 - t2})
+    return Ranked(picked, error, {**seconds, "postprocess": time.perf_counter() - t0})
 
 
 # -- stage 3: post-processing ----------------------------------------------------------------------

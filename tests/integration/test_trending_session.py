@@ -37,7 +37,7 @@ from schemas.events import (
     UserUpsert,
 )
 from streams.effects import Batch, BatchInfo, Effect, Reads
-from streams.session import SESSION_GAP_MS, SESSION_TTL_S, SessionEffect
+from streams.session import CONTINUE_TTL_S, SESSION_GAP_MS, SESSION_TTL_S, SessionEffect
 from streams.trending import (
     TrendingEffect,
     catalog_writes,
@@ -213,7 +213,14 @@ async def test_session_features(redis_client: aioredis.Redis) -> None:
     # Drama/Comedy (split in halves): i0 play 1 + complete 2 + play 1, i6 play 1; Action: i2 click 0.25, i5 play 1.
     assert session["genre_weights"] == pytest.approx({"Drama": 2.5, "Comedy": 2.5, "Action": 1.25})
     assert sum(session["genre_mix"].values()) == pytest.approx(1.0)
-    assert SESSION_TTL_S - 5 <= session["ttl_s"] <= SESSION_TTL_S
+    # Started and not finished (i0's complete came before its second play; i1 was skipped), latest applied first;
+    # a key holding such titles lives 30 days, a session without them the session's 4 h.
+    assert [c["item_id"] for c in session["continue_watching"]] == ["i6", "i5", "i0"]
+    assert CONTINUE_TTL_S - 5 <= session["ttl_s"] <= CONTINUE_TTL_S
+    carol = Click(event_id="c1", ts=T0, schema_version=1, user_id="carol", item_id="i2")
+    await apply_batch(redis_client, [effect], [carol], BatchInfo("interactions", 1, 0, 0))
+    assert SESSION_TTL_S - 5 <= (await read_session(redis_client, "carol"))["ttl_s"] <= SESSION_TTL_S
+    await redis_client.delete(DEFAULT_KEYS.session("carol"))
     assert await read_session(redis_client, "nobody") == {}
     one_batch = await redis_client.get(DEFAULT_KEYS.session("alice"))
 
