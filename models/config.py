@@ -20,7 +20,6 @@ class TwoStageConfig:
     seed: int = 0
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     rank_users: int = 2000  # users whose split point becomes a ranker training request (at most)
-    ranker_requests_per_user: int = 1  # requests per user spread over their held-out part (see request_points)
     valid_share: float = 0.15  # of those requests, held out for early stopping
     ranker_epochs: int = 12
     ranker_loss: str = "listwise"
@@ -36,9 +35,17 @@ class TwoStageConfig:
     # The largest share of the training requests' top 10s any one title may take (models.exposure); 0: no cap.
     exposure_cap: float = 0.15
     # Training picks post.popularity_correction and exposure_cap itself (models.debias): the strongest pair
-    # whose validation NDCG@10 is within this share of the best; None: use the two as given.
+    # whose validation NDCG@10 is within this share of the best; None: use the two as given. The config keeps
+    # the values given either way; the choice is the fit's result (``TwoStageModel.debias``, the manifest's
+    # ``metrics.ranker.debias``), applied by :meth:`with_debiasing` where stage 3 runs.
     debias_tolerance: float | None = 0.1
     post: PostConfig = field(default_factory=PostConfig)
+
+    def with_debiasing(self, beta: float, cap: float) -> TwoStageConfig:
+        """This config as stage 3 runs it once training chose the popularity correction ``beta`` and the
+        exposure ``cap`` (the prices that enforce the cap travel apart, in the bundle's exposure file)."""
+        return dataclasses.replace(self, exposure_cap=cap,
+                                   post=dataclasses.replace(self.post, popularity_correction=beta))
 
 
 def config_from_params(params: dict[str, Any]) -> TwoStageConfig:

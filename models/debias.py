@@ -10,15 +10,17 @@ cap by 53%. So no one setting is right, and training picks one: every (β, cap) 
 to the held-out requests' ranker scores (prices learned on the training requests), and the strongest
 correction whose NDCG@10 stays within ``tolerance`` of the best is kept (the lowest top-title share, ties
 by NDCG). With ``tolerance`` 0 the most accurate setting wins. The grid and the choice go into the
-bundle's manifest (``metrics.ranker.debias``).
+bundle's manifest (``metrics.ranker.debias``, :meth:`DebiasChoice.report`), where the bundle's loader reads the
+choice back (:func:`chosen_in`); the training config keeps the values it was given.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,6 +37,19 @@ class DebiasChoice:
     cap: float
     prices: NDArray[np.float32] | None  # learned on every request (training and validation) at the chosen cap
     table: list[dict[str, float]]  # every setting tried: beta, cap, ndcg@10, top_share (validation requests)
+
+    def report(self, *, tuned: bool, tolerance: float | None) -> dict[str, Any]:
+        """The manifest's record of the choice (``metrics.ranker.debias``): what :func:`chosen_in` reads."""
+        return {"tuned": tuned, "tolerance": tolerance, "beta": self.beta, "cap": self.cap, "grid": self.table}
+
+
+def chosen_in(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(β, cap) that training chose, from a bundle manifest's ``metrics``; ``None`` for bundles trained before
+    the choice was made per run (issue 13), which run stage 3 with their ``params`` as they are."""
+    debias = metrics.get("ranker", {}).get("debias")
+    if not isinstance(debias, Mapping) or "beta" not in debias or "cap" not in debias:
+        return None
+    return float(debias["beta"]), float(debias["cap"])
 
 
 def _ndcg_at_10(score: NDArray[np.float64], labels: NDArray[np.floating], group: NDArray[np.int64]) -> float:

@@ -17,7 +17,6 @@ the feature state comes from the log replayed up to each request instead of from
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import tempfile
 import time
@@ -35,7 +34,7 @@ from models.cf import CFModel, fit_cf
 from models.config import TwoStageConfig
 from models.content import ContentModel, ContentProjection, fit_content, fit_projection
 from models.dataset import DEVICES, EventLog
-from models.debias import choose_debiasing
+from models.debias import DebiasChoice, choose_debiasing
 from models.features.batch import FeatureBatch, FeatureLayout
 from models.features.offline import Replay, Request, build_rows, context_at
 from models.features.spec import FEATURE_SPEC_VERSION, feature_layout
@@ -166,24 +165,16 @@ def _labels(log: EventLog, rows: NDArray[np.int64]) -> tuple[NDArray[np.int32], 
     return items, best
 
 
-def request_points(log: EventLog, held_out: NDArray[np.bool_], per_user: int
-                   ) -> dict[int, list[NDArray[np.int64]]]:
-    """Per user: the held-out rows (time order) from each ranker request on. The first request is at the
-    user's first held-out event; with ``per_user`` > 1 more are spread over the held-out part (the user
-    coming back later, with what they did since as online history), each labelled by what came after it.
-    Never before the cut: retrieval was fitted on the events before it, so an earlier request would ask it
-    about titles it was trained on."""
+def held_out_rows(log: EventLog, held_out: NDArray[np.bool_]) -> dict[int, NDArray[np.int64]]:
+    """Per user: their held-out rows, in time order. The user's one ranker request is at the first of them (never
+    before the cut: retrieval was fitted on the events before it, so an earlier request would ask it about titles
+    it was trained on) and is labelled by all of them."""
     rows = np.flatnonzero(held_out)
     users = log.user[rows].astype(np.int64)
     order = np.argsort(users, kind="stable")  # rows are in time order: stable keeps each user's in time
     rows, users = rows[order], users[order]
     bounds = np.flatnonzero(np.diff(np.concatenate([[-1], users, [-1]]))).tolist()
-    out: dict[int, list[NDArray[np.int64]]] = {}
-    for s, e in itertools.pairwise(bounds):
-        own = rows[s:e]
-        starts = np.unique((np.arange(per_user) * len(own)) // per_user)
-        out[int(users[s])] = [own[k:] for k in starts.tolist()]
-    return out
+    return {int(users[s]): rows[s:e] for s, e in itertools.pairwise(bounds)}
 
 
 @dataclass
@@ -192,9 +183,16 @@ class TwoStageModel:
     ranker_onnx: bytes
     layout: FeatureLayout
     static: ItemStatic
-    config: TwoStageConfig
+    config: TwoStageConfig  # as given to the fit (the debiasing it chose is ``debias``)
     metrics: dict[str, Any]
+    debias: DebiasChoice  # the popularity correction and exposure cap training chose (models.debias)
     exposure_prices: NDArray[np.float32] | None = None  # models.exposure, learned on the ranker's requests
+
+    @property
+    def stage3_config(self) -> TwoStageConfig:
+        """``config`` with the chosen debiasing: what the pipeline runs with (the bundle's loader applies the
+        same choice, read from the manifest)."""
+        return self.config.with_debiasing(self.debias.beta, self.debias.cap)
 
 
 def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
@@ -213,12 +211,12 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
     say("retrieval on the inner training part")
     inner_retrieval = fit_retrieval(inner.train, config, progress)
     histories = user_histories(log)
-    points = request_points(log, held_out, config.ranker_requests_per_user)
+    points = held_out_rows(log, held_out)
     users = np.array(sorted(points), np.int64)
     rng = np.random.default_rng(config.seed)
     if len(users) > config.rank_users:
         users = np.sort(rng.choice(users, config.rank_users, replace=False))
-    asked = [(u, after) for u in users.tolist() for after in points[u]]
+    asked = [(u, points[u]) for u in users.tolist()]  # one request per user (group g: users[g])
     say(f"candidates for {len(asked)} ranker requests of {len(users)} users")
     static = ItemStatic.from_catalog(log.catalog)
     layout = feature_layout(log.catalog.n_items, static.n_genres)
@@ -236,7 +234,7 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
         found = (pos < len(items)) & (items[np.minimum(pos, len(items) - 1)] == plan.candidates.items) \
             if len(items) else np.zeros(len(sel), bool)
         label[sel[found]] = gains[pos[found]]
-    # Early stopping on held-out users (not requests: a user's several requests share most of their answers).
+    # Early stopping on the requests of held-out users.
     n_valid = max(1, int(len(users) * config.valid_share))
     valid_users = rng.permutation(users)[:n_valid]
     valid_groups = np.flatnonzero(np.isin(np.array([u for u, _ in asked], np.int64), valid_users))
@@ -252,7 +250,11 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
         onnx_path = export_onnx(model, layout, Path(tmp) / "ranker.onnx")
         onnx_bytes = onnx_path.read_bytes()
 
-    valid_scores = RankerSession(onnx_bytes).score(batch.take(valid_rows))
+    # Every row scored once: the validation rows' scores below and every row's for the debiasing further on. The
+    # ranker scores row by row, so the validation rows' slice equals scoring them alone (the manifest's metrics
+    # came out identical when this replaced a second ONNX pass over them).
+    scores = RankerSession(onnx_bytes).score(batch)
+    valid_scores = scores[valid_rows]
     parity = float(np.max(np.abs(torch_scores(model, batch.take(valid_rows)).astype(np.float64)
                                  - valid_scores.astype(np.float64)), initial=0.0))
     ranker_metrics = {
@@ -269,19 +271,16 @@ def fit_two_stage(log: EventLog, config: TwoStageConfig | None = None,
     items = np.concatenate([p.candidates.items for p in plans]).astype(np.int64)
     tuned = config.debias_tolerance is not None
     choice = choose_debiasing(
-        RankerSession(onnx_bytes).score(batch), items, group, label, is_valid, inner_model.audience_of(items),
+        scores, items, group, label, is_valid, inner_model.audience_of(items),
         log.catalog.n_items, tolerance=config.debias_tolerance if tuned else 0.0,
         **({} if tuned else {"betas": (config.post.popularity_correction,), "caps": (config.exposure_cap,)}))
-    config = dataclasses.replace(config, exposure_cap=choice.cap,
-                                 post=dataclasses.replace(config.post, popularity_correction=choice.beta))
-    ranker_metrics["debias"] = {"tuned": tuned, "tolerance": config.debias_tolerance, "beta": choice.beta,
-                                "cap": choice.cap, "grid": choice.table}
+    ranker_metrics["debias"] = choice.report(tuned=tuned, tolerance=config.debias_tolerance)
     say("retrieval on the whole log")
     retrieval = fit_retrieval(log, config, progress)
     metrics = {"ranker": ranker_metrics, "inner_candidate_recall": candidate_recall,
                "retrieval": retrieval.metrics, "train_seconds": time.perf_counter() - started,
                "feature_spec_version": FEATURE_SPEC_VERSION}
-    return TwoStageModel(retrieval, onnx_bytes, layout, static, config, metrics, choice.prices)
+    return TwoStageModel(retrieval, onnx_bytes, layout, static, config, metrics, choice, choice.prices)
 
 
 class TwoStageRecommender:
@@ -291,7 +290,7 @@ class TwoStageRecommender:
     def __init__(self, model: TwoStageModel, log: EventLog) -> None:
         self.model = model
         self.log = log
-        self.recommender = recommender(model.retrieval, log, model.config, model.layout,
+        self.recommender = recommender(model.retrieval, log, model.stage3_config, model.layout,
                                        RankerSession(model.ranker_onnx), exposure_prices=model.exposure_prices)
 
     def _requests(self, users: NDArray[np.integer], k: int) -> list[tuple[int, RecommendRequest]]:

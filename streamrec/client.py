@@ -1,7 +1,8 @@
 """A Python client of the streamrec HTTP API: ``AsyncClient`` (asyncio) and ``Client`` (blocking), one API.
 
 Built on httpx, whose sync and async clients share one interface, so the two classes share every line but the
-I/O (the ``_Calls`` mixin builds requests and reads answers). Results are typed (``Recommendations``,
+I/O (the ``_Calls`` mixin builds requests and reads answers; ``_Tries`` is the retry loop, both clients'
+``_send`` only do its sleeping and requesting). Results are typed (``Recommendations``,
 ``Similar``, ``EventsAccepted``); an API error is raised as :class:`ApiError` with the field the server named.
 
 Retries: a connection error, 429 and 503 are retried with exponential backoff (``Retry-After`` when the server
@@ -15,9 +16,11 @@ Events are validated against the ``schemas`` contracts before they leave the pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -96,6 +99,51 @@ def prepare_events(events: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, 
     return prepared, decoded, orjson.dumps(prepared)
 
 
+class _Tries:
+    """The retry policy of one call, without I/O, so that the sync and the async client run the one loop.
+
+    Iterating yields, before each try, the seconds to sleep first (``None`` before the first try); after each try
+    the caller sets :attr:`outcome` to the response or the transport error it raised. Iteration stops at a final
+    outcome: an answer whose status is not retried, or any outcome once ``retries`` retries are spent.
+    :meth:`final` then hands the response over, or raises the transport error.
+    """
+
+    def __init__(self, retries: int, backoff_s: float) -> None:
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.outcome: httpx.Response | httpx.TransportError | None = None
+
+    def __iter__(self) -> Iterator[float | None]:
+        yield None
+        for attempt in itertools.count():
+            wait = self.wait(attempt, self.outcome)
+            if wait is None:
+                return
+            yield wait
+
+    def wait(self, attempt: int, outcome: httpx.Response | httpx.TransportError | None) -> float | None:
+        """Seconds to wait before retrying after try ``attempt`` (0-based) ended in ``outcome``, or ``None`` when
+        that outcome is final. The server's ``Retry-After`` wins over the exponential backoff when it is a number."""
+        if attempt >= self.retries:
+            return None
+        if isinstance(outcome, httpx.Response):
+            if outcome.status_code not in RETRY_STATUSES:
+                return None
+            after = outcome.headers.get("Retry-After")
+            if after is not None:
+                with contextlib.suppress(ValueError):  # an HTTP date: fall back to the backoff
+                    return float(after)
+        return self.backoff_s * 2 ** attempt
+
+    def final(self) -> httpx.Response:
+        """The last try's response; its transport error re-raised when it had none."""
+        if isinstance(self.outcome, httpx.Response):
+            return self.outcome
+        if self.outcome is None:
+            raise RuntimeError("_Tries.final() before any try")
+        raise self.outcome
+
+
 class _Calls:
     """Requests and answers, shared by the sync and async clients (no I/O here)."""
 
@@ -106,15 +154,8 @@ class _Calls:
         self.retries = retries
         self.backoff_s = backoff_s
 
-    def _wait(self, attempt: int, response: httpx.Response | None) -> float | None:
-        """Seconds to wait before the next try, or ``None`` when the answer is final."""
-        if attempt >= self.retries or (response is not None and response.status_code not in RETRY_STATUSES):
-            return None
-        after = response.headers.get("Retry-After") if response is not None else None
-        try:
-            return float(after) if after is not None else self.backoff_s * 2 ** attempt
-        except ValueError:
-            return self.backoff_s * 2 ** attempt
+    def _tries(self) -> _Tries:
+        return _Tries(self.retries, self.backoff_s)
 
     @staticmethod
     def _body(response: httpx.Response) -> Any:
@@ -161,19 +202,15 @@ class AsyncClient(_Calls):
         await self._http.aclose()
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> Any:
-        attempt = 0
-        while True:
-            response: httpx.Response | None = None
+        tries = self._tries()
+        for wait in tries:  # the I/O of the policy's loop; every decision is _Tries'
+            if wait is not None:
+                await asyncio.sleep(wait)
             try:
-                response = await self._http.request(method, path, **kwargs)
-            except httpx.TransportError:
-                if attempt >= self.retries:
-                    raise
-            wait = self._wait(attempt, response)
-            if wait is None and response is not None:
-                return self._body(response)
-            await asyncio.sleep(wait or 0.0)
-            attempt += 1
+                tries.outcome = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as error:
+                tries.outcome = error
+        return self._body(tries.final())
 
     async def recommendations(self, user_id: str, *, k: int = 20, device: str | None = None,
                               country: str | None = None, hour: int | None = None,
@@ -211,19 +248,15 @@ class Client(_Calls):
         self._http.close()
 
     def _send(self, method: str, path: str, **kwargs: Any) -> Any:
-        attempt = 0
-        while True:
-            response: httpx.Response | None = None
+        tries = self._tries()
+        for wait in tries:  # the async client's loop, with blocking I/O
+            if wait is not None:
+                time.sleep(wait)
             try:
-                response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError:
-                if attempt >= self.retries:
-                    raise
-            wait = self._wait(attempt, response)
-            if wait is None and response is not None:
-                return self._body(response)
-            time.sleep(wait or 0.0)
-            attempt += 1
+                tries.outcome = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as error:
+                tries.outcome = error
+        return self._body(tries.final())
 
     def recommendations(self, user_id: str, *, k: int = 20, device: str | None = None, country: str | None = None,
                         hour: int | None = None, now_ms: int | None = None) -> Recommendations:

@@ -24,6 +24,7 @@ from models.catalog import Catalog, CatalogEvent, CatalogTable
 from models.cf import CFModel
 from models.config import TwoStageConfig, config_from_params
 from models.content import ContentModel
+from models.debias import chosen_in
 from models.exposure import EXPOSURE_FILE
 from models.features.batch import FeatureLayout
 from models.features.spec import check_layout, feature_layout
@@ -136,6 +137,9 @@ class RecommenderModel:
         """Open and load a bundle (blocking: call it in a thread). Raises ``BundleError`` without one."""
         bundle = open_bundle(root, version)
         config = config_from_params(bundle.manifest.get("params", {}))
+        chosen = chosen_in(bundle.manifest.get("metrics", {}))
+        if chosen is not None:  # stage 3 runs with the debiasing training chose; the params keep what it was given
+            config = config.with_debiasing(*chosen)
         arrays = bundle.arrays("items")
         meta = bundle.json("catalog")
         cf = CFModel.load(bundle.file("cf.npz"))

@@ -19,6 +19,8 @@ Fixtures:
 - ``small_bundle``: a copy, per test module, of one small trained bundle (trained once per session:
   training is most of the worker and serving tests' set-up; a copy because some tests publish new
   versions into it).
+- ``eval_world``: the small generated world of the end-to-end ``streamrec eval`` tests (``--served``,
+  ``eval-stream``), made once per session by ``streamrec generate``; read only.
 
 Every test under ``tests/integration`` is marked ``integration``.
 """
@@ -28,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -185,3 +189,15 @@ def small_bundle(_small_bundle_source: Path, tmp_path_factory: pytest.TempPathFa
     root = tmp_path_factory.mktemp("bundle") / "artifacts"
     shutil.copytree(_small_bundle_source, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def eval_world(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A world of 80 users, 300 titles and 6,000 events over 6 days (seed 3), made by the CLI as a user makes
+    one: small enough for a whole evaluation run in a test. The runs write beside their ``--out``, never into it."""
+    world = tmp_path_factory.mktemp("eval-world") / "world"
+    generated = subprocess.run([sys.executable, "-m", "streamrec.cli", "generate", "--out", str(world),
+                                "--users", "80", "--items", "300", "--events", "6000", "--days", "6", "--seed", "3"],
+                               env=stack_env, capture_output=True, text=True, timeout=120, check=False)
+    assert generated.returncode == 0, generated.stderr
+    return world

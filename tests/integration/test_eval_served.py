@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,18 +37,13 @@ METRICS = ("ndcg@10", "recall@10", "recall@20", "mrr", "coverage", "top_title_sh
 
 
 @pytest.fixture(scope="module")
-def served_run(stack: Settings, stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+def served_run(stack: Settings, stack_env: dict[str, str], eval_world: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> tuple[dict[str, Any], str]:
     """(report, stdout) of one `streamrec eval --served` run on a small generated world."""
     tmp_path = tmp_path_factory.mktemp("eval-served")
-    world = tmp_path / "world"
     cli = [sys.executable, "-m", "streamrec.cli"]
-    generated = subprocess.run([*cli, "generate", "--out", str(world), "--users", "80", "--items", "300",
-                                "--events", "6000", "--days", "6", "--seed", "3"], env=stack_env,
-                               capture_output=True, text=True, timeout=120, check=False)
-    assert generated.returncode == 0, generated.stderr
     out = tmp_path / "report.json"
-    run = subprocess.run([*cli, "eval", "--data", str(world), "--artifacts", str(tmp_path / "no-bundle"),
+    run = subprocess.run([*cli, "eval", "--data", str(eval_world), "--artifacts", str(tmp_path / "no-bundle"),
                           "--systems", "popularity,two_stage", "--served", "--served-db", "6", "--out", str(out)],
                          env={**stack_env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=600,
                          check=False)

@@ -15,15 +15,10 @@ from foundation.settings import Settings
 
 
 def test_eval_stream_reports_both_arms_and_leaves_its_topics_gone(stack: Settings, stack_env: dict[str, str],
-                                                                    tmp_path: Path) -> None:
-    world = tmp_path / "world"
+                                                                    eval_world: Path, tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "streamrec.cli"]
-    generated = subprocess.run([*cli, "generate", "--out", str(world), "--users", "80", "--items", "300",
-                                "--events", "6000", "--days", "6", "--seed", "3"], env=stack_env,
-                               capture_output=True, text=True, timeout=120, check=False)
-    assert generated.returncode == 0, generated.stderr
     out = tmp_path / "report.json"
-    run = subprocess.run([*cli, "eval-stream", "--data", str(world), "--artifacts", str(tmp_path / "artifacts"),
+    run = subprocess.run([*cli, "eval-stream", "--data", str(eval_world), "--artifacts", str(tmp_path / "artifacts"),
                           "--out", str(out), "--quick", "--samples", "60", "--window", "400",
                           "--online-db", "3", "--frozen-db", "4"],
                          env={**stack_env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=600,

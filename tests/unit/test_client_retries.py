@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from schemas.decoder import EventError
-from streamrec.client import ApiError, AsyncClient, Client
+from streamrec.client import ApiError, AsyncClient, Client, _Tries
 
 PLAY = {"type": "play", "ts": 1_780_000_000_000, "schema_version": 1, "user_id": "u1", "item_id": "i1"}
 
@@ -70,3 +70,59 @@ def test_an_invalid_event_is_refused_before_any_request() -> None:
     with Client("http://api", transport=scripted([(202, {}, {})], seen)) as api, pytest.raises(EventError) as caught:
         api.send_events([{**PLAY, "ts": "yesterday"}])
     assert not seen and "ts" in str(caught.value)
+
+
+def run_tries(tries: _Tries, outcomes: list[httpx.Response | httpx.TransportError]) -> list[float | None]:
+    """Drive the shared retry loop as both clients do, with ``outcomes`` as the tries' results; the waits."""
+    waits: list[float | None] = []
+    for wait in tries:
+        waits.append(wait)
+        tries.outcome = outcomes[len(waits) - 1]
+    return waits
+
+
+def test_the_shared_retry_policy_backs_off_honours_retry_after_and_stops() -> None:
+    busy = httpx.Response(503)
+    # Exponential backoff; a numeric Retry-After wins over it, an HTTP date does not; at most `retries` retries.
+    dated = httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"})
+    outcomes = [busy, httpx.Response(429, headers={"Retry-After": "1.5"}), dated, busy, busy]
+    tries = _Tries(retries=3, backoff_s=0.25)
+    assert run_tries(tries, outcomes) == [None, 0.25, 1.5, 1.0]
+    assert tries.final() is outcomes[3], "the last answer is handed over once retries are spent"
+    # A status that is not retried is final at once, an error status included (the caller raises ApiError).
+    for status in (200, 400, 500):
+        tries = _Tries(retries=3, backoff_s=0.25)
+        answer = httpx.Response(status)
+        assert run_tries(tries, [answer]) == [None] and tries.final() is answer
+    # Transport errors are retried with the backoff, and the last one is raised when retries run out.
+    dropped = [httpx.ConnectError("dropped"), httpx.ReadTimeout("slow")]
+    tries = _Tries(retries=1, backoff_s=0.1)
+    assert run_tries(tries, list(dropped)) == [None, 0.1]
+    with pytest.raises(httpx.ReadTimeout):
+        tries.final()
+    tries = _Tries(retries=0, backoff_s=0.1)
+    assert run_tries(tries, [busy]) == [None] and tries.final() is busy
+
+
+def test_the_sync_client_gives_up_on_a_dead_connection_after_its_retries() -> None:
+    seen: list[httpx.Request] = []
+    dead = [(0, {}, httpx.ConnectError("refused"))]
+    with Client("http://api", retries=2, backoff_s=0.0, transport=scripted(dead, seen)) as api, \
+            pytest.raises(httpx.ConnectError):
+        api.similar("i1")
+    assert len(seen) == 3
+
+
+async def test_async_client_stops_at_the_limit_like_the_sync_one() -> None:
+    seen: list[httpx.Request] = []
+    busy = (503, {"Retry-After": "0"}, {"error": {"field": "kafka", "message": "down"}, "request_id": "r"})
+    async with AsyncClient("http://api", retries=2, backoff_s=0.0, transport=scripted([busy], seen)) as api:
+        with pytest.raises(ApiError) as caught:
+            await api.send_events([PLAY])
+    assert len(seen) == 3 and caught.value.status == 503 and caught.value.field == "kafka"
+    seen.clear()
+    dead = [(0, {}, httpx.ConnectError("refused"))]
+    async with AsyncClient("http://api", retries=1, backoff_s=0.0, transport=scripted(dead, seen)) as api:
+        with pytest.raises(httpx.ConnectError):
+            await api.similar("i1")
+    assert len(seen) == 2

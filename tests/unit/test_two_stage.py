@@ -16,8 +16,10 @@ from models.bundle import open_bundle
 from models.candidates import user_histories
 from models.config import TwoStageConfig
 from models.dataset import EventLog, load_log
+from models.exposure import EXPOSURE_FILE
 from models.features.spec import FEATURE_SPEC_VERSION, check_feature_spec, feature_layout
 from models.features.state import ItemStatic
+from models.recommend.model import RecommenderModel
 from models.split import make_split
 from models.two_stage import (
     TwoStageRecommender,
@@ -48,6 +50,11 @@ def test_fit_two_stage_learns_a_ranker_and_recommends_valid_titles(log: EventLog
     split = make_split(log, "user-last")
     model = fit_two_stage(split.train, SMALL)
     ranker = model.metrics["ranker"]
+    # The config stays as given; the debiasing training chose is the fit's result, and what stage 3 runs with.
+    assert model.config == SMALL
+    assert (ranker["debias"]["beta"], ranker["debias"]["cap"]) == (model.debias.beta, model.debias.cap)
+    assert model.stage3_config.post.popularity_correction == model.debias.beta
+    assert model.stage3_config.exposure_cap == model.debias.cap
     assert ranker["requests"] > 50 and ranker["positive_rows"] > 0
     assert 0.0 < ranker["valid_ndcg@10"] <= 1.0
     assert model.metrics["retrieval"]["hnsw"]["recall@10"] > 0.9
@@ -101,5 +108,14 @@ def test_train_cli_publishes_a_complete_bundle(world: Path, tmp_path: Path) -> N
     assert manifest["metrics"]["retrieval"]["sequence_onnx_max_abs_diff"] <= 1e-5
     assert manifest["metrics"]["retrieval"]["hnsw"]["recall@10"] > 0.9
     assert manifest["params"]["dim"] == 16 and manifest["data_fingerprint"]
+    # The params are the config as given; the loaded model runs stage 3 with the debiasing training chose.
+    given = TwoStageConfig()
+    assert manifest["params"]["post"]["popularity_correction"] == given.post.popularity_correction
+    assert manifest["params"]["exposure_cap"] == given.exposure_cap
+    chosen = manifest["metrics"]["ranker"]["debias"]
+    loaded = RecommenderModel.load(artifacts)
+    assert loaded.config.post.popularity_correction == chosen["beta"]
+    assert loaded.config.exposure_cap == chosen["cap"]
+    assert (f"{EXPOSURE_FILE}.npy" in manifest["files"]) == (chosen["cap"] > 0)
     assert len(bundle.json("item_ids")) == bundle.arrays("items")["popularity"].shape[0]
     assert not list(bundle.path.glob("*.onnx.data")), "the ranker is one self-contained file"
