@@ -282,6 +282,27 @@ class Settings(BaseSettings):
         200, ge=1, description="The adaptive admission limit never goes above this many requests in flight."
     )
 
+    # --- The browser page (GET /) ------------------------------------------------------------
+    page_api_key: SecretStr | None = Field(
+        None, description="The key the browser page at / POSTs its play/complete events with. It is handed to "
+        "every browser that opens the page, so it must be a key of its own with the events:write scope only "
+        "(`streamrec keys create --name page --scopes events:write`), never the operator's key; empty: the page "
+        "asks the visitor for a key. A secret: printed and logged as **********."
+    )
+    page_clock_offset_ms: int = Field(
+        0, description="Milliseconds the page adds to the server's clock for its requests' `now` and its events' "
+        "`ts`, so a world recorded in the past (the generated one starts 2026-01-01) is browsed as of its log; "
+        "`streamrec demo` sets it to just after the log's last event."
+    )
+
+    @field_validator("page_api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        # `STREAMREC_PAGE_API_KEY=` (config.example.env) means no page key, like leaving it out.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepare a fresh machine for streamrec: system packages (redis-server, Java 17, Maven) and the
+# Prepare a fresh machine for streamrec: system packages (redis-server, Java 17, Maven, chromium) and the
 # project's virtual environment in .venv. Idempotent and quick when everything is in place.
 # Kafka's jars are resolved from Maven Central by `streamrec stack up` on first use and cached.
 set -euo pipefail
@@ -19,6 +19,10 @@ command -v redis-server >/dev/null || { log "installing redis-server (Debian pac
 command -v java >/dev/null || { log "installing Java 17"; apt_install openjdk-17-jre-headless; }
 command -v mvn >/dev/null || { log "installing Maven"; apt_install maven; }
 command -v openssl >/dev/null || { log "installing openssl (STREAMREC_STACK_TLS makes its CA with it)"; apt_install openssl; }
+# The browser test (tests/integration/test_page_browser.py) drives Debian's chromium through its chromedriver;
+# selenium is pointed at these two binaries and never downloads a browser or a driver.
+{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || {
+  log "installing chromium and chromium-driver (the page's browser test)"; apt_install chromium chromium-driver; }
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { log "Python >= 3.11 is required"; exit 1; }

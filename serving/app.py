@@ -63,6 +63,7 @@ from serving.http_validation import (
     request_id_from,
 )
 from serving.openapi import openapi_document
+from serving.page import add_page_routes
 from serving.rate_limit import RateLimiter, retry_after_header
 from serving.service import RecommendationService
 
@@ -432,4 +433,5 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    add_page_routes(app, settings, SERVICE, KEYS)  # GET / (the browser page) and GET /static/{name}
     return app

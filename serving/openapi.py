@@ -274,6 +274,29 @@ _CONTEXT = [
 
 def _paths() -> dict[str, Any]:
     return {
+        # The browser page (serving/page.py); `add_page_routes` registers these two.
+        "/": {
+            "get": {
+                "operationId": "page",
+                "summary": "The browser page: pick a user, see their homepage rows, play and complete titles "
+                           "(POSTed with the page's own events:write key, STREAMREC_PAGE_API_KEY).",
+                "responses": {"200": {"description": "The page (Cache-Control: no-store: it carries the page key).",
+                                      "content": {"text/html": {"schema": _STRING}}}},
+            }
+        },
+        "/static/{name}": {
+            "get": {
+                "operationId": "pageFile",
+                "summary": "One of the page's files (serving/static/), with an ETag; no other file is reachable.",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": _STRING}],
+                "responses": {
+                    "200": {"description": "The file (Cache-Control: no-cache).", "content": {
+                        "text/css": {"schema": _STRING}, "text/javascript": {"schema": _STRING}}},
+                    "304": {"description": "Unchanged since the ETag sent in If-None-Match."},
+                    "404": _json(_ref("Error"), "No such file of the page."),
+                },
+            }
+        },
         "/v1/recommendations/{user_id}": {
             "get": {
                 "operationId": "recommend",

@@ -64,6 +64,38 @@ class Recommendations:
 
 
 @dataclass(frozen=True, slots=True)
+class HomepageItem:
+    item_id: str
+    title: str
+    genres: list[str]
+    year: int | None
+    score: float
+    sources: list[str]
+    progress: float | None = None  # continue_watching rows: how far in, 0..1
+
+
+@dataclass(frozen=True, slots=True)
+class HomepageRow:
+    id: str  # "top_picks", "because_you_watched:{item}", "genre:{name}", ...
+    title: str  # "Because you watched Heat (1995)"
+    reason: str
+    score: float  # the row's worth for the user (rows come sorted by it; continue watching pinned first)
+    items: list[HomepageItem]
+    seed_item_id: str | None = None
+    genre: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Homepage:
+    user_id: str
+    request_id: str
+    model_version: str
+    rows: list[HomepageRow]
+    degraded: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class SimilarItem:
     item_id: str
     score: float
@@ -178,6 +210,21 @@ class _Calls:
                                bool(body["degraded"]), dict(body.get("timings_ms", {})))
 
     @staticmethod
+    def _homepage_query(rows: int, per_row: int, device: str | None, country: str | None, hour: int | None,
+                        now_ms: int | None) -> dict[str, Any]:
+        return _Calls._query(rows=rows, per_row=per_row, device=device, country=country, hour=hour, now=now_ms)
+
+    @staticmethod
+    def _homepage(body: dict[str, Any]) -> Homepage:
+        rows = [HomepageRow(r["id"], r["title"], r["reason"], float(r["score"]),
+                            [HomepageItem(i["item_id"], i["title"], list(i["genres"]), i.get("year"), float(i["score"]),
+                                          list(i.get("sources", [])), i.get("progress")) for i in r["items"]],
+                            r.get("seed_item_id"), r.get("genre"))
+                for r in body["rows"]]
+        return Homepage(body["user_id"], body["request_id"], body["model_version"], rows, bool(body["degraded"]),
+                        dict(body.get("timings_ms", {})))
+
+    @staticmethod
     def _similar(body: dict[str, Any]) -> Similar:
         items = [SimilarItem(i["item_id"], float(i["score"]), i.get("title"), i.get("reason")) for i in body["items"]]
         return Similar(body["item_id"], body["model_version"], items, bool(body["degraded"]))
@@ -218,6 +265,11 @@ class AsyncClient(_Calls):
         body = await self._send("GET", f"/v1/recommendations/{user_id}",
                                 params=self._query(k=k, device=device, country=country, hour=hour, now=now_ms))
         return self._recommendations(body)
+
+    async def homepage(self, user_id: str, *, rows: int = 8, per_row: int = 10, device: str | None = None,
+                       country: str | None = None, hour: int | None = None, now_ms: int | None = None) -> Homepage:
+        query = self._homepage_query(rows, per_row, device, country, hour, now_ms)
+        return self._homepage(await self._send("GET", f"/v1/homepage/{user_id}", params=query))
 
     async def similar(self, item_id: str, *, k: int = 20) -> Similar:
         return self._similar(await self._send("GET", f"/v1/items/{item_id}/similar", params={"k": k}))
@@ -263,6 +315,11 @@ class Client(_Calls):
         body = self._send("GET", f"/v1/recommendations/{user_id}",
                           params=self._query(k=k, device=device, country=country, hour=hour, now=now_ms))
         return self._recommendations(body)
+
+    def homepage(self, user_id: str, *, rows: int = 8, per_row: int = 10, device: str | None = None,
+                 country: str | None = None, hour: int | None = None, now_ms: int | None = None) -> Homepage:
+        query = self._homepage_query(rows, per_row, device, country, hour, now_ms)
+        return self._homepage(self._send("GET", f"/v1/homepage/{user_id}", params=query))
 
     def similar(self, item_id: str, *, k: int = 20) -> Similar:
         return self._similar(self._send("GET", f"/v1/items/{item_id}/similar", params={"k": k}))

@@ -7,8 +7,8 @@ page; it does no I/O. Per row, a *pool* of titles in the row's own order:
 
 - ``continue_watching``: the session's started-and-not-finished titles, most recent first (pinned first: it is
   what a returning viewer looks for);
-- ``because_you_watched:{id}``: one row per recent positive title (the last ``byw_rows``), its nearest CF
-  neighbours (one batched HNSW query for all seeds);
+- ``because_you_watched:{id}``: one row per recent positive title (the last ``byw_rows``; not one still being
+  watched), its nearest CF neighbours (one batched HNSW query for all seeds);
 - ``top_picks``: every candidate by the ranker's score after the business rules (what ``/v1/recommendations``
   answers);
 - ``trending_country`` / ``trending_device`` / ``trending``: the trending lists of the request's scopes;
@@ -157,11 +157,13 @@ def _trending_pool(model: RecommenderModel, snap: Snapshot, label: str) -> NDArr
 
 
 def _byw_rows(model: RecommenderModel, retrieved: Retrieved, exclude: NDArray[np.bool_], n_rows: int,
-              size: int) -> list[Row]:
-    """One "because you watched" row per recent positive title (most recent first), by CF similarity."""
+              size: int, unfinished: NDArray[np.int64]) -> list[Row]:
+    """One "because you watched" row per recent positive title (most recent first), by CF similarity; titles still
+    being watched (``unfinished``: continue watching's) seed none: the user has not watched them yet."""
     user = retrieved.user
     positives = recent_positives(user.history_items, user.history_weights, user.history_ts)
     seeds = positives[0][::-1].astype(np.int64)  # most recent first
+    seeds = seeds[~np.isin(seeds, unfinished)]
     index = model.neighbour_index
     seeds = seeds[seeds < len(index.live)]
     seeds = seeds[index.live[seeds]][:n_rows] if len(seeds) else seeds
@@ -249,7 +251,9 @@ def build_rows(model: RecommenderModel, hreq: HomepageRequest, retrieved: Retrie
     t = model.items
     rows: list[Row] = [Row("top_picks", "Top picks for you", "top_picks", ranked.rows[order],
                            ranked.adjusted[order])]
-    for row in _byw_rows(model, retrieved, exclude, hreq.byw_rows, pool_n):
+    cw = _continue_row(model, retrieved, continue_watching)
+    unfinished = cw.items if cw is not None else np.zeros(0, np.int64)
+    for row in _byw_rows(model, retrieved, exclude, hreq.byw_rows, pool_n, unfinished):
         row.items = _personal(row.items, ranked, pool_n)
         rows.append(row)
     trending = [("country", "trending_country", f"Trending in {req.country}" if req.country else ""),
@@ -272,7 +276,6 @@ def build_rows(model: RecommenderModel, hreq: HomepageRequest, retrieved: Retrie
 
     used = np.zeros(len(t), bool)
     page: list[Row] = []
-    cw = _continue_row(model, retrieved, continue_watching)
     if cw is not None:  # pinned first; its titles are watched ones, no other row has them
         cw.items, cw.scores = cw.items[:per_row], cw.scores[:per_row]
         cw.progress = cw.progress[:per_row] if cw.progress is not None else None

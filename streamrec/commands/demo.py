@@ -7,14 +7,26 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
 from foundation.progress import progress_bar
 from foundation.settings import Settings, get_settings
 from tools.demo.apps import server_url, start_apps, stop_apps, wait_key_accepted, wait_server_ready
-from tools.demo.show import pick_users, read_log_facts, run_stories
-from tools.demo.steps import DEMO_KEY_SCOPES, make_demo_key, prepare_data, replay_once, train_once, wait_worker
+from tools.demo.show import LogFacts, pick_users, read_log_facts, run_stories
+from tools.demo.steps import (
+    DEMO_KEY_SCOPES,
+    PAGE_KEY_NAME,
+    PAGE_KEY_SCOPES,
+    make_demo_key,
+    make_page_key,
+    page_clock_offset_ms,
+    prepare_data,
+    replay_once,
+    train_once,
+    wait_worker,
+)
 from tools.stack import StackError, manager
 
 CLUSTER_BROKERS = 3  # `demo --cluster`'s topology: three brokers, three Redis masters with a replica each
@@ -91,9 +103,19 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
     # Writes need a key (STREAMREC_AUTH is on by default): one for the demo's own POSTs, and for the user to try.
     key, key_file = asyncio.run(make_demo_key(settings))
     out.print(f"API key  made: name demo, scopes {', '.join(DEMO_KEY_SCOPES)} (kept in {key_file}, mode 0600)")
+    # The browser page's own key: it is handed to every browser, so events:write only.
+    page_key, page_key_file, page_key_new = asyncio.run(make_page_key(settings))
+    out.print(f"page key {'made' if page_key_new else 'reused'}: name {PAGE_KEY_NAME}, scopes "
+              f"{', '.join(PAGE_KEY_SCOPES)} (for the browser page; kept in {page_key_file}, mode 0600)")
+    # The page browses the world as of its log: its clock starts just after the newest event.
+    facts = read_log_facts(data)
+    app_settings = settings.model_copy(update={"page_api_key": SecretStr(page_key),
+                                               "page_clock_offset_ms": page_clock_offset_ms(facts.last_ts)})
     if not trained["reused"]:
         stop_apps(settings)  # a running worker holds the previous bundle's vectors
-    for app in start_apps(settings, artifacts, Path.cwd()):
+    elif page_key_new:
+        stop_apps(settings, ("server",))  # a running server hands out the previous page key
+    for app in start_apps(app_settings, artifacts, Path.cwd()):
         verb = "started" if app.started else "running"
         out.print(f"{app.name:<6} {verb:<8} pid {app.pid:<8} {app.address:<28} log {app.log_file}")
 
@@ -114,7 +136,7 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
 
     if show_users:
         out.rule("[bold]6. real-time adaptation: answers before and after a few new interactions")
-        _show(settings, out, data, show_users, key)
+        _show(settings, out, facts, show_users, key)
 
     out.rule()
     url = server_url(settings)
@@ -128,10 +150,13 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
               f"{url}/v1/events", markup=False)
     out.print("         more keys: streamrec keys create --scopes events:write   (list / revoke NAME)", markup=False)
     out.print("Everything keeps running. Stop it all with: streamrec demo --down")
+    out.rule("[bold]the browser page")
+    out.print("A homepage of rows for any user (pick one, or 'New user' for a cold start); click a title to play it, "
+              "'Done' to complete it, and watch the rows change.")
+    out.print(f"[bold]Open {url}/ in a browser[/]")
 
 
-def _show(settings: Settings, out: Console, data: Path, n_users: int, key: str) -> None:
-    facts = read_log_facts(data)
+def _show(settings: Settings, out: Console, facts: LogFacts, n_users: int, key: str) -> None:
     stories = asyncio.run(run_stories(server_url(settings), facts, pick_users(facts, n_users), api_key=key))
 
     def name(item: dict[str, Any] | None, genre: str) -> str:

@@ -51,6 +51,13 @@ async def test_async_and_sync_clients_read_and_write_through_a_real_server(
             assert all(i.item_id in set(bundle.json("item_ids")) and i.sources for i in recs.items)
             similar = await api.similar(item, k=5)
             assert similar.item_id == item and 0 < len(similar.items) <= 5
+            page = await api.homepage(user, rows=4, per_row=5, device="tv", country="NL")
+            assert page.user_id == user and page.model_version == bundle.version and 0 < len(page.rows) <= 4
+            assert all(0 < len(row.items) <= 5 and row.title and row.items[0].title for row in page.rows)
+            assert "top_picks" in [row.id for row in page.rows]
+            with pytest.raises(ApiError) as caught:
+                await api.homepage(user, per_row=0)
+            assert caught.value.status == 400 and caught.value.field == "per_row"
             with pytest.raises(ApiError) as caught:
                 await api.recommendations(user, k=0)
             assert caught.value.status == 400 and caught.value.field == "k"
@@ -61,16 +68,19 @@ async def test_async_and_sync_clients_read_and_write_through_a_real_server(
         arrived = await _read_topic(settings, settings.topic_interactions, 2)
         assert sorted(body["event_id"] for _, body in arrived) == sorted(sent.event_ids)
 
-        def blocking() -> list[str]:  # the sync client, off the loop that serves it
+        def blocking() -> tuple[list[str], list[str]]:  # the sync client, off the loop that serves it
             with Client(url, api_key=OPERATOR_KEY) as sync_api:
-                return [i.item_id for i in sync_api.recommendations(user, k=10, device="tv", country="NL",
-                                                                   hour=20, now_ms=recs_now).items]
+                listed = sync_api.recommendations(user, k=10, device="tv", country="NL", hour=20, now_ms=recs_now)
+                page = sync_api.homepage(user, rows=4, per_row=5, device="tv", country="NL", now_ms=recs_now)
+                return [i.item_id for i in listed.items], [row.id for row in page.rows]
 
         recs_now = T0 + 10 ** 9
         async with AsyncClient(url) as api:  # reads need no key
             expected = [i.item_id for i in (await api.recommendations(user, k=10, device="tv", country="NL",
                                                                       hour=20, now_ms=recs_now)).items]
-        assert await asyncio.to_thread(blocking) == expected
+            rows = [row.id for row in (await api.homepage(user, rows=4, per_row=5, device="tv", country="NL",
+                                                          now_ms=recs_now)).rows]
+        assert await asyncio.to_thread(blocking) == (expected, rows)
     finally:
         await server.close()
 

@@ -89,6 +89,8 @@ def test_continue_watching_is_pinned_first_and_keeps_watched_titles_but_not_unav
     assert page[0].items.tolist() == [1], "watched i1 stays; unavailable i29 and unknown titles do not"
     body = row_payload(model, retrieved, page[0])
     assert body["items"][0]["progress"] == pytest.approx(0.42)
+    seeds = {row.extra["seed_item_id"] for row in page if row.reason == "because_you_watched"}
+    assert seeds and "i1" not in seeds, "a title still being watched seeds no 'because you watched' row"
 
 
 def _event(cls: type, item: str, ts: int, **extra: object) -> object:

@@ -51,10 +51,16 @@ def server_url(settings: Settings) -> str:
 
 
 def start_apps(settings: Settings, artifacts: Path, cwd: Path) -> list[AppStatus]:
-    """Start the worker and the server unless they are running (idempotent, like ``stack up``)."""
+    """Start the worker and the server unless they are running (idempotent, like ``stack up``).
+
+    Each gets ``settings`` as ``STREAMREC_*`` variables; the server's include the browser page's key and clock
+    offset (``page_api_key``, ``page_clock_offset_ms``), the worker's do not."""
     layout = StackLayout.from_settings(settings)
     artifacts = artifacts.resolve()
-    env = settings_env(settings.model_copy(update={"artifacts": artifacts}))
+    server_env = settings_env(settings.model_copy(update={"artifacts": artifacts}))
+    # The page's key is the server's business only (it hands it to the page): not in the worker's environment.
+    worker_env = settings_env(settings.model_copy(update={"artifacts": artifacts, "page_api_key": None,
+                                                          "page_clock_offset_ms": 0}))
     out = []
     with process.file_lock(layout.run_dir / "demo.lock"):
         for name in APPS:
@@ -68,7 +74,8 @@ def start_apps(settings: Settings, artifacts: Path, cwd: Path) -> list[AppStatus
             record = process.spawn_detached(
                 _argv(name, artifacts, settings), name=f"demo-{name}",
                 marker="streamrec.cli worker" if name == "worker" else "streamrec.cli serve", port=port,
-                log_file=layout.logs_dir / f"demo-{name}.log", cwd=cwd, env=env,
+                log_file=layout.logs_dir / f"demo-{name}.log", cwd=cwd,
+                env=server_env if name == "server" else worker_env,
             )
             process.write_record(pid_file, record)
             out.append(AppStatus(name, record.pid, address, record.log_file, started=True))
@@ -120,7 +127,9 @@ async def wait_key_accepted(settings: Settings, key: str) -> None:
     raise StackError(f"the server still refuses the demo's API key (last answer {status}); is Redis shared?")
 
 
-def stop_apps(settings: Settings) -> list[tuple[str, StopOutcome]]:
-    """Stop the demo's server and worker (only processes whose pid files verify as ours)."""
+def stop_apps(settings: Settings, names: tuple[str, ...] = APPS) -> list[tuple[str, StopOutcome]]:
+    """Stop the demo's server and worker, or only ``names`` of them (only processes whose pid files verify as
+    ours)."""
     layout = StackLayout.from_settings(settings)
-    return [(name, process.stop_pid_file(_pid_file(layout, name), timeout_s=20)) for name in reversed(APPS)]
+    return [(name, process.stop_pid_file(_pid_file(layout, name), timeout_s=20))
+            for name in reversed(APPS) if name in names]

@@ -77,6 +77,19 @@ async def replay_once(data: Path, settings: Settings, progress: Callable[[int], 
 
 DEMO_KEY_NAME = "demo"
 DEMO_KEY_SCOPES = (api_keys.EVENTS_WRITE, api_keys.CATALOG_WRITE, api_keys.RECOMMENDATIONS_READ)
+# The browser page's key goes to every browser that opens the page: events:write and nothing else (the server
+# withholds a broader one, serving/page.py).
+PAGE_KEY_NAME = "page"
+PAGE_KEY_SCOPES = (api_keys.EVENTS_WRITE,)
+
+
+def _keep_secret(path: Path, key: str) -> None:
+    """``key`` into ``path`` with mode 0600, like the stack's other credentials."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
 
 
 async def make_demo_key(settings: Settings) -> tuple[str, Path]:
@@ -89,12 +102,36 @@ async def make_demo_key(settings: Settings) -> tuple[str, Path]:
     finally:
         await redis.aclose()
     path = settings.state_dir / "demo-api-key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
+    _keep_secret(path, key)
     return key, path
+
+
+async def make_page_key(settings: Settings) -> tuple[str, Path, bool]:
+    """The browser page's key (name ``page``, scope ``events:write`` only); returns (key, its file, made now).
+
+    Unlike the demo's own key it is reused while the key table still holds it as this name with these scopes: a
+    server left running by a previous demo was started with it in its environment, and keeps handing it out. A new
+    one (after a wiped stack or a revoke) means the server must be restarted to pick it up."""
+    path = settings.state_dir / "demo-page-key"
+    redis = redis_client(settings)
+    try:
+        if path.exists():
+            key = path.read_text().strip()
+            record = (await api_keys.load_all(redis)).get(api_keys.key_digest(key))
+            if record is not None and record.name == PAGE_KEY_NAME and record.scopes == frozenset(PAGE_KEY_SCOPES):
+                return key, path, False
+        await api_keys.revoke(redis, PAGE_KEY_NAME)
+        key = await api_keys.create(redis, PAGE_KEY_NAME, PAGE_KEY_SCOPES)
+    finally:
+        await redis.aclose()
+    _keep_secret(path, key)
+    return key, path, True
+
+
+def page_clock_offset_ms(last_event_ts: int, now_ms: int | None = None) -> int:
+    """What the page adds to the server's clock so that it starts just after the log's newest event: a generated
+    world (from 2026-01-01) or MovieLens lives in its own time, and the page browses it as of its log."""
+    return last_event_ts + 1 - (int(time.time() * 1000) if now_ms is None else now_ms)
 
 
 async def wait_worker(settings: Settings, advance: Callable[[int], None], timeout_s: float = 900.0) -> float:
