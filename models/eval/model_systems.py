@@ -42,9 +42,16 @@ class TwoStageSystem(TwoStageRecommender):
 
     def __init__(self, model: TwoStageModel, log: EventLog) -> None:
         super().__init__(model, log)
+        debias = model.metrics["ranker"].get("debias", {})
         self.extra = {"ranker_valid_ndcg@10": model.metrics["ranker"]["valid_ndcg@10"],
                       "ranker_rows": model.metrics["ranker"]["rows"],
-                      "train_seconds": round(model.metrics["train_seconds"], 1)}
+                      "train_seconds": round(model.metrics["train_seconds"], 1),
+                      # What this fit's stage 3 does against popularity (models.debias picks them per run):
+                      # without them a report's top_title_share cannot be read.
+                      "popularity_correction": float(debias.get("beta", model.config.post.popularity_correction)),
+                      "exposure_cap": float(debias.get("cap", model.config.exposure_cap)),
+                      "debias_tuned": bool(debias.get("tuned", False)),
+                      "debias_grid": list(debias.get("grid", []))}  # every (β, cap) tried: the JSON only
 
     def candidates(self, users: NDArray[np.int32]) -> dict[str, list[NDArray[np.int32]]]:
         """Each source's candidates (after the merge's exclusions) and the merged set, per user."""

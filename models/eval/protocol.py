@@ -20,7 +20,16 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from models.dataset import EventLog
-from models.eval.metrics import MAX_K, candidate_recall, compute_metrics, hit_matrix, most_common_item, pad_lists, top_k
+from models.eval.metrics import (
+    MAX_K,
+    candidate_recall,
+    compute_metrics,
+    hit_matrix,
+    most_common_item,
+    pad_lists,
+    popularity_ranks,
+    top_k,
+)
 from models.eval.report import EvalReport
 from models.split import Split, make_split
 
@@ -109,19 +118,31 @@ def _score(
 ) -> tuple[NDArray[np.int32], dict[str, float], dict[str, list[float]]]:
     """(lists, metrics, curves); popularity is counted on the split's training part only."""
     lists = recommend_lists(recommender, split, max(MAX_K, *ks), chunk)
-    popularity = np.asarray(split.train_items.sum(axis=0)).ravel()  # distinct training users per item
     metrics, curves = compute_metrics(lists, split.positives, split.log.catalog.genre_matrix, ks,
-                                      item_popularity=popularity)
+                                      item_popularity=train_popularity(split))
     return lists, metrics, curves
 
 
+def train_popularity(split: Split) -> NDArray[np.float64]:
+    """Distinct training users per item: what ``mean_pop_rank`` and the top title's ``pop_rank`` rank by."""
+    return np.asarray(split.train_items.sum(axis=0), np.float64).ravel()
+
+
 def top_title(lists: NDArray[np.int32], split: Split) -> dict[str, Any]:
-    """The title found in the most top-10 lists, for the report (``item`` is -1 when no list has one)."""
+    """The title found in the most top-10 lists, for the report (``item`` is -1 when no list has one).
+
+    Beside who it is and in how many lists (``users``): its training popularity rank (``pop_rank``, 1 = the
+    most distinct training users) and the test users for whom it is a held-out positive (``positives``). The
+    two tell a system that pushes an old head title to everybody from one that pushes the title most users
+    really go on to watch (the generated world's late blockbusters: a low training audience, many positives).
+    """
     item, users = most_common_item(lists)
     catalog = split.log.catalog
     found = item >= 0
     return {"item": item, "id": catalog.item_ids[item] if found else None,
-            "title": catalog.titles[item] if found else None, "users": users}
+            "title": catalog.titles[item] if found else None, "users": users,
+            "pop_rank": int(popularity_ranks(train_popularity(split))[item]) if found else None,
+            "positives": int(split.positives[:, item].sum()) if found else 0}
 
 
 def collect_candidates(

@@ -155,8 +155,10 @@ def test_run_evaluation_reports_bias_for_every_system(world: EventLog) -> None:
     assert row["top_title_share"] == pytest.approx(users / len(rows))
     assert row["mean_pop_rank"] == pytest.approx(_ref_mean_rank(rows, _ref_ranks(popularity), 10))
     assert row["coverage"] == pytest.approx(coverage(lists, split.n_items))
+    positives_of_item = sum(item in set(split.positives[r].indices.tolist()) for r in range(split.n_test_users))
     assert row["top_title"] == {"item": item, "id": world.catalog.item_ids[item],
-                                "title": world.catalog.titles[item], "users": users}
+                                "title": world.catalog.titles[item], "users": users,
+                                "pop_rank": _ref_ranks(popularity)[item], "positives": positives_of_item}
     # one list for everybody, minus what each has watched: strongly biased to the head
     assert row["top_title_share"] > 0.5
     assert row["mean_pop_rank"] < report.systems["itemknn"]["mean_pop_rank"]
