@@ -236,28 +236,32 @@ def _read_refusal(request: web.Request, endpoint: str) -> web.Response | None:
     return _refuse(request, endpoint, outcome) if isinstance(outcome, Refusal) else None
 
 
-async def recommend(request: web.Request) -> web.Response:
+async def _user_read(request: web.Request, endpoint: str, name: str, parse: Callable[..., Any],
+                     call: Callable[[Service, Any], Awaitable[dict[str, Any]]],
+                     fallback: Callable[[Service, Any, str, float], dict[str, Any]]) -> web.Response:
+    """A read of one user (the list, the homepage): the read key check, the parameters, the service call within
+    the request budget, and the endpoint's degraded fallback answer (never a 5xx) when the call fails."""
     started = time.perf_counter()
-    if (refused := _read_refusal(request, "/v1/recommendations/{user_id}")) is not None:
+    if (refused := _read_refusal(request, endpoint)) is not None:
         return refused
-    req = parse_recommend_request(request.match_info["user_id"], request[REQUEST_ID], request.query)
+    req = parse(request.match_info["user_id"], request[REQUEST_ID], request.query)
     service = request.app[SERVICE]
-    body, failed = await _call_service(request, "recommend", service.recommend(req))
-    if failed is not None:  # the one fallback answer, degraded rather than a 5xx
-        body = service.fallback(req, failed, time.perf_counter() - started)
+    body, failed = await _call_service(request, name, call(service, req))
+    if failed is not None:
+        body = fallback(service, req, failed, time.perf_counter() - started)
     return _json_response(body)
+
+
+async def recommend(request: web.Request) -> web.Response:
+    return await _user_read(request, "/v1/recommendations/{user_id}", "recommend", parse_recommend_request,
+                            lambda service, req: service.recommend(req),
+                            lambda service, req, why, s: service.fallback(req, why, s))
 
 
 async def homepage(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    if (refused := _read_refusal(request, "/v1/homepage/{user_id}")) is not None:
-        return refused
-    hreq = parse_homepage_request(request.match_info["user_id"], request[REQUEST_ID], request.query)
-    service = request.app[SERVICE]
-    body, failed = await _call_service(request, "homepage", service.homepage(hreq))
-    if failed is not None:  # one row of the fallback list, degraded rather than a 5xx
-        body = service.homepage_fallback(hreq, failed, time.perf_counter() - started)
-    return _json_response(body)
+    return await _user_read(request, "/v1/homepage/{user_id}", "homepage", parse_homepage_request,
+                            lambda service, req: service.homepage(req),
+                            lambda service, req, why, s: service.homepage_fallback(req, why, s))
 
 
 async def similar(request: web.Request) -> web.Response:

@@ -108,6 +108,12 @@ async def test_homepage_rows_follow_playback_through_the_worker(
         assert len(sends) == 1, f"{len(sends)} Redis round trips for one homepage"
         assert [row["id"] for row in again["rows"]] == ids
 
+        # The answer of a failed or late page: one row of popular titles, degraded.
+        late = service.homepage_fallback(_page(user), "timeout", 0.2)
+        assert late["degraded"] is True and late["degraded_reasons"] == ["timeout"]
+        assert [row["id"] for row in late["rows"]] == ["popular"] and len(late["rows"][0]["items"]) == 6
+        assert all(it["title"] and it["sources"] for it in late["rows"][0]["items"])
+
         cold = await service.homepage(_page(f"brand-new-{now}"))
         cold_ids = [row["id"] for row in cold["rows"]]
         assert cold["degraded"] is False and "top_picks" in cold_ids and len(cold_ids) >= 3

@@ -59,6 +59,24 @@ class StubService:
         return {"user_id": req.user_id, "request_id": req.request_id, "model_version": "v-test", "items": [],
                 "degraded": True, "degraded_reasons": [reason], "timings_ms": {"total": seconds * 1000}}
 
+    async def homepage(self, hreq: Any) -> dict[str, Any]:
+        self.requests.append(hreq)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail is not None:
+            raise self.fail
+        items = [{"item_id": f"i{n}", "title": "T", "genres": ["Drama"], "year": 1995, "score": 0.5,
+                  "sources": ["trending"]} for n in range(hreq.per_row)]
+        rows = [{"id": f"row{r}", "title": "Row", "reason": "top_picks", "score": 0.1, "items": items}
+                for r in range(hreq.rows)]
+        return {"user_id": hreq.base.user_id, "request_id": hreq.base.request_id, "model_version": "v-test",
+                "rows": rows, "degraded": False, "timings_ms": {"total": 2.0}}
+
+    def homepage_fallback(self, hreq: Any, reason: str, seconds: float) -> dict[str, Any]:
+        self.fallbacks.append(reason)
+        return {"user_id": hreq.base.user_id, "request_id": hreq.base.request_id, "model_version": "v-test",
+                "rows": [], "degraded": True, "degraded_reasons": [reason], "timings_ms": {"total": seconds * 1000}}
+
     async def similar(self, item_id: str, k: int) -> dict[str, Any] | None:
         if item_id == "missing":
             return None
@@ -217,6 +235,22 @@ async def test_service_error_becomes_a_degraded_answer_not_a_5xx(h: Harness) -> 
     body = await h.call("GET", "/v1/recommendations/u1?k=3", REC, expect=200)
     assert body["degraded"] is True and body["items"] == [] and body["user_id"] == "u1"
     assert h.service.fallbacks == ["error"] and body["degraded_reasons"] == ["error"]
+
+
+async def test_homepage_parameters_reach_the_service_and_failures_degrade(make_harness: Any) -> None:
+    h = await make_harness(request_timeout_s=0.05)
+    body = await h.call("GET", "/v1/homepage/u7?rows=3&per_row=4&country=nl", "/v1/homepage/{user_id}", expect=200)
+    (hreq,) = h.service.requests
+    assert (hreq.rows, hreq.per_row, hreq.base.k, hreq.base.country) == (3, 4, 4, "NL")
+    assert len(body["rows"]) == 3 and all(len(row["items"]) == 4 for row in body["rows"])
+    bad = await h.call("GET", "/v1/homepage/u7?rows=21", "/v1/homepage/{user_id}", expect=400)
+    assert bad["error"]["field"] == "rows"
+    h.service.fail = RuntimeError("redis exploded")
+    body = await h.call("GET", "/v1/homepage/u7", "/v1/homepage/{user_id}", expect=200)
+    assert body["degraded"] is True and body["degraded_reasons"] == ["error"]
+    h.service.fail, h.service.delay_s = None, 5.0
+    body = await h.call("GET", "/v1/homepage/u7", "/v1/homepage/{user_id}", expect=200)
+    assert body["degraded"] is True and h.service.fallbacks == ["error", "timeout"]
 
 
 async def test_service_past_its_budget_becomes_a_degraded_answer(make_harness: Any) -> None:
