@@ -416,8 +416,7 @@ class RecommendationService:
         model = self._served.model
         metrics.DEGRADED.labels(reason).inc()
         try:
-            now = req.now_ms if req.now_ms is not None else _now_ms()
-            items = top_up(model, np.zeros(0, np.int64), np.zeros(0, np.int64), req.k, now).items(model)
+            items = top_up(model, np.zeros(0, np.int64), np.zeros(0, np.int64), req.k).items(model)
         except Exception:
             items = []
         return {"user_id": req.user_id, "request_id": req.request_id, "model_version": model.version,

@@ -321,12 +321,7 @@ def retrieve(model: RecommenderModel, request: RecommendRequest, snap: Snapshot,
     cfg = model.config.candidates
     items = model.items
     user = user_context(model, request, snap, now)
-    # Point in time: a title not in the catalogue yet at ``now`` (released or first listed later) is no one's
-    # candidate. A server never knows it; offline evaluation of a recorded log would (issue 14: 8% of the generated
-    # world's offline slots were titles released after the request, a third of two_stage's NDCG@10 there).
-    extra = items.new_since[: len(items)] > now
-    if user.maturity_limit is not None:
-        extra |= items.maturity > user.maturity_limit
+    extra = items.maturity > user.maturity_limit if user.maturity_limit is not None else None
     exclude = model.exclusion(user.history_items, extra)
     found: dict[str, SourceResult] = {}
     if user.vector is not None:
@@ -495,18 +490,17 @@ def answer(model: RecommenderModel, request: RecommendRequest, retrieved: Retrie
         picked = Answer(rows, np.zeros(0), [], [])
     if len(picked.rows) >= request.k:
         return picked
-    extra = top_up(model, retrieved.user.history_items, picked.rows, request.k - len(picked.rows), now)
+    extra = top_up(model, retrieved.user.history_items, picked.rows, request.k - len(picked.rows))
     return Answer(np.concatenate([picked.rows, extra.rows]), np.concatenate([picked.scores, extra.scores]),
                   picked.sources + extra.sources, picked.reasons + extra.reasons)
 
 
-def top_up(model: RecommenderModel, history: NDArray[np.integer], have: NDArray[np.integer], n: int,
-           now: int | None = None) -> Answer:
-    """The ``n`` most popular available titles outside ``history`` and ``have`` (and, given ``now``, in the
-    catalogue by then): a thin candidate set's top-up, and the whole answer when nothing else can be computed."""
+def top_up(model: RecommenderModel, history: NDArray[np.integer], have: NDArray[np.integer], n: int) -> Answer:
+    """The ``n`` most popular available titles outside ``history`` and ``have``: a thin candidate set's
+    top-up, and the whole answer when nothing else can be computed."""
     t = model.items
     order = np.argsort(-t.popularity, kind="stable")
-    skip = np.zeros(len(t), bool) if now is None else t.new_since[: len(t)] > now
+    skip = np.zeros(len(t), bool)
     skip[np.asarray(history, np.int64)] = True
     skip[np.asarray(have, np.int64)] = True
     rows = order[t.available[order] & ~skip[order]][:n].astype(np.int64)

@@ -370,19 +370,3 @@ def test_request_scopes_and_options() -> None:
     off = options_from_settings(Settings(serving_reason_titles=False))
     assert RecommendationService._serve(tiny_model(), redis, off).post.reason_titles is False
     assert RecommendationService._serve(tiny_model(), redis, ServingOptions()).post.reason_titles is True
-
-
-def test_titles_not_in_the_catalogue_yet_at_the_request_time_are_no_ones_candidates() -> None:
-    """Point in time: offline evaluation of a recorded log knows titles released after a request; a server at that
-    time would not. Neither retrieval nor the top-up may offer them."""
-    model = tiny_model()
-    model.items.new_since = model.items.new_since.copy()
-    model.items.new_since[[3, 4]] = NOW + DAY  # listed tomorrow
-    for user in ("u0", "stranger"):
-        stage1 = retrieve(model, RecommendRequest(user), Snapshot(), NOW)
-        assert not {3, 4} & set(stage1.candidates.items.tolist())
-        picked = answer(model, RecommendRequest(user, k=N), stage1, np.zeros(len(stage1.candidates)), NOW,
-                        PostConfig())
-        assert not {3, 4} & set(picked.rows.tolist()), "nor topped up"
-    later = retrieve(model, RecommendRequest("stranger"), Snapshot(), NOW + 2 * DAY)
-    assert {3, 4} <= set(later.candidates.items.tolist()), "once listed, they are"
