@@ -33,7 +33,7 @@ from foundation.redis_io import redis_client
 from foundation.settings import Settings
 from models.bundle import BundleError, latest_version
 from models.postprocess import PostConfig
-from models.recommend.homepage import HomepageRequest, build_rows, row_payload
+from models.recommend.homepage import HomepageRequest, Row, build_rows, row_payload
 from models.recommend.model import RecommenderModel
 from models.recommend.pipeline import (
     RankingState,
@@ -379,15 +379,12 @@ class RecommendationService:
         """The homepage when the service failed or ran out of time: one row of the fallback list, degraded."""
         body = self.fallback(hreq.base, reason, seconds)
         model = self._served.model
-        catalog = model.items.catalog
+        listed = body.pop("items")[: hreq.per_row]
         index = model.items.index
-        items = []
-        for item in body.pop("items")[: hreq.per_row]:
-            r = index[item["item_id"]]
-            items.append({"item_id": item["item_id"], "title": catalog.titles[r], "genres": list(catalog.genres[r]),
-                          "year": int(catalog.year[r]) or None, "score": item["score"], "sources": item["sources"]})
-        return {**body, "rows": [{"id": "popular", "title": "Popular on streamrec", "reason": "popular",
-                                  "score": 0.0, "items": items}]}
+        rows = np.array([index[i["item_id"]] for i in listed], np.int64)
+        scores = np.array([i["score"] for i in listed], np.float64)
+        row = Row("popular", "Popular on streamrec", "popular", rows, scores)
+        return {**body, "rows": [row_payload(model, None, row)]}
 
     async def _ranking_state(self, served: _Served, req: RecommendRequest, retrieved: Retrieved, now: int,
                              user_value: StoredUser | None) -> tuple[RankingState, str | None]:

@@ -296,13 +296,14 @@ def build_rows(model: RecommenderModel, hreq: HomepageRequest, retrieved: Retrie
     return page
 
 
-def row_payload(model: RecommenderModel, retrieved: Retrieved, row: Row) -> dict[str, Any]:
-    """A row as the API answers it: its titles with title, genres, year, score and sources."""
+def row_payload(model: RecommenderModel, retrieved: Retrieved | None, row: Row) -> dict[str, Any]:
+    """A row as the API answers it: its titles with title, genres, year, score and sources (the retrieval sources
+    that proposed each title; the row's reason for the others, and for every title without ``retrieved``)."""
     catalog = model.items.catalog
     ids = model.items.ids[row.items].tolist() if len(row.items) else []
     sources: list[list[str]] = [[] for _ in ids]
-    cands = retrieved.candidates
-    if len(cands) and len(row.items):
+    cands = retrieved.candidates if retrieved is not None else None
+    if cands is not None and len(cands) and len(row.items):
         # Candidates' rows are sorted: one binary search finds the row's titles among them.
         at = np.minimum(np.searchsorted(cands.items, row.items), len(cands) - 1)
         found = np.flatnonzero(cands.items[at] == row.items)
