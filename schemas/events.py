@@ -79,6 +79,10 @@ class _Interaction(_Base, kw_only=True):
     user_id: Id
     item_id: Id
     context: Context | None = None
+    # The recommendation answer this interaction follows (its ``request_id``), when the client knows it: outcomes
+    # are attributed to the experiments of that exposure (streams/experiments.py); without it, by user, title
+    # and time window.
+    request_id: Id | None = None
 
 
 class Play(_Interaction, tag="play"):
@@ -108,7 +112,6 @@ class Rating(_Interaction, tag="rating"):
 class Click(_Interaction, tag="click"):
     """A click on a title, optionally attributed to a recommendation request and slot."""
 
-    request_id: Id | None = None
     # The slot in the impression it came from: impressions hold at most IMPRESSION_MAX items.
     position: Annotated[int, Meta(ge=0, le=IMPRESSION_MAX - 1,
                                   description="0-based slot in the list shown." + _INT_NOTE)] | None = None
@@ -124,13 +127,33 @@ class AddToList(_Interaction, tag="add_to_list"):
     """The user saved a title to their list."""
 
 
+EXPERIMENTS_MAX: Final = 32  # experiments one answer can be in (one per layer)
+
+
+class ExposureTag(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One experiment an answer was part of, and the variant the user is in."""
+
+    name: Id
+    variant: Id
+    # Interleaving: per position of ``item_ids``, the variant whose ranking contributed the title (team draft).
+    teams: Annotated[list[Id], Meta(max_length=IMPRESSION_MAX)] | None = None
+
+
 class Impression(_Base, kw_only=True, tag="impression"):
-    """A list of titles shown to the user for one recommendation request."""
+    """A list of titles shown to the user for one recommendation request.
+
+    The server publishes one per answer of a user in an experiment (an *exposure*): ``experiments`` says which
+    experiments and variants, ``server_ms`` and ``degraded`` feed the per-variant guardrails.
+    """
 
     user_id: Id
     item_ids: Annotated[list[Id], Meta(min_length=1, max_length=IMPRESSION_MAX)]
     request_id: Id
     context: Context | None = None
+    experiments: Annotated[list[ExposureTag], Meta(max_length=EXPERIMENTS_MAX)] | None = None
+    server_ms: Annotated[float, Meta(ge=0.0, le=3_600_000.0,
+                                     description="The server's time to answer, ms.")] | None = None
+    degraded: bool = False
 
 
 class UserUpsert(_Base, kw_only=True, tag="user_upsert"):
