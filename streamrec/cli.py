@@ -63,6 +63,12 @@ COMMANDS: dict[str, CommandEntry] = {
     "keys": CommandEntry(
         "streamrec.commands.keys",
         "Create, list and revoke the API keys (with scopes) that POST /v1/events and, optionally, reads need."),
+    "simulate": CommandEntry(
+        "streamrec.commands.simulate",
+        "Drive simulated users of a generated world through the HTTP API: fetch, play, complete or skip."),
+    "experiments": CommandEntry(
+        "streamrec.commands.experiments",
+        "Report an experiment: per-variant metrics with confidence intervals, SRM, mSPRT, CUPED, guardrails."),
 }
 
 
