@@ -706,7 +706,7 @@ class _StubService:
         self._scores = np.random.default_rng(0).random(1000).astype(np.float32)
         self._ids = [f"item-{n}" for n in range(1000)]
 
-    async def recommend(self, req: Any) -> dict[str, Any]:
+    async def recommend(self, req: Any, assignments: Any = ()) -> dict[str, Any]:
         await asyncio.sleep(0)
         top = np.argpartition(-self._scores, req.k)[: req.k]
         top = top[np.argsort(-self._scores[top])]

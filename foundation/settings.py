@@ -295,6 +295,23 @@ class Settings(BaseSettings):
         "`streamrec demo` sets it to just after the log's last event."
     )
 
+    # --- Experiments (issue 15; models/experiments, serving/experiments.py) ---------------------------------------
+    experiments_file: Path | None = Field(
+        None, description="An experiments file (TOML or JSON, models/experiments/config.py). At start a server "
+        "stores it in Redis when its `version` is newer than the stored one; every replica then follows the stored "
+        "document (PUT /v1/experiments changes it without a restart)."
+    )
+    experiments_refresh_s: float = Field(
+        2.0, gt=0, description="Seconds between a server's re-reads of the experiments document from Redis."
+    )
+    exposure_buffer: int = Field(
+        20_000, ge=1, description="Exposures a server holds for Kafka at most; past it new ones are dropped and "
+        "counted (streamrec_exposures_dropped_total), never queued without bound."
+    )
+    exposure_flush_ms: int = Field(
+        50, ge=1, le=10_000, description="How often a server sends its buffered exposures to Kafka (one batch)."
+    )
+
     @field_validator("page_api_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:

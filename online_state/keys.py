@@ -1,6 +1,6 @@
 """Every Redis key of the system, built from one prefix by one object (:class:`KeyLayout`).
 
-Workers, servers, tools and tests take their keys from here, so the layout is written down once. The four keys
+Workers, servers, tools and tests take their keys from here, so the layout is written down once. The five keys
 a user owns carry the hash tag ``{u:<user>}``: on Redis Cluster they are one slot, so one user's state is one atomic
 unit for the worker's per-slot writes (``docs/cluster-exactly-once.md``) and the server's per-request user read is
 one slot, one round trip. Every other key is self-contained (its slot is its own).
@@ -20,12 +20,12 @@ _GLOB: Final = frozenset("*?[]")
 
 @cache
 def _user_families(prefix: str) -> tuple[str, ...]:
-    return tuple(f"{prefix}:{family}:{{u:" for family in ("u", "uv", "s", "ew"))
+    return tuple(f"{prefix}:{family}:{{u:" for family in ("u", "uv", "s", "ew", "x"))
 
 
 def user_tag(user_id: str) -> str:
     """The hash tag of a user's keys. ``u:`` keeps the tag non-empty whatever the id (an empty ``{}`` tag would
-    not count), and the tag ends at the first ``}``, so an id containing one still gives its four keys one slot."""
+    not count), and the tag ends at the first ``}``, so an id containing one still gives its five keys one slot."""
     return f"{{u:{user_id}}}"
 
 
@@ -41,6 +41,10 @@ class KeyLayout:
     ``sr:uv:{u:<user>}``                    STRING a user's online vector (:mod:`online_state.user_vectors`)
     ``sr:s:{u:<user>}``                     STRING a user's session (:mod:`online_state.sessions`)
     ``sr:ew:{u:<user>}``                    STRING a user's last applied event ids (:mod:`streams.dedupe`)
+    ``sr:x:{u:<user>}``                     STRING a user's experiments blob (:mod:`online_state.experiments`)
+    ``sr:xc:{name}``                        HASH   an experiment's per-variant counters (same module)
+    ``sr:xu:{name}:{variant}``              SET    the users exposed to a variant (same module)
+    ``sr:xt:{name}:{variant}``              STRING HyperLogLog of the titles a variant showed
     ``sr:trend:{window}:{scope}:g{gen}``    ZSET   trending counts (:mod:`online_state.trending`)
     ``sr:new_releases``                     ZSET   item id -> release ts (:mod:`online_state.trending`)
     ``sr:il:{space:08x}:{item}``            HASH   a title's online learning sums (:mod:`online_state.item_learning`)
@@ -64,7 +68,7 @@ class KeyLayout:
         return f"{self.prefix}:u:{user_tag(user_id)}"
 
     def is_user_key(self, key: str) -> bool:
-        """Whether ``key`` is one of the four keys a user owns (the per-slot protocol's user stage)."""
+        """Whether ``key`` is one of the five keys a user owns (the per-slot protocol's user stage)."""
         return key.startswith(_user_families(self.prefix))
 
     def item_state(self, item_id: str) -> str:
@@ -79,6 +83,21 @@ class KeyLayout:
     def event_window(self, user_id: str) -> str:
         """Digests of the user's last applied event ids (de-duplication of retried events)."""
         return f"{self.prefix}:ew:{user_tag(user_id)}"
+
+    def experiment_user(self, user_id: str) -> str:
+        """The user's experiment state: exposures, attribution window, per-experiment counts (one blob)."""
+        return f"{self.prefix}:x:{user_tag(user_id)}"
+
+    def experiment_counts(self, name: str) -> str:
+        """Experiment ``name``'s shared counters, fields ``{variant}:{counter}`` (commutative increments only).
+        Experiment and variant names have no ``:`` (``models.experiments.config.Name``)."""
+        return f"{self.prefix}:xc:{name}"
+
+    def experiment_users(self, name: str, variant: str) -> str:
+        return f"{self.prefix}:xu:{name}:{variant}"
+
+    def experiment_titles(self, name: str, variant: str) -> str:
+        return f"{self.prefix}:xt:{name}:{variant}"
 
     def trending(self, window: str, scope: str, generation: int | str) -> str:
         """One generation of one window and scope (``scope``: ``all``, ``country:US``, ...)."""

@@ -15,18 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgspec
 import orjson
 from aiohttp import web
 
 from foundation.logs import get_logger
+from foundation.redis_io import redis_client
 from foundation.settings import Settings
+from models.experiments.assignment import Assignment
+from models.experiments.config import ConfigError, parse_config
 from models.recommend.homepage import HomepageRequest
 from models.recommend.pipeline import RecommendRequest
-from online_state.api_keys import CATALOG_WRITE, EVENTS_WRITE, RECOMMENDATIONS_READ
+from online_state.api_keys import ADMIN, CATALOG_WRITE, EVENTS_WRITE, RECOMMENDATIONS_READ
+from online_state.keys import DEFAULT_KEYS
 from schemas.decoder import MAX_DEPTH, TOO_DEEP, too_deep
 from schemas.events import is_catalog
 from serving.admission import AdaptiveLimiter, LimitConfig
@@ -42,6 +47,8 @@ from serving.auth import (
     log_auth_mode,
     redis_key_source,
 )
+from serving.experiments import ExperimentsRegistry, ExposureLog
+from serving.exposures import exposure_of
 from serving.http_events import BodyError, EventPublisher, KafkaEventPublisher, PublisherUnavailable, decode_events
 from serving.http_metrics import (
     ADMISSION_IN_FLIGHT,
@@ -76,7 +83,7 @@ class Service(Protocol):
     @property
     def model_version(self) -> str: ...
 
-    async def recommend(self, req: RecommendRequest) -> dict[str, Any]: ...
+    async def recommend(self, req: RecommendRequest, assignments: Sequence[Assignment] = ()) -> dict[str, Any]: ...
 
     def fallback(self, req: RecommendRequest, reason: str, seconds: float) -> dict[str, Any]: ...
 
@@ -108,6 +115,8 @@ REQUEST_ID = web.RequestKey("request_id", str)
 ADMISSION = web.AppKey("admission", AdaptiveLimiter)
 KEYS = web.AppKey("keys", KeyTable)  # the API keys this process accepts (serving/auth.py)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)  # events per key per second (serving/rate_limit.py)
+EXPERIMENTS = web.AppKey("experiments", ExperimentsRegistry)  # the experiments document (serving/experiments.py)
+EXPOSURES = web.AppKey("exposures", ExposureLog)  # answers in experiments, on their way to Kafka
 # The read endpoints behind admission control; writes and operations are never shed.
 _ADMITTED = frozenset({"/v1/recommendations/{user_id}", "/v1/homepage/{user_id}", "/v1/items/{item_id}/similar"})
 RETRY_AFTER_S = 1  # what a shed request's Retry-After says
@@ -238,9 +247,11 @@ def _read_refusal(request: web.Request, endpoint: str) -> web.Response | None:
 
 async def _user_read(request: web.Request, endpoint: str, name: str, parse: Callable[..., Any],
                      call: Callable[[Service, Any], Awaitable[dict[str, Any]]],
-                     fallback: Callable[[Service, Any, str, float], dict[str, Any]]) -> web.Response:
+                     fallback: Callable[[Service, Any, str, float], dict[str, Any]],
+                     after: Callable[[Any, dict[str, Any], float], None] | None = None) -> web.Response:
     """A read of one user (the list, the homepage): the read key check, the parameters, the service call within
-    the request budget, and the endpoint's degraded fallback answer (never a 5xx) when the call fails."""
+    the request budget, and the endpoint's degraded fallback answer (never a 5xx) when the call fails. ``after``
+    sees the request and the body before it is sent (the list's exposure)."""
     started = time.perf_counter()
     if (refused := _read_refusal(request, endpoint)) is not None:
         return refused
@@ -249,13 +260,28 @@ async def _user_read(request: web.Request, endpoint: str, name: str, parse: Call
     body, failed = await _call_service(request, name, call(service, req))
     if failed is not None:
         body = fallback(service, req, failed, time.perf_counter() - started)
+    if after is not None:
+        after(req, body, time.perf_counter() - started)
     return _json_response(body)
 
 
 async def recommend(request: web.Request) -> web.Response:
+    app = request.app
+    registry = app.get(EXPERIMENTS)
+
+    def call(service: Service, req: RecommendRequest) -> Awaitable[dict[str, Any]]:
+        now = req.now_ms if req.now_ms is not None else int(time.time() * 1000)
+        assignments = registry.assign(req.user_id, now) if registry is not None else []
+        return service.recommend(req, assignments)
+
+    def after(req: RecommendRequest, body: dict[str, Any], seconds: float) -> None:
+        # The exposure goes to a bounded buffer (no I/O here); the body keeps only the public {name, variant}.
+        exposure = exposure_of(req, body, seconds, registry.config if registry is not None else None)
+        if exposure is not None and EXPOSURES in app:
+            app[EXPOSURES].offer(exposure)
+
     return await _user_read(request, "/v1/recommendations/{user_id}", "recommend", parse_recommend_request,
-                            lambda service, req: service.recommend(req),
-                            lambda service, req, why, s: service.fallback(req, why, s))
+                            call, lambda service, req, why, s: service.fallback(req, why, s), after)
 
 
 async def homepage(request: web.Request) -> web.Response:
@@ -336,6 +362,56 @@ async def post_events(request: web.Request) -> web.Response:
     for valid in batch.events:
         EVENTS_ACCEPTED.labels(settings.topic_catalog if is_catalog(valid.event) else settings.topic_interactions).inc()
     return _json_response({"accepted": len(batch.events), "refused": refused, "request_id": request_id}, 202)
+
+
+# --- experiments -------------------------------------------------------------------------------
+
+
+def _admin_refusal(request: web.Request) -> web.Response | None:
+    if not request.app[SETTINGS].auth:
+        return None
+    outcome = authorize(request.app[KEYS], request.headers.get(HEADER), (ADMIN,))
+    return _refuse(request, "/v1/experiments", outcome) if isinstance(outcome, Refusal) else None
+
+
+def _experiments_body(registry: ExperimentsRegistry) -> dict[str, Any]:
+    """The document followed, as JSON types (the request id is in the X-Request-ID header)."""
+    return msgspec.to_builtins(registry.config)  # type: ignore[no-any-return]
+
+
+async def get_experiments(request: web.Request) -> web.Response:
+    if (refused := _admin_refusal(request)) is not None:
+        return refused
+    return _json_response(_experiments_body(request.app[EXPERIMENTS]))
+
+
+async def put_experiments(request: web.Request) -> web.Response:
+    """Replace the experiments document (admin): validated, stored only when its version is newer (409 if not);
+    every replica follows it within ``experiments_refresh_s``."""
+    if (refused := _admin_refusal(request)) is not None:
+        return refused
+    request_id = request[REQUEST_ID]
+    raw = await request.read()
+    if too_deep(raw, MAX_DEPTH):
+        return _error(400, "body", TOO_DEEP, request_id)
+    try:
+        config = parse_config(raw)
+    except ConfigError as exc:
+        return _error(400, exc.field, exc.message, request_id)
+    registry = request.app[EXPERIMENTS]
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].request_timeout_s * 4):
+            stored = await registry.put(config)
+    except Exception as exc:
+        log.warning("experiments not stored", error=repr(exc)[:200], request_id=request_id)
+        response = _error(503, "redis", "the experiments document could not be stored; retry", request_id)
+        response.headers["Retry-After"] = "1"
+        return response
+    if stored != config.version:
+        return _error(409, "version", f"the stored document has version {stored}; send a higher version",
+                      request_id, stored_version=stored)
+    log.info("experiments stored", version=config.version, request_id=request_id)
+    return _json_response(_experiments_body(registry))
 
 
 # --- operations ----------------------------------------------------------------------------------
@@ -419,12 +495,24 @@ def create_app(
         publisher.start_background()
         app[SERVICE] = service
         app[PUBLISHER] = publisher
+        # Experiments: the shared document (its own small Redis client: short timeouts, never on a request's path)
+        # and the exposures' buffer, sent through the events' producer.
+        redis = redis_client(settings, socket_connect_timeout=1.0, socket_timeout=1.0)
+        registry = ExperimentsRegistry(settings, redis, DEFAULT_KEYS)
+        await registry.start()
+        exposures = ExposureLog(publisher, settings.exposure_buffer, settings.exposure_flush_ms)
+        exposures.start()
+        app[EXPERIMENTS] = registry
+        app[EXPOSURES] = exposures
         log.info("serving", model_version=service.model_version, startup_s=round(time.perf_counter() - started, 3))
         try:
             yield
         finally:
+            await registry.close()
+            await exposures.close()
             await publisher.close()
             await service.close()
+            await redis.aclose()
             log.info("stopped serving")
 
     app.cleanup_ctx.append(api_keys)
@@ -433,6 +521,8 @@ def create_app(
     app.router.add_get("/v1/homepage/{user_id}", homepage)
     app.router.add_get("/v1/items/{item_id}/similar", similar)
     app.router.add_post("/v1/events", post_events)
+    app.router.add_get("/v1/experiments", get_experiments)
+    app.router.add_put("/v1/experiments", put_experiments)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

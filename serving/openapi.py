@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from models.experiments.config import ExperimentsConfig
 from schemas.decoder import MAX_DEPTH
 from schemas.events import DEVICES, Event
 from serving.http_validation import ID_MAX, ID_PATTERN, K_DEFAULT, K_MAX, K_MIN, PER_ROW_MAX, ROWS_MAX
@@ -109,7 +110,19 @@ _SHAPES: dict[str, dict[str, Any]] = {
             "items": {"type": "array", "items": _ref("RecommendedItem")},
             "degraded": {"type": "boolean", "description": "True when a part (Redis, a source, ranker) was missing."},
             "timings_ms": {"type": "object", "additionalProperties": _NUMBER},
+            "experiments": {
+                "type": "array", "description": "The experiments this answer was part of (absent: none). The "
+                "answer's exposure went to Kafka; send its `request_id` with the events that follow.",
+                "items": {"type": "object", "required": ["name", "variant"],
+                          "properties": {"name": _STRING, "variant": _STRING}, "additionalProperties": False},
+            },
         },
+    },
+    "Conflict": {
+        "type": "object",
+        "required": ["error", "request_id", "stored_version"],
+        "properties": {"error": {"type": "object"}, "request_id": _STRING,
+                       "stored_version": {"type": "integer", "description": "The stored document's version."}},
     },
     "HomepageItem": {
         "type": "object",
@@ -395,6 +408,35 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/experiments": {
+            "get": {
+                "operationId": "getExperiments",
+                "summary": "The experiments document every replica follows (admin scope).",
+                "parameters": [_REQUEST_ID_HEADER],
+                "security": [{"ApiKey": []}],
+                "responses": {"200": _json(_ref("ExperimentsConfig"), "The document."), "401": _AUTH_401,
+                              "403": _json(_ref("Error"), "The key lacks the `admin` scope.")},
+            },
+            "put": {
+                "operationId": "putExperiments",
+                "summary": "Replace the experiments document (admin scope); every replica follows it within "
+                           "STREAMREC_EXPERIMENTS_REFRESH_S, without a restart.",
+                "parameters": [_REQUEST_ID_HEADER],
+                "security": [{"ApiKey": []}],
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref("ExperimentsConfig")}}},
+                "responses": {
+                    "200": _json(_ref("ExperimentsConfig"), "Stored; the document now followed."),
+                    "400": _json(_ref("Error"), "Invalid: `error.field` names the part (`experiments[0].traffic`)."),
+                    "401": _AUTH_401,
+                    "403": _json(_ref("Error"), "The key lacks the `admin` scope."),
+                    "409": _json(_ref("Conflict"), "The stored document's version is as high or higher; send a "
+                                 "higher `version`."),
+                    "413": _json(_ref("Error"), "The body is larger than STREAMREC_MAX_BODY_BYTES."),
+                    "503": _json(_ref("Error"), "Redis could not store it; retry (`Retry-After: 1`)."),
+                },
+            },
+        },
         "/healthz": {"get": {"operationId": "health", "summary": "The process is up.",
                              "responses": {"200": _json(_ref("Health"), "Up.")}}},
         "/readyz": {
@@ -426,7 +468,8 @@ def _paths() -> dict[str, Any]:
 @cache
 def openapi_document() -> dict[str, Any]:
     """The document (built once; treat it as read-only)."""
-    (event_schema,), event_components = msgspec.json.schema_components((Event,), ref_template=_REF)
+    (event_schema, _), event_components = msgspec.json.schema_components((Event, ExperimentsConfig),
+                                                                         ref_template=_REF)
     components = {**event_components, "Event": event_schema, **_SHAPES}
     return {
         "openapi": "3.1.0",

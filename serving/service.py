@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,20 @@ from foundation.logs import get_logger
 from foundation.redis_io import redis_client
 from foundation.settings import Settings
 from models.bundle import BundleError, latest_version
+from models.experiments.assignment import Assignment, merged_changes
+from models.experiments.config import Changes
+from models.experiments.interleave import team_draft
 from models.postprocess import PostConfig
 from models.recommend.homepage import HomepageRequest, Row, build_rows, row_payload
 from models.recommend.model import RecommenderModel
 from models.recommend.pipeline import (
+    Ranked,
     RankingState,
     RecommendRequest,
     Retrieved,
     Snapshot,
+    answer,
+    fallback_scores,
     rank,
     rank_and_answer,
     retrieve,
@@ -116,6 +123,9 @@ class RecommendationService:
         self.item_tail: ItemStateTail | None = None
         self.reloads = 0
         self._post_changes: dict[str, Any] = {}
+        # Other bundle versions experiments' variants serve (loaded off the loop on first use; None: failed).
+        self._variants: dict[str, _Served | None] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -289,19 +299,23 @@ class RecommendationService:
 
     # -- requests -----------------------------------------------------------------------------------
 
-    async def recommend(self, req: RecommendRequest) -> dict[str, Any]:
-        """The response body; never raises for a valid request."""
+    async def recommend(self, req: RecommendRequest, assignments: Sequence[Assignment] = ()) -> dict[str, Any]:
+        """The response body; never raises for a valid request. ``assignments``: the user's experiments (their
+        variants' changes apply; the body says which ones ran, see :meth:`_recommend`)."""
         served = self._served  # this request's model, whatever a reload swaps in meanwhile
         t0 = time.perf_counter()
         try:
-            return await self._recommend(served, req, t0)
+            return await self._recommend(served, req, t0, assignments)
         except Exception as exc:  # last line of defence: still answer
             log.error("serving.recommend_failed", user_id=req.user_id, request_id=req.request_id, error=repr(exc))
             return self.fallback(req, "internal", time.perf_counter() - t0)
 
-    async def _retrieve(self, served: _Served, req: RecommendRequest, t0: float) -> _Prepared:
+    async def _retrieve(self, served: _Served, req: RecommendRequest, t0: float,
+                        changes: Changes | None = None) -> _Prepared:
         """Stage 1 and the ranking state of one request: the online state's one read, retrieval, the candidates'
-        feature state (shared by the list and the homepage)."""
+        feature state (shared by the list and the homepage). ``changes``: an experiment variant's (candidate
+        budgets; ``online_state=False``: retrieval ignores the online vector and recent titles, as a frozen
+        model would)."""
         model, opts = served.model, self.options
         now = req.now_ms if req.now_ms is not None else _now_ms()
         degraded: list[str] = []
@@ -318,7 +332,13 @@ class RecommendationService:
             degraded.append("redis_timeout_candidates" if isinstance(exc, TimeoutError) else "redis_candidates")
             online = self.shared_reads.last_known()
         snapshot = online.snapshot()
-        retrieved = retrieve(model, req, snapshot, now)
+        budgets = None
+        if changes is not None:
+            if changes.online_state is False:
+                snapshot = dataclasses.replace(snapshot, vector=None, recent=())
+            if changes.candidates:
+                budgets = dataclasses.replace(model.config.candidates, **changes.candidates)
+        retrieved = retrieve(model, req, snapshot, now, budgets)
         t1 = time.perf_counter()
         state, problem = await self._ranking_state(served, req, retrieved, now, online.features_user)
         if problem:
@@ -343,15 +363,90 @@ class RecommendationService:
                 "degraded": bool(degraded), "timings_ms": _ms(timings),
                 **({"degraded_reasons": degraded} if degraded else {})}
 
-    async def _recommend(self, served: _Served, req: RecommendRequest, t0: float) -> dict[str, Any]:
+    async def _recommend(self, served: _Served, req: RecommendRequest, t0: float,
+                         assignments: Sequence[Assignment] = ()) -> dict[str, Any]:
+        """The list, with the user's experiments applied: the A/B variants' changes merged, and an interleaving
+        experiment's two rankings drafted into one list. The body's ``experiments`` lists the ones that ran (a
+        variant whose bundle is still loading is left out, and so is its exposure); ``_teams`` (popped by the HTTP
+        layer for the exposure) holds each interleaving's team per position."""
+        ran = list(assignments)
+        changes = merged_changes(ran)
+        if changes.bundle is not None:
+            variant = self._variant_served(changes.bundle)
+            if variant is None:  # not loaded (yet): the default system, and no exposure for those experiments
+                ran = [a for a in ran if a.kind != "ab" or a.changes.bundle is None]
+                changes = merged_changes(ran)
+            else:
+                served = variant
         model = served.model
-        prepared = await self._retrieve(served, req, t0)
-        ranked = rank_and_answer(model, req, prepared.retrieved, prepared.state, prepared.now, served.post)
+        prepared = await self._retrieve(served, req, t0, changes)
+        interleave = next((a for a in ran if a.kind == "interleave"), None)
+        teams_of: dict[str, list[str]] = {}
+        if interleave is None:
+            ranked = self._rank(served, req, prepared, changes)
+            items = ranked.answer.items(model)
+        else:
+            ranked, items, teams = await self._interleave(served, req, t0, prepared, changes, interleave)
+            teams_of[interleave.experiment] = teams
         if ranked.ranker_error is not None:
             log.error("serving.ranker_failed", error=repr(ranked.ranker_error))
             prepared.degraded.append("ranking")
-        return self._finish(req, model, prepared, dict(ranked.seconds), t0,
-                            {"items": ranked.answer.items(model)})
+        body = self._finish(req, model, prepared, dict(ranked.seconds), t0, {"items": items})
+        if ran:
+            body["experiments"] = [{"name": a.experiment, "variant": a.variant} for a in ran]
+            body["_teams"] = teams_of
+        return body
+
+    def _rank(self, served: _Served, req: RecommendRequest, prepared: _Prepared, changes: Changes) -> Ranked:
+        """Stages 2 and 3 under a variant's changes (post-processing knobs; ``ranker=False``: retrieval order)."""
+        post = dataclasses.replace(served.post, **changes.post()) if changes.post() else served.post
+        model = served.model
+        if changes.ranker is False:
+            t0 = time.perf_counter()
+            picked = answer(model, req, prepared.retrieved, fallback_scores(prepared.retrieved.candidates),
+                            prepared.now, post)
+            return Ranked(picked, None, {"features": 0.0, "ranking": 0.0, "postprocess": time.perf_counter() - t0})
+        return rank_and_answer(model, req, prepared.retrieved, prepared.state, prepared.now, post)
+
+    async def _interleave(self, served: _Served, req: RecommendRequest, t0: float, prepared: _Prepared,
+                          changes: Changes, exp: Assignment) -> tuple[Ranked, list[dict[str, Any]], list[str]]:
+        """Both teams' lists (one retrieval when their retrieval changes agree), drafted into one (team draft)."""
+        answers: list[Ranked] = []
+        for _, team_changes in exp.teams:
+            merged = changes.merged(team_changes)
+            same = (merged.candidates == changes.candidates and merged.online_state == changes.online_state)
+            mine = prepared if same else await self._retrieve(served, req, t0, merged)
+            answers.append(self._rank(served, req, mine, merged))
+        model = served.model
+        rows, teams = team_draft(answers[0].answer.rows, answers[1].answer.rows, req.k,
+                                 f"{exp.experiment}:{req.request_id or req.user_id}")
+        by_row: dict[int, dict[str, Any]] = {}
+        for ranked in reversed(answers):  # team A's item payload wins for a title both ranked
+            by_row.update(zip(ranked.answer.rows.tolist(), ranked.answer.items(model), strict=True))
+        items = [by_row[r] for r in rows.tolist()]
+        names = [exp.teams[t][0] for t in teams.tolist()]
+        seconds = {k: sum(r.seconds.get(k, 0.0) for r in answers) for k in answers[0].seconds}
+        error = next((r.ranker_error for r in answers if r.ranker_error is not None), None)
+        return Ranked(answers[0].answer, error, seconds), items, names
+
+    def _variant_served(self, version: str) -> _Served | None:
+        """The bundle ``version`` an experiment's variant serves, or ``None`` while it loads (or failed)."""
+        if version == self.model_version:
+            return self._served
+        if version in self._variants:
+            return self._variants[version]
+        if version not in self._loading:
+            self._loading[version] = asyncio.create_task(self._load_variant(version), name=f"variant-{version}")
+        return None
+
+    async def _load_variant(self, version: str) -> None:
+        try:
+            model = await asyncio.to_thread(RecommenderModel.load, self.artifacts, version)
+            self._variants[version] = self._serve(model, self.redis, self.options, self.item_states)
+            log.info("serving.variant_bundle_loaded", version=version)
+        except Exception as exc:
+            self._variants[version] = None  # not retried: a missing version is a configuration error
+            log.error("serving.variant_bundle_failed", version=version, error=repr(exc))
 
     async def homepage(self, hreq: HomepageRequest) -> dict[str, Any]:
         """The homepage's body (rows; see :mod:`models.recommend.homepage`); never raises for a valid request."""

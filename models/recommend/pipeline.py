@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from models.candidates import (
     NO_SEED,
+    CandidateConfig,
     Candidates,
     SourceResult,
     ann_cf,
@@ -316,9 +317,11 @@ def release_candidates(model: RecommenderModel, snap: Snapshot, now: int, budget
     return rows[order].astype(np.int32), popularity[order].astype(np.float32)
 
 
-def retrieve(model: RecommenderModel, request: RecommendRequest, snap: Snapshot, now: int) -> Retrieved:
-    """Every source for one request, merged (exclusions: history, unavailable, above the maturity limit)."""
-    cfg = model.config.candidates
+def retrieve(model: RecommenderModel, request: RecommendRequest, snap: Snapshot, now: int,
+             candidates: CandidateConfig | None = None) -> Retrieved:
+    """Every source for one request, merged (exclusions: history, unavailable, above the maturity limit);
+    ``candidates``: other budgets than the model's (an experiment's variant)."""
+    cfg = candidates if candidates is not None else model.config.candidates
     items = model.items
     user = user_context(model, request, snap, now)
     extra = items.maturity > user.maturity_limit if user.maturity_limit is not None else None

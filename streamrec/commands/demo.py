@@ -29,6 +29,8 @@ from tools.demo.steps import (
 )
 from tools.stack import StackError, manager
 
+# The experiments the demo runs (the repository's file; absent from an installed wheel, then none).
+DEMO_EXPERIMENTS = Path(__file__).resolve().parents[2] / "deploy" / "experiments.toml"
 CLUSTER_BROKERS = 3  # `demo --cluster`'s topology: three brokers, three Redis masters with a replica each
 
 
@@ -109,8 +111,12 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
               f"{', '.join(PAGE_KEY_SCOPES)} (for the browser page; kept in {page_key_file}, mode 0600)")
     # The page browses the world as of its log: its clock starts just after the newest event.
     facts = read_log_facts(data)
+    # The shipped experiments file (deploy/experiments.toml: the ranker against retrieval order) unless the operator
+    # named one: `streamrec simulate` then has an experiment to run users through without any configuration.
+    experiments = settings.experiments_file or (DEMO_EXPERIMENTS if DEMO_EXPERIMENTS.exists() else None)
     app_settings = settings.model_copy(update={"page_api_key": SecretStr(page_key),
-                                               "page_clock_offset_ms": page_clock_offset_ms(facts.last_ts)})
+                                               "page_clock_offset_ms": page_clock_offset_ms(facts.last_ts),
+                                               "experiments_file": experiments})
     if not trained["reused"]:
         stop_apps(settings)  # a running worker holds the previous bundle's vectors
     elif page_key_new:
@@ -154,6 +160,12 @@ def _run(settings: Settings, out: Console, err: Console, data: Path, movielens: 
     out.print("A homepage of rows for any user (pick one, or 'New user' for a cold start); click a title to play it, "
               "'Done' to complete it, and watch the rows change.")
     out.print(f"[bold]Open {url}/ in a browser[/]")
+    if experiments is not None and movielens is None:
+        out.rule("[bold]an experiment")
+        out.print(f"{experiments} runs on this server (GET {url}/v1/experiments with an admin key). Simulated "
+                  "users of the world play what they are shown; then the report:")
+        out.print(f"  streamrec simulate --world {data} --users 300 --minutes 2 --api-key {key}", markup=False)
+        out.print("  streamrec experiments report ranker --plots .artifacts/experiments", markup=False)
 
 
 def _show(settings: Settings, out: Console, facts: LogFacts, n_users: int, key: str) -> None:

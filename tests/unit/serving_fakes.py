@@ -18,7 +18,7 @@ from serving.http_events import ValidEvent
 class FakeService:
     model_version = "v-test"
 
-    async def recommend(self, req: Any) -> dict[str, Any]:
+    async def recommend(self, req: Any, assignments: Any = ()) -> dict[str, Any]:
         return {"user_id": req.user_id, "request_id": req.request_id, "model_version": "v-test", "items": [],
                 "degraded": False, "timings_ms": {}}
 

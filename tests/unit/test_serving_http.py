@@ -43,7 +43,7 @@ class StubService:
     def model_version(self) -> str:
         return "v-test"
 
-    async def recommend(self, req: Any) -> dict[str, Any]:
+    async def recommend(self, req: Any, assignments: Any = ()) -> dict[str, Any]:
         self.requests.append(req)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
