@@ -113,7 +113,7 @@ def _summarise(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "rel_ci": metric["rel_ci"], "p_value": metric["p_value"],
                 "always_valid_p": metric["always_valid_p"], "users_needed_per_arm": metric["users_needed_per_arm"],
                 "cuped": comparison["cuped"], "srm_p": report["srm"]["p_value"],
-                "srm_flagged": report["srm"]["flagged"]}
+                "srm_flagged": report["srm"]["flag"]}
 
     aa = {name: plays(r) for name, r in reports.items() if name.startswith("aa")}
     out: dict[str, Any] = {

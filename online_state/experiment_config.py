@@ -12,16 +12,16 @@ from typing import Any, Final
 from models.experiments.config import ExperimentsConfig, encode_config, parse_config
 from online_state.keys import KeyLayout
 
-# KEYS[1] the document; ARGV[1] the new JSON, ARGV[2] its version. Returns the stored version after the call.
+# KEYS[1] the document; ARGV[1] the new JSON, ARGV[2] its version. Returns {1 if written else 0, stored version}.
 _SET_IF_NEWER: Final = """
 local cur = redis.call('GET', KEYS[1])
 local have = -1
 if cur then have = tonumber(cjson.decode(cur)['version']) or -1 end
 if tonumber(ARGV[2]) > have then
   redis.call('SET', KEYS[1], ARGV[1])
-  return tonumber(ARGV[2])
+  return {1, tonumber(ARGV[2])}
 end
-return have
+return {0, have}
 """
 
 
@@ -37,7 +37,8 @@ async def read_config(redis: Any, keys: KeyLayout) -> tuple[bytes | None, Experi
     return bytes(raw), parse_config(bytes(raw))
 
 
-async def store_if_newer(redis: Any, keys: KeyLayout, config: ExperimentsConfig) -> int:
-    """Store ``config`` unless the stored one's version is as high; returns the stored version afterwards."""
-    stored = await redis.eval(_SET_IF_NEWER, 1, config_key(keys), encode_config(config), str(config.version))
-    return int(stored)
+async def store_if_newer(redis: Any, keys: KeyLayout, config: ExperimentsConfig) -> tuple[bool, int]:
+    """Store ``config`` unless the stored one's version is as high: (whether it was written, the stored version)."""
+    written, stored = await redis.eval(_SET_IF_NEWER, 1, config_key(keys), encode_config(config),
+                                       str(config.version))
+    return bool(written), int(stored)

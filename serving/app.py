@@ -401,13 +401,13 @@ async def put_experiments(request: web.Request) -> web.Response:
     registry = request.app[EXPERIMENTS]
     try:
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_s * 4):
-            stored = await registry.put(config)
+            written, stored = await registry.put(config)
     except Exception as exc:
         log.warning("experiments not stored", error=repr(exc)[:200], request_id=request_id)
         response = _error(503, "redis", "the experiments document could not be stored; retry", request_id)
         response.headers["Retry-After"] = "1"
         return response
-    if stored != config.version:
+    if not written:
         return _error(409, "version", f"the stored document has version {stored}; send a higher version",
                       request_id, stored_version=stored)
     log.info("experiments stored", version=config.version, request_id=request_id)

@@ -55,8 +55,9 @@ class ExperimentsRegistry:
         if path is not None:
             try:
                 config = load_config(path)
-                stored = await store_if_newer(self.redis, self.keys, config)
-                log.info("experiments.file", path=str(path), version=config.version, stored_version=stored)
+                written, stored = await store_if_newer(self.redis, self.keys, config)
+                log.info("experiments.file", path=str(path), version=config.version, stored=written,
+                         stored_version=stored)
                 self.config = config  # until the first read (it may be newer still)
             except ConfigError as exc:  # a broken file must not stop serving; the stored document still runs
                 log.error("experiments.file_invalid", path=str(path), field=exc.field, error=exc.message)
@@ -82,12 +83,12 @@ class ExperimentsRegistry:
                      experiments=[e.name for e in config.experiments])
         return True
 
-    async def put(self, config: ExperimentsConfig) -> int:
-        """Store ``config`` (its version must be newer than the stored one); returns the stored version."""
-        stored = await store_if_newer(self.redis, self.keys, config)
-        if stored == config.version:
+    async def put(self, config: ExperimentsConfig) -> tuple[bool, int]:
+        """Store ``config`` if its version is newer than the stored one: (whether it was, the stored version)."""
+        written, stored = await store_if_newer(self.redis, self.keys, config)
+        if written:
             await self.refresh()
-        return stored
+        return written, stored
 
     def assign(self, user_id: str, now_ms: int) -> list[Assignment]:
         return assign(self.config, user_id, now_ms)

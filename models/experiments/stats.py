@@ -230,8 +230,8 @@ def always_valid_p(diff: ArrayLike, var: ArrayLike, tau2: ArrayLike) -> NDArray[
     log_lr = msprt_log_likelihood_ratio(d, v, t2)
     with np.errstate(over="ignore", invalid="ignore"):
         p = np.exp(-np.maximum(log_lr, 0.0))  # min(1, 1/Λ) without overflowing Λ
-    p = np.where(v == 0, np.where(d == 0, 1.0, 0.0), p)
-    p = np.where(np.isfinite(v) & (v >= 0) & np.isfinite(d) & (t2 > 0), p, NAN)
+    p = np.where(v == 0, np.where(d == 0, 1.0, 0.0), np.where(t2 > 0, p, NAN))
+    p = np.where(np.isfinite(v) & (v >= 0) & np.isfinite(d), p, NAN)
     if p.ndim == 0:
         return p
     # fmin skips NaN, so a look without data does not reset the minimum.
