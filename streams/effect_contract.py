@@ -65,7 +65,8 @@ async def apply_events(redis: Any, effects: Sequence[Effect[Any]], keys: KeyLayo
 
 
 async def snapshot(redis: Any, keys: KeyLayout) -> dict[str, Any]:
-    """Every key under the layout's prefix (prefix stripped) with its value; sorted sets as ``{member: score}``."""
+    """Every key under the layout's prefix (prefix stripped) with its value; sorted sets as ``{member: score}``,
+    sets as their members."""
     out: dict[str, Any] = {}
     start = len(keys.prefix) + 1
     markers = keys.applied_family  # the per-slot protocol's bookkeeping, not state: cuts differ
@@ -79,6 +80,8 @@ async def snapshot(redis: Any, keys: KeyLayout) -> dict[str, Any]:
             value: Any = await redis.get(key)
         elif kind == "hash":
             value = await redis.hgetall(key)
+        elif kind == "set":  # membership only (SADD is idempotent and commutative)
+            value = set(await redis.smembers(key))
         elif kind == "zset":
             value = {member: score for member, score in await redis.zrange(key, 0, -1, withscores=True)}
         else:

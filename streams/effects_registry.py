@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from streams import features, item_vectors, session, trending, user_vectors
+from streams import experiments, features, item_vectors, session, trending, user_vectors
 from streams.effects import Effect, EffectContext, EffectFactory
 
 
@@ -32,6 +32,7 @@ INTERACTION_EFFECTS: Final[tuple[NamedFactory, ...]] = (
     NamedFactory("session", session.make_effect),
     NamedFactory("user_vectors", user_vectors.make_effect),
     NamedFactory("item_learning", item_vectors.make_effect, reads_state_of=("user_vectors",)),
+    NamedFactory("experiments", experiments.make_effect),
 )
 # ``streamrec worker --features-only``.
 FEATURES_ONLY: Final = INTERACTION_EFFECTS[:1]

@@ -129,3 +129,13 @@ BUNDLE_RELOADS: Final = Counter(
     "streamrec_worker_bundle_reloads_total", "Bundle hot reloads of the worker (a new `latest`), by outcome.",
     ["outcome"],
 )
+EXPERIMENT_EXPOSURES: Final = Counter(
+    "streamrec_worker_experiment_exposures_total",
+    "Exposures (impressions in at least one experiment) counted by the experiments effect (streams/experiments.py).",
+)
+EXPERIMENT_OUTCOMES: Final = Counter(
+    "streamrec_worker_experiment_outcomes_total",
+    "Positive engagements of users in an experiment, by whether they were attributed to an exposure "
+    "(its request_id, or the title within the attribution window) or not.",
+    ["outcome"],
+)

@@ -1,7 +1,7 @@
 """Exactly once without cross-slot transactions (``docs/cluster-exactly-once.md``): partition batches applied
-through the worker's per-slot protocol (:mod:`streams.slot_protocol`) with the features, trending, sessions and
-event-id de-duplication, on a real Redis Cluster of three masters started here and on the single-node test stack
-(the same code).
+through the worker's per-slot protocol (:mod:`streams.slot_protocol`) with the features, trending, sessions,
+experiment counts and event-id de-duplication, on a real Redis Cluster of three masters started here and on the
+single-node test stack (the same code).
 
 Two source partitions write the same titles, and their logs hold retried events (same ``event_id``). Partition 0
 crashes mid-batch: on the cluster half of its item stage's slot units land; everywhere a crash between the item
@@ -32,10 +32,11 @@ from online_state.redis_functions import load_functions
 from online_state.redis_store import RedisFeatureStore
 from online_state.slot_markers import ITEM_STAGE, USER_STAGE, load_slot_functions
 from online_state.slots import slot_of
-from schemas.events import AddToList, Click, Complete, Context, Impression, Play, Rating, Skip
+from schemas.events import AddToList, Click, Complete, Context, ExposureTag, Impression, Play, Rating, Skip
 from streams.dedupe import EventWindows
 from streams.effect_contract import assert_same_state, snapshot
 from streams.effects import Batch, BatchInfo, Effect
+from streams.experiments import ExperimentEffect
 from streams.features import FeatureStoreEffect
 from streams.session import SessionEffect
 from streams.slot_protocol import SlotOutcome, SlotProtocol
@@ -63,7 +64,13 @@ def make_log(seed: int, n: int) -> list[Any]:
         kind = k % 7
         ctx = Context(device="tv")
         if kind == 0:
-            out.append(Impression(**common, item_ids=rng.choice(ITEMS, 5, replace=False).tolist(), request_id=f"r{k}"))
+            # An exposure of an A/B test (variant by user) and of an interleaving one: the experiments effect's
+            # shared counters, user sets and title sketches are item-stage keys, its per-user blob a user-stage one.
+            teams = ["A", "B", "B", "A", "A"] if k % 2 else ["B", "A", "A", "B", "B"]
+            out.append(Impression(**common, item_ids=rng.choice(ITEMS, 5, replace=False).tolist(), request_id=f"r{k}",
+                                  server_ms=float(k % 40), experiments=[
+                                      ExposureTag(name="ab", variant=("a", "b")[len(user) % 2]),
+                                      ExposureTag(name="draft", variant="interleaved", teams=teams)]))
         elif kind == 1:
             out.append(Rating(**common, item_id=item, value=float(rng.integers(1, 11)) / 2))
         elif kind == 2:
@@ -125,7 +132,7 @@ def effects(redis: Any, keys: KeyLayout, rows: ItemStatic) -> tuple[list[Effect[
     store = RedisFeatureStore(redis, rows, keys=keys, bulk=False)
     catalogue = SimpleNamespace(static=lambda: rows)
     return ([FeatureStoreEffect(store, catalogue), TrendingEffect(keys=keys, bulk=False),  # type: ignore[arg-type]
-             SessionEffect(item_genres=None, keys=keys, bulk=False)],
+             SessionEffect(item_genres=None, keys=keys, bulk=False), ExperimentEffect(keys=keys, bulk=False)],
             EventWindows(keys, 64, None, bulk=False))
 
 
@@ -227,7 +234,7 @@ async def crash_replay_compare(redis: Any, name: str, cluster: bool) -> dict[str
     # Then a failover loses a user stage in one slot (its item stage was acknowledged): one user's keys and the
     # slot's user-stage marker go back; the worker redoes the batch.
     user = logs[0][580].user_id
-    user_keys = [eo.user_state(user), eo.session(user), eo.event_window(user)]
+    user_keys = [eo.user_state(user), eo.session(user), eo.event_window(user), eo.experiment_user(user)]
     marker, field = eo.applied(slot_of(user_keys[0])), f"{USER_STAGE}|{TOPIC}|0"
     before = await dump(redis, user_keys)
     old_marker = await redis.hget(marker, field)

@@ -57,6 +57,7 @@ from models.dataset import KIND, load_log
 from models.features.state import EventBatch, ItemStatic
 from models.online_user import online_weights
 from online_state import RedisFeatureStore
+from online_state.experiments import decode_experiment_blob
 from online_state.item_learning import state_fields
 from online_state.keys import DEFAULT_KEYS
 from online_state.memory_store import MemoryFeatureStore
@@ -67,6 +68,7 @@ from schemas.events import CatalogEvent, ItemRemove, ItemUpsert, Rating
 from streams import features, item_vectors, metrics, user_vectors
 from streams.dedupe import dedupe
 from streams.effects import EffectContext
+from streams.experiments import ExperimentEffect, apply_experiment_events
 from streams.item_learning import catalog_learning_writes
 from streams.session import SessionEffect
 from streams.trending import TrendingEffect, catalog_writes
@@ -248,9 +250,10 @@ async def _assert_all_effects(client: aioredis.Redis, settings: Settings, world:
     await _assert_offsets(client, settings)
     await _assert_dead_letters(settings, world)
     await _assert_event_windows(client, world)
+    await _assert_experiments(client, world)
     await _assert_slot_markers(client)
     families = ("sr:u:", "sr:i:", "sr:offset:", "sr:trend:", "sr:new_releases", "sr:s:", "sr:uv:", "sr:il:",
-                "sr:ew:", "sr:applied:")
+                "sr:ew:", "sr:x:", "sr:applied:")
     unchecked = [k for k in await _keys(client, DEFAULT_KEYS.everything) if not k.startswith(families)]
     assert not unchecked, f"keys no ground truth covers (add one here): {unchecked[:5]}"
 
@@ -262,6 +265,20 @@ async def _assert_event_windows(client: aioredis.Redis, world: World) -> None:
     assert keys == sorted(DEFAULT_KEYS.event_window(u) for u in expected)
     stored = await _mget(client, keys) if keys else []
     assert dict(zip(keys, stored, strict=True)) == {DEFAULT_KEYS.event_window(u): w for u, w in expected.items()}
+
+
+async def _assert_experiments(client: aioredis.Redis, world: World) -> None:
+    """The experiments effect (streams.experiments): every user's blob as its pure function over the log once gives
+    it (the world's impressions are in no experiment: the blobs hold the users' engagement totals)."""
+    once = dedupe(world.events, {}, Settings().worker_dedupe_window).events
+    users, positive = ExperimentEffect.relevant(once)
+    want = apply_experiment_events(dict.fromkeys(users), once, positive).blobs
+    keys = await _keys(client, DEFAULT_KEYS.experiment_user("*"))
+    assert keys == sorted(DEFAULT_KEYS.experiment_user(u) for u in want)
+    stored = dict(zip(keys, await _mget(client, keys) if keys else [], strict=True))
+    assert {k: decode_experiment_blob(v) for k, v in stored.items()} == {
+        DEFAULT_KEYS.experiment_user(u): blob for u, blob in want.items()}
+    assert sum(blob.total for blob in want.values()) > 1000  # real state was compared
 
 
 async def _keys(client: aioredis.Redis, pattern: str) -> list[str]:

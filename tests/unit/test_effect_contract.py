@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fakeredis
+import msgspec
 import numpy as np
 import pytest
 
@@ -29,9 +31,11 @@ from models.dataset import load_log
 from online_state.keys import KeyLayout
 from schemas.decoder import catalog_decoder, interaction_decoder
 from schemas.events import (
+    AddToList,
     Click,
     Complete,
     Context,
+    ExposureTag,
     Impression,
     ItemRemove,
     ItemUpsert,
@@ -44,6 +48,7 @@ from streams.catalogue import LiveCatalogue
 from streams.effect_contract import CHECKS, ContractCase
 from streams.effects import Effect, EffectContext
 from streams.effects_registry import CATALOG_EFFECTS, INTERACTION_EFFECTS, NamedFactory
+from streams.experiments import ExperimentEffect
 from tools.datasets.world import generate_world
 
 T0 = 1_767_225_600_000
@@ -114,6 +119,27 @@ def unknown_interactions() -> list[Any]:
     ]
 
 
+def with_experiments(events: Sequence[Any]) -> list[Any]:
+    """The events with every impression an exposure of an A/B test (variant by user) and of an interleaving one
+    (teams alternating by position), as the server tags them; every other positive engagement after one names
+    the user's last answer (``request_id``), the rest are attributed by title and time (the experiments effect)."""
+    out: list[Any] = []
+    last: dict[str, str] = {}
+    for k, event in enumerate(events):
+        if isinstance(event, Impression):
+            arm = "a" if zlib.crc32(event.user_id.encode()) % 2 else "b"
+            teams = [("a", "b")[(p + k) % 2] for p in range(len(event.item_ids))]
+            event = msgspec.structs.replace(
+                event, experiments=[ExposureTag(name="ranker", variant=arm),
+                                    ExposureTag(name="draft", variant="interleaved", teams=teams)],
+                server_ms=float(k % 300), degraded=k % 7 == 0)
+            last[event.user_id] = event.request_id
+        elif isinstance(event, Play | Click | Complete | Rating | AddToList) and k % 2 and event.user_id in last:
+            event = msgspec.structs.replace(event, request_id=last[event.user_id])
+        out.append(event)
+    return out
+
+
 def unknown_catalog(world: World) -> list[Any]:
     """A title the bundle never saw, then removed; a removal of a title nobody ever saw."""
     known = world.catalog[0].item_id
@@ -174,8 +200,11 @@ def contract_cases(world: World, redis: Any, *, bulk: bool) -> list[ContractCase
 
     # The interaction effects get no producer: the online item publisher sends (and marks ``pub``) in the
     # background after commits, at least once, outside what a batch commits.
-    cases = [ContractCase(f.name, builder(f, None), settings.topic_interactions, world.events,
-                          unknown_interactions(), companions(f, INTERACTION_EFFECTS, None))
+    # The experiments effect gets the world's impressions tagged as exposures (the generated world has none).
+    cases = [ContractCase(f.name, builder(f, None), settings.topic_interactions,
+                          with_experiments(world.events) if f.name == "experiments" else world.events,
+                          with_experiments(unknown_interactions()) if f.name == "experiments"
+                          else unknown_interactions(), companions(f, INTERACTION_EFFECTS, None))
              for f in INTERACTION_EFFECTS]
     producer = FakeProducer()
     cases += [ContractCase(f.name, builder(f, producer), settings.topic_catalog, world.catalog,
@@ -207,3 +236,22 @@ def test_the_world_exercises_the_effects(world: World) -> None:
     engaged = {e.item_id for e in world.events if isinstance(e, Play | Complete | Rating)}
     assert engaged & {i for i, t in zip(item_ids, trained, strict=True) if t}
     assert engaged & {i for i, t in zip(item_ids, trained, strict=True) if not t}  # cold titles learn online
+
+
+def test_the_world_exercises_the_experiments(world: World) -> None:
+    """The experiments' test events reach every path: exposures, outcomes attributed by request id and by title,
+    unattributed ones, interleaving credit to both teams, click-through by position."""
+    events = with_experiments(world.events)
+    effect = ExperimentEffect(keys=KeyLayout("contract"))
+    users, positive = effect.relevant(events)
+    out = effect.apply(events, [None] * len(users), _state(users, positive))
+    assert out.exposures > 10 and out.attributed > 10 and out.unattributed > 0
+    credit = {team for blob in out.blobs.values() if "draft" in blob.exp for team in blob.exp["draft"].credit}
+    assert credit == {"a", "b"}
+    assert any(f.startswith(("a:clicks:", "b:clicks:")) for f in out.counts[effect.keys.experiment_counts("ranker")])
+    assert any(getattr(e, "request_id", None) is not None for e in events if not isinstance(e, Impression))
+
+
+def _state(users: list[str], positive: list[bool]) -> Any:
+    from streams.experiments import _State
+    return _State(users, positive)

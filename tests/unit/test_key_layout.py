@@ -15,6 +15,10 @@ def test_every_key_of_the_default_layout() -> None:
     assert keys.item_state("m7") == "sr:i:m7"
     assert keys.user_vector("42") == "sr:uv:{u:42}"
     assert keys.session("42") == "sr:s:{u:42}"
+    assert keys.experiment_user("42") == "sr:x:{u:42}"
+    assert keys.experiment_counts("ranker") == "sr:xc:ranker"
+    assert keys.experiment_users("ranker", "control") == "sr:xu:ranker:control"
+    assert keys.experiment_titles("ranker", "control") == "sr:xt:ranker:control"
     assert keys.trending("24h", "all", 7) == "sr:trend:24h:all:g7"
     assert keys.trending("1h", "country:US", -1) == "sr:trend:1h:country:US:g-1"
     assert keys.new_releases == "sr:new_releases"
@@ -49,6 +53,15 @@ def test_a_users_keys_share_one_hash_slot_and_others_do_not() -> None:
     keys = KeyLayout()
     for user in ("42", "}x", "a}b", "{odd}", ""):
         slots = {slot_of(k) for k in (keys.user_state(user), keys.user_vector(user), keys.session(user),
-                                      keys.event_window(user))}
+                                      keys.event_window(user), keys.experiment_user(user))}
         assert len(slots) == 1, user
     assert len({slot_of(keys.user_state(str(u))) for u in range(100)}) > 90  # users spread over the slots
+
+
+def test_the_per_slot_protocol_stages_a_users_experiment_blob_with_the_user() -> None:
+    # The slot protocol puts a user's keys in the user stage by family: the experiments blob is one of them, the
+    # experiments' shared counters, user sets and title sketches are not.
+    keys = KeyLayout()
+    assert keys.is_user_key(keys.experiment_user("42"))
+    for key in (keys.experiment_counts("x"), keys.experiment_users("x", "a"), keys.experiment_titles("x", "a")):
+        assert not keys.is_user_key(key)

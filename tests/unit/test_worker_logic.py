@@ -188,7 +188,7 @@ def test_live_catalogue_matches_load_catalog(tmp_path: Path) -> None:
 
 def test_the_effect_list_is_explicit_and_ordered() -> None:
     assert [f.name for f in INTERACTION_EFFECTS] == ["features", "trending", "session", "user_vectors",
-                                                     "item_learning"]
+                                                     "item_learning", "experiments"]
     assert [f.name for f in FEATURES_ONLY] == ["features"]
     assert [f.name for f in CATALOG_EFFECTS] == ["new_releases", "item_vectors"]
 
