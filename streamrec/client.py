@@ -61,6 +61,9 @@ class Recommendations:
     items: list[RecommendedItem]
     degraded: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # The experiments this answer was part of, as (name, variant); send ``request_id`` with the events that follow
+    # (every interaction event takes one) so the outcomes are attributed to this answer.
+    experiments: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +209,9 @@ class _Calls:
     def _recommendations(body: dict[str, Any]) -> Recommendations:
         items = [RecommendedItem(i["item_id"], float(i["score"]), list(i.get("sources", [])), i.get("reason"))
                  for i in body["items"]]
+        experiments = [(str(e["name"]), str(e["variant"])) for e in body.get("experiments") or []]
         return Recommendations(body["user_id"], body["request_id"], body["model_version"], items,
-                               bool(body["degraded"]), dict(body.get("timings_ms", {})))
+                               bool(body["degraded"]), dict(body.get("timings_ms", {})), experiments)
 
     @staticmethod
     def _homepage_query(rows: int, per_row: int, device: str | None, country: str | None, hour: int | None,

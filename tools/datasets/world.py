@@ -38,12 +38,12 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import orjson
 
-from tools.datasets.world_catalog import build_catalog
+from tools.datasets.world_catalog import Catalog, build_catalog
 from tools.datasets.world_encode import MALFORMED_KINDS, EventWriter, corrupt
 from tools.datasets.world_sessions import (
     HOUR_MS,
@@ -55,11 +55,11 @@ from tools.datasets.world_sessions import (
     Rows,
     SessionSimulator,
 )
-from tools.datasets.world_users import TasteModel, WorldModel
+from tools.datasets.world_users import TasteModel, Users, WorldModel
 
 __all__ = [
-    "DEFAULT_START_TS", "MALFORMED_KINDS", "WorldConfig", "WorldSummary", "corrupt", "generate_world",
-    "run_world",
+    "DEFAULT_START_TS", "MALFORMED_KINDS", "WorldConfig", "WorldState", "WorldSummary", "config_from_json",
+    "corrupt", "generate_world", "replay_world", "run_world",
 ]
 
 GENERATOR_VERSION: Final = "streamrec-world/1"
@@ -93,6 +93,61 @@ class WorldConfig:
         # The schema caps ts at 2100; leave years of room for sessions running past the span.
         if not (self.start_ts >= 0 and self.start_ts + self.days * DAY_MS <= 4_000_000_000_000):
             raise ValueError("start_ts must be epoch milliseconds and the span must end well before 2100")
+
+
+def config_from_json(doc: dict[str, Any]) -> WorldConfig:
+    """The config a ``world.json`` document was generated with (its ``seed`` and ``params``)."""
+    params = dict(doc["params"])
+    model = dict(params.pop("model", {}))
+    if "favourite_logits" in model:  # a list in JSON, a tuple in the (hashable, frozen) model
+        model["favourite_logits"] = tuple(model["favourite_logits"])
+    return WorldConfig(**params, seed=int(doc["seed"]), model=WorldModel(**model))
+
+
+@dataclass(slots=True)
+class WorldState:
+    """The world behind a log: its catalogue, its users and the taste model moving them (what ``run_world``
+    simulates with, the random streams included), so the simulator can carry on where a log ends."""
+
+    catalog: Catalog
+    taste: TasteModel
+    users: Users
+    sim: SessionSimulator
+    start: int
+    end: int
+    bad_rng: np.random.Generator
+
+
+def _world_state(config: WorldConfig) -> WorldState:
+    """The catalogue and the users as ``run_world`` starts them: one seed split into the same four streams."""
+    seq = np.random.SeedSequence(config.seed % (1 << 64))
+    cat_rng, user_rng, sess_rng, bad_rng = (np.random.default_rng(s) for s in seq.spawn(4))
+    span_ms = round(config.days * DAY_MS)
+    start, end = config.start_ts, config.start_ts + span_ms
+    catalog = build_catalog(cat_rng, config.items, start, span_ms)
+    taste = TasteModel(user_rng, config.model, start, span_ms)
+    users = taste.build(config.users)
+    return WorldState(catalog, taste, users, SessionSimulator(sess_rng, catalog, users, taste), start, end, bad_rng)
+
+
+class _LineCounter:
+    """Stands in for the event writer when only the world's state matters: counts lines, encodes nothing."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, rows: Rows, slates: dict[int, list[int]]) -> None:
+        self.written += len(rows)
+
+
+def replay_world(config: WorldConfig) -> WorldState:
+    """The world as it stands at the last line of the log ``run_world(config)`` writes: the same sessions are
+    simulated with the same random streams (so every user's drifted taste is the generator's, number for number),
+    but nothing is encoded or written. Costs the session simulation only, a fraction of a generation."""
+    config.validate()
+    state = _world_state(config)
+    _simulate(state.sim, _LineCounter(), config, state.start, state.end)
+    return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +211,8 @@ def run_world(
     """:func:`generate_world` with every knob of the model reachable (tests turn drift off here)."""
     config.validate()
     out_dir.mkdir(parents=True, exist_ok=True)
-    seq = np.random.SeedSequence(config.seed % (1 << 64))
-    cat_rng, user_rng, sess_rng, bad_rng = (np.random.default_rng(s) for s in seq.spawn(4))
-    span_ms = round(config.days * DAY_MS)
-    start, end = config.start_ts, config.start_ts + span_ms
-
-    catalog = build_catalog(cat_rng, config.items, start, span_ms)
+    state = _world_state(config)
+    catalog, users, sim, start, end = state.catalog, state.users, state.sim, state.start, state.end
     catalog_path = out_dir / "catalog.jsonl"
     catalog_counts = {"item_upsert": 0, "item_remove": 0}
     with catalog_path.open("wb", buffering=1 << 20) as f:
@@ -169,12 +220,9 @@ def run_world(
             f.write(line + b"\n")
             catalog_counts[kind] += 1
 
-    taste = TasteModel(user_rng, config.model, start, span_ms)
-    users = taste.build(config.users)
-    sim = SessionSimulator(sess_rng, catalog, users, taste)
     events_path = out_dir / "events.jsonl"
     with events_path.open("wb", buffering=1 << 20) as f:
-        writer = EventWriter(f, config.seed, config.malformed_rate, catalog, users, bad_rng, progress)
+        writer = EventWriter(f, config.seed, config.malformed_rate, catalog, users, state.bad_rng, progress)
         _simulate(sim, writer, config, start, end)
 
     summary = WorldSummary(
@@ -201,8 +249,14 @@ def run_world(
     return summary
 
 
+class _LineSink(Protocol):
+    written: int
+
+    def write(self, rows: Rows, slates: dict[int, list[int]]) -> None: ...
+
+
 def _simulate(
-    sim: SessionSimulator, writer: EventWriter, config: WorldConfig, start: int, end: int
+    sim: SessionSimulator, writer: _LineSink, config: WorldConfig, start: int, end: int
 ) -> None:
     """Run the clock chunk by chunk until exactly ``config.events`` lines are written."""
     target = config.events
