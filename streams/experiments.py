@@ -15,10 +15,11 @@ recent exposures, and per experiment the user's row (variant, first exposure, pr
   variant's HyperLogLog (``PFADD``: idempotent and order-free).
 - An outcome (a positive engagement: play, complete, click, rating, add_to_list, as :func:`streams.trending.
   event_weights` i.e. ``models.feedback`` decides) is attributed to one exposure: the one whose ``request_id``
-  the event carries, when it is among the recent ones and within :data:`ATTRIBUTION_WINDOW_MS`; else the most
-  recent exposure within the window (event time) that showed the event's title. Then per tag of that exposure:
-  the kind's count (clicks, plays, completes, ratings), ``hits`` + 1 when the title was on that list, a click at
-  position ``p < POSITIONS`` in ``clicks:{p}``, and for interleaving the credit of the team that drafted the title.
+  the event carries, when it is among the recent ones and within :data:`REQUEST_ID_WINDOW_MS`; else the most
+  recent exposure within :data:`ATTRIBUTION_WINDOW_MS` (event time) that showed the event's title. Then per tag of
+  that exposure: the kind's count (clicks, plays, completes, ratings), ``hits`` + 1 when the title was on that
+  list, a click at position ``p < POSITIONS`` in ``clicks:{p}``, and for interleaving the credit of the team that
+  drafted the title.
   Every positive engagement after the user's first exposure (attributed or not) adds to ``engagements`` of every
   experiment the user is in; before it, it only raises ``total``.
 
@@ -54,6 +55,9 @@ from streams.effects import Batch, Effect, EffectContext, Reads
 from streams.trending import event_weights
 
 ATTRIBUTION_WINDOW_MS: Final = 30 * 60_000  # an outcome this long (event time) after an exposure is its outcome
+# With the answer's request id the client says which list an outcome follows: a title picked from it and started
+# after a film of two hours is still that list's play, so the named exposure counts for this long.
+REQUEST_ID_WINDOW_MS: Final = 24 * 3_600_000
 RECENT_EXPOSURES: Final = 20  # exposures a user's blob keeps for attribution
 # Titles (and teams) of an exposure kept for attribution: a title further down was not seen, and the blob stays
 # small (an impression may list IMPRESSION_MAX titles).
@@ -104,7 +108,7 @@ def attribute(recent: Sequence[Exposure], event: InteractionEvent) -> Exposure |
     rid = event.request_id  # type: ignore[union-attr]
     if rid is not None:
         for exposure in recent:
-            if exposure.rid == rid and event.ts - exposure.ts <= ATTRIBUTION_WINDOW_MS:
+            if exposure.rid == rid and event.ts - exposure.ts <= REQUEST_ID_WINDOW_MS:
                 return exposure
     item = event.item_id  # type: ignore[union-attr]
     for exposure in recent:
@@ -120,7 +124,7 @@ def _expose(blob: ExperimentBlob, user: str, event: Impression, keys: KeyLayout,
             tags.append(Tag(t.name, t.variant, t.teams[:EXPOSURE_ITEMS] if t.teams else None))
     items = event.item_ids
     blob.recent = [Exposure(event.request_id, event.ts, items[:EXPOSURE_ITEMS], tags),
-                   *(e for e in blob.recent if event.ts - e.ts <= ATTRIBUTION_WINDOW_MS)][:RECENT_EXPOSURES]
+                   *(e for e in blob.recent if event.ts - e.ts <= REQUEST_ID_WINDOW_MS)][:RECENT_EXPOSURES]
     out.exposures += 1
     shown = min(len(items), POSITIONS)
     bucket = latency_bucket(event.server_ms) if event.server_ms is not None else None

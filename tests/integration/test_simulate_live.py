@@ -9,6 +9,7 @@ sessions (their ``session_id``s) with their plays are in Redis."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -67,9 +68,15 @@ def world(small_bundle: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def running(stack: Settings, small_bundle: Path, tmp_path: Path) -> Iterator[Running]:
     """``streamrec worker`` and ``streamrec serve`` (one process each) on topics of this test's own."""
+    with _running(stack, small_bundle, tmp_path) as r:
+        yield r
+
+
+@contextlib.contextmanager
+def _running(stack: Settings, small_bundle: Path, tmp_path: Path, **update: object) -> Iterator[Running]:
     settings = per_test_settings(stack, "simulate")
     asyncio.run(ensure_topics_retrying(settings))
-    settings = settings.model_copy(update={"api_key": API_KEY, "log_level": "WARNING"})
+    settings = settings.model_copy(update={"api_key": API_KEY, "log_level": "WARNING", **update})
     env = settings_env(settings, base=dict(os.environ))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     port = free_port()
@@ -114,13 +121,17 @@ async def _applied(settings: Settings) -> tuple[int, float]:
     return sum(n for (topic, _), n in ends.items() if topic == settings.topic_interactions), waited
 
 
+def _simulate(running: Running, world: Path, users: int, seconds: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "simulate", "--world", str(world), "--users", str(users),
+         "--minutes", str(seconds / 60), "--url", running.url, "--seed", "1", "--concurrency", "8", "--json"],
+        cwd=REPO, env={**running.env, "STREAMREC_LOG_JSON": "true"}, capture_output=True, text=True,
+        timeout=seconds + 60, check=False)
+
+
 def test_simulated_users_are_answered_and_their_events_reach_the_online_state(running: Running, world: Path) -> None:
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "streamrec.cli", "simulate", "--world", str(world), "--users", str(SIM_USERS),
-         "--minutes", str(SIM_SECONDS / 60), "--url", running.url, "--seed", "1", "--concurrency", "8", "--json"],
-        cwd=REPO, env={**running.env, "STREAMREC_LOG_JSON": "true"}, capture_output=True, text=True,
-        timeout=SIM_SECONDS + 60, check=False)
+    done = _simulate(running, world, SIM_USERS, SIM_SECONDS)
     elapsed = time.monotonic() - started
     assert done.returncode == 0, f"{done.stderr[-4000:]}\n{running.logs()}"
     assert API_KEY not in done.stdout + done.stderr, "the API key was printed or logged"
@@ -150,3 +161,47 @@ def test_simulated_users_are_answered_and_their_events_reach_the_online_state(ru
     assert len({sid.rsplit("-s", 1)[0] for sid, _ in sessions}) >= SIM_USERS * 0.9, sessions[:5]
     # A user's key holds their current session only (a user who left and came back has a new one): its counts.
     assert all(sum(n.values()) > 0 for _, n in sessions), sessions[:5]
+
+
+# CI's small A/A and A/B, end to end: the server assigns and logs exposures, the simulator's users act, the worker
+# counts, and `streamrec experiments report` reports. Every simulated user is in both experiments (two layers).
+EXPERIMENTS = {"version": 1, "experiments": [
+    {"name": "aa", "layer": "aa", "salt": "ci-aa", "variants": [{"name": "a"}, {"name": "b"}]},
+    {"name": "ranker", "layer": "ranking", "salt": "ci-ranker", "variants": [
+        {"name": "ranker"}, {"name": "retrieval_order", "changes": {"ranker": False}}]},
+]}
+
+
+def _report(running: Running, name: str) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-m", "streamrec.cli", "experiments", "report", name, "--json"],
+                          cwd=REPO, env=running.env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return orjson.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_small_aa_and_ab_run_end_to_end(stack: Settings, small_bundle: Path, world: Path, tmp_path: Path) -> None:
+    path = tmp_path / "experiments.json"
+    path.write_bytes(orjson.dumps(EXPERIMENTS))
+    with _running(stack, small_bundle, tmp_path, experiments_file=path) as running:
+        done = _simulate(running, world, 40, 25)
+        assert done.returncode == 0, f"{done.stderr[-4000:]}\n{running.logs()}"
+        summary = orjson.loads(done.stdout)
+        assert summary["failures"] == 0 and summary["requests_in_experiments"] == summary["requests"] > 0
+        asyncio.run(_applied(running.settings))  # every event and exposure applied by the worker
+        reports = {name: _report(running, name) for name in ("aa", "ranker")}
+    for name, report in reports.items():
+        seen = summary["experiments"][name]  # what the simulator's users were answered
+        variants = {v["name"]: v for v in report["variants"]}  # type: ignore[attr-defined]
+        assert {n: v["users"] for n, v in variants.items()} == {n: s["users"] for n, s in seen.items()}, name
+        assert {n: v["exposures"] for n, v in variants.items()} == {n: s["requests"] for n, s in seen.items()}
+        assert report["srm"]["flag"] is False, report["srm"]  # type: ignore[index]
+        comparison = next(iter(report["comparisons"].values()))  # type: ignore[attr-defined]
+        plays = comparison["metrics"]["plays_per_user"]
+        lo, hi = plays["abs_ci"]
+        assert lo <= plays["abs_diff"] <= hi and 0 <= plays["p_value"] <= 1
+        assert plays["always_valid_p"] >= plays["p_value"]  # the sequential p is never below the fixed-horizon p
+    # Every play the simulator sent followed an answer in both experiments and carried its request id: each is
+    # counted once in each experiment.
+    for report in reports.values():
+        counted = sum(v["plays_per_user"] * v["users"] for v in report["variants"])  # type: ignore[attr-defined]
+        assert round(counted) == summary["plays"], (counted, summary["plays"])

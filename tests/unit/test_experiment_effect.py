@@ -24,7 +24,13 @@ from online_state.experiments import (
 from online_state.keys import KeyLayout
 from schemas.events import AddToList, Click, ExposureTag, Impression, InteractionEvent, Play, Rating, Skip
 from streams.effect_contract import apply_events
-from streams.experiments import ATTRIBUTION_WINDOW_MS, ExperimentEffect, ExperimentWrites, apply_experiment_events
+from streams.experiments import (
+    ATTRIBUTION_WINDOW_MS,
+    REQUEST_ID_WINDOW_MS,
+    ExperimentEffect,
+    ExperimentWrites,
+    apply_experiment_events,
+)
 
 T0 = 1_767_225_600_000
 MIN = 60_000
@@ -89,14 +95,15 @@ def test_an_unknown_request_id_falls_back_to_the_title() -> None:
 
 def test_outside_the_window_nothing_is_attributed_but_engagement_counts() -> None:
     late = T0 + ATTRIBUTION_WINDOW_MS + 1
-    out = run([impression("u", T0, ["a"], "r1"), play("u", late, "a"), play("u", late + 1, "a", rid="r1"),
-               play("u", T0 + 5 * MIN, "z")])  # a title the exposure did not show
+    out = run([impression("u", T0, ["a"], "r1"), play("u", late, "a"), play("u", T0 + 5 * MIN, "z"),
+               play("u", T0 + REQUEST_ID_WINDOW_MS + 1, "a", rid="r1")])  # "z": a title the exposure did not show
     entry = out.blobs["u"].exp["ranker"]
     assert (entry.plays, entry.hits, entry.engagements) == (0, 0, 3)
     assert out.attributed == 0 and out.unattributed == 3
-    # Just inside the window, it is.
-    out = run([impression("u", T0, ["a"], "r1"), play("u", T0 + ATTRIBUTION_WINDOW_MS, "a")])
-    assert out.blobs["u"].exp["ranker"].plays == 1
+    # Just inside the window, it is; and with the answer's request id, for the longer window.
+    out = run([impression("u", T0, ["a"], "r1"), play("u", T0 + ATTRIBUTION_WINDOW_MS, "a"),
+               play("u", T0 + REQUEST_ID_WINDOW_MS, "b", rid="r1")])
+    assert out.blobs["u"].exp["ranker"].plays == 2 and out.attributed == 2
 
 
 def test_the_first_exposure_sets_variant_and_pre_period() -> None:
@@ -149,7 +156,7 @@ def test_the_shared_counters_of_an_exposure() -> None:
 
 def test_the_recent_exposures_are_bounded_and_the_blob_round_trips() -> None:
     events: list[InteractionEvent] = [impression("u", T0 + k, [f"i{k}"], f"r{k}") for k in range(30)]
-    events.append(impression("u", T0 + 2 * ATTRIBUTION_WINDOW_MS, ["x"], "late"))  # the rest fall out of the window
+    events.append(impression("u", T0 + 2 * REQUEST_ID_WINDOW_MS, ["x"], "late"))  # the rest fall out of the window
     blob = run(events[:30]).blobs["u"]
     assert [e.rid for e in blob.recent] == [f"r{k}" for k in range(29, 9, -1)]
     blob = run(events).blobs["u"]

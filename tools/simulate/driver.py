@@ -51,6 +51,10 @@ class SimulationConfig:
     k: int = 10
     time_scale: float = 600.0  # simulated ms per wall ms
     min_gap_s: float = 0.1  # a user's shortest wall pause between two lists
+    # A user's reaction: wall seconds between seeing a list and sending what they did with it. Real users take
+    # seconds; without a pause a simulated one could beat the server's exposure (sent every exposure_flush_ms) to
+    # Kafka, and its outcome would reach the worker before the exposure it belongs to.
+    react_s: float = 0.3
     timeout_s: float = 5.0
     run_id: str | None = None
     behaviour: Behaviour = field(default_factory=Behaviour)
@@ -197,6 +201,7 @@ class Simulation:
             tally.users_played.add(user.user_id)
         if not step.events:
             return played, True
+        await asyncio.sleep(self.config.react_s)
         try:
             async with self.gate:
                 accepted = await self.api.send_events(step.events)
