@@ -4,9 +4,10 @@
     python benchmarks/bench_experiments.py [--users 600] [--minutes 4] [--world DIR] [--artifacts DIR]
                                            [--out .artifacts/experiments] [--redis-db 14]
 
-Set-up (as bench_freshness.py): a generated world (or ``--world``), a small bundle trained on it (or
-``--artifacts``), fresh topics, the world replayed into them, a stream worker caught up on it, and ``streamrec serve``
-with the proof's experiments document (:data:`PROOF`), each a subprocess on its own Redis database. Then
+Set-up (as bench_freshness.py): a generated world (or ``--world``), a bundle trained on it with the default
+configuration (or ``--artifacts``, or ``--small-bundle``), fresh topics, the world replayed into them, a stream
+worker caught up on it, and ``streamrec serve`` with the proof's experiments document (:func:`proof_config`), each a
+subprocess on its own Redis database. Then
 ``streamrec simulate`` drives ``--users`` simulated users of the world through the server for ``--minutes``; once the
 worker has applied every event and exposure, each experiment is reported (``models.experiments.report``) from the
 worker's exactly-once counts, as ``streamrec experiments report`` does.
@@ -95,7 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--world-users", type=int, default=2000)
     parser.add_argument("--world-items", type=int, default=2000)
     parser.add_argument("--world-events", type=int, default=60_000)
-    parser.add_argument("--artifacts", type=Path, help="a bundle root (default: train a small one on the world)")
+    parser.add_argument("--artifacts", type=Path, help="a bundle root (default: train one on the world)")
+    parser.add_argument("--small-bundle", action="store_true",
+                        help="train a small, quick bundle (dim 32, 4 ranker epochs) instead of the default config")
     parser.add_argument("--out", type=Path, default=REPO / ".artifacts" / "experiments")
     parser.add_argument("--redis-db", type=int, default=14)
     parser.add_argument("--seed", type=int, default=0)
@@ -141,7 +144,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     artifacts = args.artifacts
     if artifacts is None:
         artifacts = work / "artifacts"
-        train_bundle(world, artifacts, TwoStageConfig(dim=32, rank_users=600, ranker_epochs=4))
+        config = TwoStageConfig(dim=32, rank_users=600, ranker_epochs=4) if args.small_bundle else TwoStageConfig()
+        train_bundle(world, artifacts, config)
     config_path = work / "experiments.json"
     config_path.write_bytes(orjson.dumps(proof_config()))
 

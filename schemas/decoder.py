@@ -101,6 +101,13 @@ def _check_ids(event: Any) -> None:
     context = getattr(event, "context", None)
     if context is not None and context.session_id is not None and _BAD_ID.search(context.session_id):
         raise EventError("$.context.session_id", _BAD_ID_REASON)
+    for index, tag in enumerate(getattr(event, "experiments", None) or ()):  # an exposure's experiment tags
+        for name in ("name", "variant"):
+            if _BAD_ID.search(getattr(tag, name)):
+                raise EventError(f"$.experiments[{index}].{name}", _BAD_ID_REASON)
+        for position, team in enumerate(tag.teams or ()):
+            if _BAD_ID.search(team):
+                raise EventError(f"$.experiments[{index}].teams[{position}]", _BAD_ID_REASON)
 
 
 def _may_hide_control_characters(raw: bytes | str) -> bool:

@@ -13,8 +13,8 @@ A versioned document (TOML or JSON; the same shape as the body of ``PUT /v1/expe
     salt = "ranker-1"               # a new salt reshuffles who is in which variant
     traffic = 1.0                   # share of the layer's traffic (the layer's experiments add up to <= 1)
     kind = "ab"                     # or "interleave": one list drafted from two variants' rankings
-    start = "2026-12-01T00:00:00Z"  # optional; ISO 8601 or epoch ms (default: always)
-    stop = "2027-01-01T00:00:00Z"   # optional
+    start = 2026-12-01T00:00:00Z    # optional; an RFC 3339 time (a TOML datetime) or epoch ms (default: always)
+    stop = 2027-01-01T00:00:00Z     # optional
     [[experiments.variants]]
     name = "control"
     weight = 1
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -87,8 +87,9 @@ class Experiment(Struct, kw_only=True, forbid_unknown_fields=True):
     salt: Annotated[str, Meta(min_length=1, max_length=128)] | None = None  # default: the name
     traffic: Share = 1.0
     kind: Literal["ab", "interleave"] = "ab"
-    start: int | str | None = None
-    stop: int | str | None = None
+    # Epoch ms or an RFC 3339 time (TOML's own datetimes too); a time without a zone is UTC. Stored as epoch ms.
+    start: int | datetime | None = None
+    stop: int | datetime | None = None
     description: str = ""
 
     @property
@@ -122,13 +123,10 @@ class ConfigError(ValueError):
         self.message = message
 
 
-def _ms(value: int | str | None, field: str) -> int | None:
+def _ms(value: int | datetime | None) -> int | None:
     if value is None or isinstance(value, int):
         return value
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError as exc:
-        raise ConfigError(field, f"not an ISO 8601 time or epoch ms: {value!r}") from exc
+    return int((value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 def _check(config: ExperimentsConfig) -> ExperimentsConfig:
@@ -150,7 +148,7 @@ def _check(config: ExperimentsConfig) -> ExperimentsConfig:
             if unknown:
                 raise ConfigError(f"{where}.variants[{j}].changes.candidates",
                                   f"unknown sources {sorted(unknown)}; known: {list(SOURCES)}")
-        start, stop = _ms(exp.start, f"{where}.start"), _ms(exp.stop, f"{where}.stop")
+        start, stop = _ms(exp.start), _ms(exp.stop)
         if start is not None and stop is not None and stop <= start:
             raise ConfigError(f"{where}.stop", "stop is not after start")
         exp.start, exp.stop = start, stop

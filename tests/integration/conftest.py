@@ -201,3 +201,24 @@ def eval_world(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
                                env=stack_env, capture_output=True, text=True, timeout=120, check=False)
     assert generated.returncode == 0, generated.stderr
     return world
+
+
+def _forget_experiments(settings: Settings) -> None:
+    from foundation.redis_io import redis_client_sync
+    from online_state.experiment_config import config_key
+    from online_state.keys import DEFAULT_KEYS
+
+    client = redis_client_sync(settings)
+    try:
+        client.delete(config_key(DEFAULT_KEYS))
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def no_experiments_document(stack: Settings) -> Iterator[None]:
+    """No experiments document stored in the session's Redis before or after the test: every server of the session
+    follows the stored one, so a test that stores one (PUT /v1/experiments, a file) must not leave it to the next."""
+    _forget_experiments(stack)
+    yield
+    _forget_experiments(stack)

@@ -52,6 +52,7 @@ def _play(user: str, item: str, request_id: str | None, n: int) -> bytes:
     return orjson.dumps(event)
 
 
+@pytest.mark.usefixtures("no_experiments_document")
 async def test_experiment_runs_from_the_document_to_the_report(
         stack: Settings, redis_client: aioredis.Redis, artifacts: Path, tmp_path: Path) -> None:
     await redis_client.flushall()

@@ -179,6 +179,7 @@ def _report(running: Running, name: str) -> dict[str, object]:
     return orjson.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.usefixtures("no_experiments_document")
 def test_a_small_aa_and_ab_run_end_to_end(stack: Settings, small_bundle: Path, world: Path, tmp_path: Path) -> None:
     path = tmp_path / "experiments.json"
     path.write_bytes(orjson.dumps(EXPERIMENTS))

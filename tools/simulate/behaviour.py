@@ -34,6 +34,9 @@ class Behaviour:
     click_scale: float = 0.6
     play_given_click: float = 0.9
     max_plays: int = 3  # titles started from one list at most (the first clicked ones)
+    # A title the user already played in this simulation is clicked this much less (people rarely start a film
+    # they watched an hour ago): what makes "the system remembers what you just watched" measurable.
+    rewatch: float = 0.1
     browse_s: tuple[float, float] = (5.0, 90.0)
     think_mean_s: float = 120.0  # simulated seconds between two lists of one session
     leave_prob: float = 0.3  # after a list with nothing played, the session ends with this probability

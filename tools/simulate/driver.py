@@ -71,6 +71,7 @@ class SimUser:
     session: int = -1
     device: str = "tv"
     failures: int = 0
+    played: set[str] = field(default_factory=set)  # titles started in this simulation (see Behaviour.rewatch)
 
 
 def make_users(truth: GroundTruth, config: SimulationConfig, run_id: str) -> list[SimUser]:
@@ -187,7 +188,11 @@ class Simulation:
             return False, True
         idx = truth.items(item_ids)
         q = truth.affinity(user.index, idx)
+        if user.played:  # satiation: what they played already is seldom started again
+            again = np.fromiter((i in user.played for i in item_ids), bool, len(item_ids))
+            q = np.where(again, q * self.config.behaviour.rewatch, q)
         decisions = decide(q, user.rng, self.config.behaviour)
+        user.played.update(item for item, played in zip(item_ids, decisions.play.tolist(), strict=True) if played)
         tally.shown(q, decisions.play)
         durations = np.where(idx >= 0, truth.catalog.duration[np.maximum(idx, 0)], 0.0)
         # The server logs the exposure itself for answers in an experiment; for the others the client does.
