@@ -312,6 +312,12 @@ class Settings(BaseSettings):
         50, ge=1, le=10_000, description="How often a server sends its buffered exposures to Kafka (one batch)."
     )
 
+    @field_validator("experiments_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        # `STREAMREC_EXPERIMENTS_FILE=` (config.example.env): no file, not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("page_api_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
