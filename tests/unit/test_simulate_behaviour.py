@@ -19,7 +19,7 @@ from schemas.decoder import decode_event
 from tools.datasets import world as world_module
 from tools.datasets.world import WorldConfig, generate_world, replay_world, run_world
 from tools.datasets.world_users import TasteModel
-from tools.simulate.behaviour import Behaviour, decide, id_maker, next_step_delay_ms, step_events
+from tools.simulate.behaviour import Behaviour, decide, id_maker, next_step_delay_ms, satiated, step_events
 from tools.simulate.driver import SimulationConfig, simulate
 from tools.simulate.truth import GroundTruth, load_truth
 
@@ -243,3 +243,17 @@ def test_driver_runs_users_honours_429_and_is_deterministic(small_world: Path) -
         assert n > 0 and a[user][:n] == b[user][:n], user
     assert set(per_user(api3.posted)) != set(a) or any(
         per_user(api3.posted)[u][:1] != a[u][:1] for u in a)
+
+
+def test_a_title_already_played_is_seldom_restarted_and_heavy_viewers_come_back_sooner() -> None:
+    q = np.array([0.5, 0.5, 0.5])
+    out = satiated(q, ["a", "b", "c"], {"b"}, Behaviour(rewatch=0.1))
+    np.testing.assert_allclose(out, [0.5, 0.05, 0.5])
+    assert satiated(q, ["a", "b", "c"], set()) is q
+
+    def mean_away_s(activity: float) -> float:
+        rng = np.random.default_rng(0)
+        gaps = [next_step_delay_ms(False, rng, Behaviour(leave_prob=1.0), activity)[0] for _ in range(2000)]
+        return float(np.mean(gaps)) / 1000
+    heavy, light = mean_away_s(4.0), mean_away_s(0.25)
+    assert heavy < light / 5, (heavy, light)

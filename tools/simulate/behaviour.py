@@ -123,11 +123,24 @@ def step_events(
     return Step(events, t, counts)
 
 
-def next_step_delay_ms(played: bool, rng: np.random.Generator, behaviour: Behaviour = Behaviour()) -> tuple[int, bool]:
-    """Simulated ms until the user's next list, and whether it starts a new session."""
+def satiated(q: NDArray[np.float64], item_ids: list[str], played: set[str], behaviour: Behaviour = Behaviour()
+             ) -> NDArray[np.float64]:
+    """The affinities of a list after satiation: a title the user already played counts ``rewatch`` times less."""
+    if not played:
+        return q
+    again = np.fromiter((i in played for i in item_ids), bool, len(item_ids))
+    return np.where(again, q * behaviour.rewatch, q)
+
+
+def next_step_delay_ms(played: bool, rng: np.random.Generator, behaviour: Behaviour = Behaviour(),
+                       activity: float = 1.0) -> tuple[int, bool]:
+    """Simulated ms until the user's next list, and whether it starts a new session. ``activity``: the user's
+    activity relative to the simulated users' mean (the generator's lognormal ``activity``): as in the world, a
+    heavy viewer comes back sooner, so a user's past engagement predicts their engagement now (what CUPED uses)."""
     u_leave, u_think, u_away = rng.random(3)
     if not played and u_leave < behaviour.leave_prob:
-        return int(-np.log1p(-u_away) * behaviour.away_mean_s * 1000) + SESSION_GAP_MS, True
+        away_s = behaviour.away_mean_s / max(activity, 1e-3)
+        return int(-np.log1p(-u_away) * away_s * 1000) + SESSION_GAP_MS, True
     return int(-np.log1p(-u_think) * behaviour.think_mean_s * 1000), False
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from foundation.logs import get_logger
 from streamrec.client import ApiError, AsyncClient
 from tools.simulate.api import Tries, make_client
-from tools.simulate.behaviour import Behaviour, decide, id_maker, next_step_delay_ms, step_events
+from tools.simulate.behaviour import Behaviour, decide, id_maker, next_step_delay_ms, satiated, step_events
 from tools.simulate.stats import Tally, summarise
 from tools.simulate.truth import GroundTruth
 
@@ -72,6 +72,7 @@ class SimUser:
     device: str = "tv"
     failures: int = 0
     played: set[str] = field(default_factory=set)  # titles started in this simulation (see Behaviour.rewatch)
+    activity: float = 1.0  # the world's activity of the user over the simulated users' mean
 
 
 def make_users(truth: GroundTruth, config: SimulationConfig, run_id: str) -> list[SimUser]:
@@ -79,6 +80,7 @@ def make_users(truth: GroundTruth, config: SimulationConfig, run_id: str) -> lis
     seq = np.random.SeedSequence(config.seed % (1 << 64))
     picker, *streams = seq.spawn(1 + 2 * min(config.users, truth.users.n))
     chosen = truth.pick_users(config.users, np.random.default_rng(picker))
+    activity = truth.users.activity[chosen] / max(float(truth.users.activity[chosen].mean()), 1e-9)
     users = []
     for n, u in enumerate(chosen.tolist()):
         rng = np.random.default_rng(streams[2 * n])
@@ -86,7 +88,7 @@ def make_users(truth: GroundTruth, config: SimulationConfig, run_id: str) -> lis
         # Staggered starts: the first list after one think time, so users do not all arrive at once.
         first = truth.origin_ts + int(rng.exponential(config.behaviour.think_mean_s) * 1000)
         users.append(SimUser(u, user_id, rng, np.random.default_rng(streams[2 * n + 1]), first,
-                             id_maker(f"sim-{run_id}-{user_id}-")))
+                             id_maker(f"sim-{run_id}-{user_id}-"), activity=float(activity[n])))
     return users
 
 
@@ -154,7 +156,7 @@ class Simulation:
                 new_session = False
                 continue
             user.failures = 0
-            delay, new_session = next_step_delay_ms(played, user.rng, self.config.behaviour)
+            delay, new_session = next_step_delay_ms(played, user.rng, self.config.behaviour, user.activity)
             user.clock_ms += delay
             if self.progress is not None:
                 self.progress(1)
@@ -188,9 +190,7 @@ class Simulation:
             return False, True
         idx = truth.items(item_ids)
         q = truth.affinity(user.index, idx)
-        if user.played:  # satiation: what they played already is seldom started again
-            again = np.fromiter((i in user.played for i in item_ids), bool, len(item_ids))
-            q = np.where(again, q * self.config.behaviour.rewatch, q)
+        q = satiated(q, item_ids, user.played, self.config.behaviour)  # what they played is seldom restarted
         decisions = decide(q, user.rng, self.config.behaviour)
         user.played.update(item for item, played in zip(item_ids, decisions.play.tolist(), strict=True) if played)
         tally.shown(q, decisions.play)
