@@ -285,8 +285,9 @@ def render_text(report: dict[str, Any]) -> str:
                      f"{_fmt(v['hit_rate'], '.4f'):>10}{_fmt(v['coverage'], '.3f'):>10}{p99:>9}{degraded:>16}")
     lines.append("")
     lines.append("click-through by position (0..):")
+    width = max(map(len, variants), default=0) + 2
     for name, v in variants.items():
-        lines.append(f"  {name:<14}" + " ".join(_fmt(c, ".3f") for c in v["ctr_by_position"]))
+        lines.append(f"  {name:<{width}}" + " ".join(_fmt(c, ".3f") for c in v["ctr_by_position"]))
     srm = report["srm"]
     if srm is not None:
         verdict = "MISMATCH: do not trust the differences" if srm["flag"] else "ok"

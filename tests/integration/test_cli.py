@@ -86,6 +86,8 @@ def test_demo_runs_the_whole_system_and_down_leaves_nothing_behind(
     assert "plays and completes" in out and "before" in out and "after" in out
     assert "the new answer was visible" in out and "not within" not in out, out[-3000:]
     assert "streamrec demo --down" in out
+    # The shipped experiment runs on the demo's server, and the demo says how to simulate users and report it.
+    assert "deploy/experiments.toml runs on this server" in out and "streamrec experiments report ranker" in out
     # Writes need a key: the demo made one (its own POSTs above used it), printed it and kept it for the user.
     key_file = settings.state_dir / "demo-api-key"
     key = key_file.read_text().strip()
