@@ -25,6 +25,7 @@ import pytest
 import redis.asyncio as aioredis
 from test_worker_dead_letters import per_test_settings, send_records
 
+from foundation.child_env import settings_env
 from foundation.redis_io import mget_any
 from foundation.settings import Settings
 from foundation.topics import ensure_topics_retrying
@@ -94,17 +95,6 @@ def log_with_retries() -> tuple[list[InteractionEvent], int]:
     return log, retries
 
 
-def _env(stack_env: dict[str, str], settings: Settings) -> dict[str, str]:
-    return {**stack_env, "STREAMREC_TOPIC_INTERACTIONS": settings.topic_interactions,
-            "STREAMREC_TOPIC_CATALOG": settings.topic_catalog,
-            "STREAMREC_TOPIC_ITEM_VECTORS": settings.topic_item_vectors,
-            "STREAMREC_TOPIC_ITEM_STATE": settings.topic_item_state,
-            "STREAMREC_TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
-            "STREAMREC_INTERACTIONS_PARTITIONS": str(settings.interactions_partitions),
-            "STREAMREC_CATALOG_PARTITIONS": str(settings.catalog_partitions),
-            "STREAMREC_LOG_LEVEL": "WARNING", "STREAMREC_ARTIFACTS": "/nonexistent-bundle"}
-
-
 def _spawn(env: dict[str, str], prefix: str, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
@@ -163,7 +153,9 @@ async def test_experiment_counts_exactly_once_through_a_sigkill(
     log, retries = log_with_retries()
     assert retries > 50
     await send_records(settings, settings.topic_interactions, [(e.user_id, encode(e)) for e in log])
-    env = _env(stack_env, settings)
+    # The worker's settings as variables (the bundle comes as no bundle: the effect needs none).
+    env = settings_env(settings.model_copy(update={"log_level": "WARNING", "artifacts": "/nonexistent-bundle"}),
+                       base=stack_env)
     log_path = tmp_path / "worker.log"
     proc = _spawn(env, prefix, log_path)
     try:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -36,6 +36,7 @@ from tools.simulate.stats import Tally, summarise
 from tools.simulate.truth import GroundTruth
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 _MAX_BACKOFF_S = 30.0
 
@@ -161,24 +162,29 @@ class Simulation:
             if self.progress is not None:
                 self.progress(1)
 
+    async def _call(self, tally: Tally, what: str, user: SimUser, call: Awaitable[T]) -> T | None:
+        """One API call within the concurrency bound; a failure is counted and logged, and gives ``None``."""
+        try:
+            async with self.gate:
+                return await call
+        except ApiError as error:
+            tally.failures[f"{what} {error.status}"] += 1
+            log.warning(f"simulate.{what}_failed", status=error.status, field=error.field, user=user.user_id)
+        except httpx.HTTPError as error:
+            tally.failures[f"{what} transport"] += 1
+            log.warning(f"simulate.{what}_failed", error=type(error).__name__, user=user.user_id)
+        return None
+
     async def _step(self, user: SimUser) -> tuple[bool, bool]:
         """One list: fetch, decide, post. Returns (anything played, the calls succeeded)."""
         truth, tally, clock = self.truth, self.tally, user.clock_ms
         context = {"device": user.device, "country": truth.country(user.index),
                    "local_hour": truth.local_hour(user.index, clock),
                    "session_id": f"sim-{self.run_id}-{user.user_id}-s{user.session}"}
-        try:
-            async with self.gate:
-                recs = await self.api.recommendations(
-                    user.user_id, k=self.config.k, now_ms=clock, device=context["device"],
-                    country=context["country"], hour=context["local_hour"])
-        except ApiError as error:
-            tally.failures[f"recommendations {error.status}"] += 1
-            log.warning("simulate.recommendations_failed", status=error.status, field=error.field, user=user.user_id)
-            return False, False
-        except httpx.HTTPError as error:
-            tally.failures["recommendations transport"] += 1
-            log.warning("simulate.recommendations_failed", error=type(error).__name__, user=user.user_id)
+        recs = await self._call(tally, "recommendations", user, self.api.recommendations(
+            user.user_id, k=self.config.k, now_ms=clock, device=context["device"], country=context["country"],
+            hour=context["local_hour"]))
+        if recs is None:
             return False, False
         tally.requests += 1
         tally.degraded += recs.degraded
@@ -207,16 +213,8 @@ class Simulation:
         if not step.events:
             return played, True
         await asyncio.sleep(self.config.react_s)
-        try:
-            async with self.gate:
-                accepted = await self.api.send_events(step.events)
-        except ApiError as error:
-            tally.failures[f"events {error.status}"] += 1
-            log.warning("simulate.events_failed", status=error.status, field=error.field, user=user.user_id)
-            return played, False
-        except httpx.HTTPError as error:
-            tally.failures["events transport"] += 1
-            log.warning("simulate.events_failed", error=type(error).__name__, user=user.user_id)
+        accepted = await self._call(tally, "events", user, self.api.send_events(step.events))
+        if accepted is None:
             return played, False
         tally.event_batches += 1
         tally.events_posted += accepted.accepted
