@@ -29,6 +29,10 @@ other processes of a shared machine.
 The homepage (``service.homepage()``, 8 rows of 10) is timed right after each list request of the same user and
 context, which is its floor: the same read, retrieval and ranking (``homepage_ratio_to_list``).
 
+A list request in an experiment (issue 15) is timed the same way (``experiment_ratio_to_list``): the user's
+assignment (the demo's one experiment), the service call in its control variant (the same answer as the plain list)
+and the exposure event the HTTP layer hands to the exposures' buffer; the send to Kafka is off the request path.
+
 Prints a table and one JSON line.
 """
 
@@ -51,6 +55,8 @@ import numpy as np
 from foundation.settings import Settings
 from models.bundle import open_bundle
 from models.config import TwoStageConfig
+from models.experiments.assignment import Assignment, assign
+from models.experiments.config import parse_config
 from models.features.hashing import hash_str
 from models.features.rows import RequestContext, feature_batch
 from models.features.state import EventBatch, ItemStates
@@ -70,6 +76,7 @@ from online_state.reads import RequestScopes, read_online_state
 from online_state.trending import WINDOWS, generation
 from online_state.user_vectors import pack_user_vector
 from schemas.decoder import interaction_decoder
+from serving.exposures import exposure_of
 from serving.options import ServingOptions
 from serving.service import RecommendationService
 from streams.effects import Batch, BatchInfo, Reads
@@ -199,6 +206,11 @@ async def _staged_cpu(service: RecommendationService, req: RecommendRequest) -> 
     return dict(zip(CPU_PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6), strict=True))
 
 
+# The demo's experiment (deploy/experiments.toml): the ranker against retrieval order.
+EXPERIMENT = parse_config({"version": 1, "experiments": [{"name": "ranker", "layer": "ranking", "variants": [
+    {"name": "control"}, {"name": "retrieval_order", "changes": {"ranker": False}}]}]})
+
+
 def _median_ms(xs: list[float]) -> float:
     return round(statistics.median(xs) * 1000, 3)
 
@@ -229,6 +241,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # The homepage (GET /v1/homepage): the same read, retrieval and ranking plus the rows; its floor is the
         # list request of the same user and context, timed right before it.
         page: dict[str, list[float]] = {"total": [], "rows": [], "cpu": []}
+        in_experiment: dict[str, list[float]] = {"wall": [], "cpu": []}
         for i in range(args.warmup):
             await service.recommend(RecommendRequest(users[i % len(users)], f"w{i}", k=20))
         done = 0
@@ -248,6 +261,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 page["total"].append(home["timings_ms"]["total"] / 1000)
                 page["rows"].append(home["timings_ms"]["rows"] / 1000)
                 degraded += bool(home["degraded"])
+                c0, t0 = time.thread_time(), time.perf_counter()
+                assign(EXPERIMENT, u, int(time.time() * 1000))
+                tagged = await service.recommend(req, [Assignment("ranker", "control")])
+                exposure_of(req, tagged, time.perf_counter() - t0, EXPERIMENT)
+                in_experiment["wall"].append(time.perf_counter() - t0)
+                in_experiment["cpu"].append(time.thread_time() - c0)
                 degraded += bool(r["degraded"])
                 for s in STAGES:
                     stage[s].append(r["timings_ms"][s] / 1000)
@@ -301,6 +320,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                 "cpu": _median_ms(page["cpu"])},
                 "homepage_ratio_to_list": {"wall": round(_median_ms(page["total"]) / med["total"], 2),
                                            "cpu": round(_median_ms(page["cpu"]) / cpu_ms["request"], 2)},
+                "experiment_ms": {"wall": _median_ms(in_experiment["wall"]), "cpu": _median_ms(in_experiment["cpu"])},
+                "experiment_ratio_to_list": {
+                    "wall": round(_median_ms(in_experiment["wall"]) / med["total"], 3),
+                    "cpu": round(_median_ms(in_experiment["cpu"]) / cpu_ms["request"], 3)},
                 "machine": platform.processor() or platform.machine()}
     finally:
         await service.close()
@@ -340,6 +363,9 @@ def main() -> None:
     home, ratio = out["homepage_ms"], out["homepage_ratio_to_list"]
     print(f"homepage (8 rows x 10): median {home['total']:.3f} ms wall (rows {home['rows']:.3f}), cpu {home['cpu']:.3f}"
           f" ms; x{ratio['wall']} wall and x{ratio['cpu']} cpu of the list request (k=20) for the same user")
+    exp, ratio = out["experiment_ms"], out["experiment_ratio_to_list"]
+    print(f"in an experiment (assignment + list + exposure): median {exp['wall']:.3f} ms wall, cpu {exp['cpu']:.3f} ms;"
+          f" x{ratio['wall']} wall and x{ratio['cpu']} cpu of the list request")
     print(json.dumps(out))
 
 
