@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,6 +45,7 @@ async def service() -> AsyncIterator[RecommendationService]:
     service = RecommendationService(Settings(), None, served, redis, options)  # type: ignore[arg-type]
     yield service
     await service.close()
+    gc.collect()  # the fake's unclosed pipelines go now, under this module's warning filter, not at exit
 
 
 def _ids(body: dict[str, Any]) -> list[str]:
@@ -108,3 +111,26 @@ async def test_frozen_state_ignores_the_online_vector_and_recent_titles(service:
     assert frozen.retrieved.user.vector is not None  # the bundle's vector of the user
     np.testing.assert_array_equal(frozen.retrieved.user.history_items, online.retrieved.user.history_items)
     assert dataclasses.replace(frozen.snapshot).recent == ()
+
+
+async def test_a_variant_on_another_bundle_serves_it_once_loaded(service: RecommendationService,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    other = tiny_model()
+    other.version = "v2"
+    loads: list[str | None] = []
+
+    def load(_root: object, version: str | None = None) -> Any:
+        loads.append(version)
+        return other
+
+    monkeypatch.setattr("serving.service.RecommenderModel.load", load)
+    req = RecommendRequest("u0", request_id="r4", k=5, now_ms=NOW)
+    variant = [Assignment("bundles", "v2", "ab", Changes(bundle="v2")), Assignment("ranker", "control")]
+    first = await service.recommend(req, variant)
+    # Not loaded yet: the default system answers, and only the experiments that ran are named (and exposed).
+    assert first["model_version"] == "v1" and first["experiments"] == [{"name": "ranker", "variant": "control"}]
+    await asyncio.gather(*service._loading.values())
+    second = await service.recommend(req, variant)
+    assert second["model_version"] == "v2" and [e["name"] for e in second["experiments"]] == ["bundles", "ranker"]
+    assert (await service.recommend(req))["model_version"] == "v1", "users outside the variant keep the default"
+    assert loads == ["v2"], "loaded once"
