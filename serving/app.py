@@ -459,6 +459,7 @@ def create_app(
     service_factory: ServiceFactory | None = None,
     publisher_factory: PublisherFactory | None = None,
     key_source: KeySource | None = None,
+    experiments_factory: Callable[[Settings], ExperimentsRegistry] | None = None,
 ) -> web.Application:
     """The app; nothing is opened until it starts (then the service, then the Kafka producer in the background)."""
     app = web.Application(middlewares=[_guard], client_max_size=settings.max_body_bytes)
@@ -497,8 +498,12 @@ def create_app(
         app[PUBLISHER] = publisher
         # Experiments: the shared document (its own small Redis client: short timeouts, never on a request's path)
         # and the exposures' buffer, sent through the events' producer.
-        redis = redis_client(settings, socket_connect_timeout=1.0, socket_timeout=1.0)
-        registry = ExperimentsRegistry(settings, redis, DEFAULT_KEYS)
+        redis = None
+        if experiments_factory is not None:
+            registry = experiments_factory(settings)
+        else:
+            redis = redis_client(settings, socket_connect_timeout=1.0, socket_timeout=1.0)
+            registry = ExperimentsRegistry(settings, redis, DEFAULT_KEYS)
         await registry.start()
         exposures = ExposureLog(publisher, settings.exposure_buffer, settings.exposure_flush_ms)
         exposures.start()
@@ -512,7 +517,8 @@ def create_app(
             await exposures.close()
             await publisher.close()
             await service.close()
-            await redis.aclose()
+            if redis is not None:
+                await redis.aclose()
             log.info("stopped serving")
 
     app.cleanup_ctx.append(api_keys)

@@ -42,9 +42,13 @@ CONFIG_VERSION = Gauge("streamrec_experiments_config_version", "Version of the e
 
 
 class ExperimentsRegistry:
-    def __init__(self, settings: Settings, redis: Any, keys: KeyLayout) -> None:
+    """``redis`` None: a fixed document (``config``), never re-read and never stored (tests, a server without
+    Redis); PUT then answers 503."""
+
+    def __init__(self, settings: Settings, redis: Any | None, keys: KeyLayout,
+                 config: ExperimentsConfig | None = None) -> None:
         self.settings, self.redis, self.keys = settings, redis, keys
-        self.config = ExperimentsConfig()
+        self.config = config or ExperimentsConfig()
         self._raw: bytes | None = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -52,6 +56,8 @@ class ExperimentsRegistry:
     async def start(self) -> None:
         """Store the operator's file when it is newer, read the shared document, refresh it in the background."""
         path = self.settings.experiments_file
+        if self.redis is None:
+            return
         if path is not None:
             try:
                 config = load_config(path)
@@ -67,6 +73,8 @@ class ExperimentsRegistry:
         self._task = asyncio.create_task(self._run(), name="experiments-refresh")
 
     async def refresh(self) -> bool:
+        if self.redis is None:
+            return True
         try:
             async with asyncio.timeout(max(1.0, self.settings.experiments_refresh_s)):
                 raw, config = await read_config(self.redis, self.keys)
@@ -85,6 +93,8 @@ class ExperimentsRegistry:
 
     async def put(self, config: ExperimentsConfig) -> tuple[bool, int]:
         """Store ``config`` if its version is newer than the stored one: (whether it was, the stored version)."""
+        if self.redis is None:
+            raise RuntimeError("this server has no store for the experiments document")
         written, stored = await store_if_newer(self.redis, self.keys, config)
         if written:
             await self.refresh()

@@ -66,3 +66,11 @@ def capture_logs(level: str = "DEBUG") -> Iterator[io.StringIO]:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
         structlog.configure(**saved_config)
+
+
+def no_experiments(settings: Any) -> Any:
+    """The app's experiments registry without Redis: no experiment (unit tests must not read a developer's stack)."""
+    from online_state.keys import DEFAULT_KEYS
+    from serving.experiments import ExperimentsRegistry
+
+    return ExperimentsRegistry(settings, None, DEFAULT_KEYS)

@@ -15,7 +15,7 @@ import jsonschema
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from serving_fakes import FakePublisher, FakeService, capture_logs
+from serving_fakes import FakePublisher, FakeService, capture_logs, no_experiments
 
 from foundation.settings import Settings
 from online_state.api_keys import (
@@ -203,7 +203,8 @@ async def make_app() -> AsyncIterator[Any]:
             return dict(source)
 
         app = create_app(Settings(_env_file=None, **overrides), service_factory=service_factory,
-                         publisher_factory=lambda settings: publisher, key_source=key_source)
+                         publisher_factory=lambda settings: publisher, key_source=key_source,
+                         experiments_factory=no_experiments)
         if clock is not None:
             app[RATE_LIMITER] = RateLimiter(app[RATE_LIMITER].rate, app[RATE_LIMITER].burst, clock=clock)
         client = TestClient(TestServer(app))

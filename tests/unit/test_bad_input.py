@@ -13,7 +13,7 @@ import jsonschema
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from serving_fakes import FakePublisher, FakeService
+from serving_fakes import FakePublisher, FakeService, no_experiments
 
 from foundation.dead_letters import decode_records
 from foundation.settings import Settings
@@ -166,7 +166,8 @@ async def client() -> AsyncIterator[TestClient]:
 
     publisher = FakePublisher()
     app = create_app(Settings(_env_file=None, api_key=OPERATOR_KEY), service_factory=service_factory,
-                     publisher_factory=lambda settings: publisher, key_source=_no_keys)
+                     publisher_factory=lambda settings: publisher, key_source=_no_keys,
+                     experiments_factory=no_experiments)
     test_client = TestClient(TestServer(app), headers={"X-API-Key": OPERATOR_KEY})  # writes need a key
     await test_client.start_server()
     yield test_client

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from serving_fakes import FakePublisher, FakeService, capture_logs
+from serving_fakes import FakePublisher, FakeService, capture_logs, no_experiments
 
 from foundation.settings import Settings
 from serving.app import create_app
@@ -34,7 +34,7 @@ async def port() -> AsyncIterator[int]:
 
     app = create_app(Settings(_env_file=None), service_factory=service_factory,
                      publisher_factory=lambda settings: FakePublisher(),  # type: ignore[arg-type,return-value]
-                     key_source=no_keys)
+                     key_source=no_keys, experiments_factory=no_experiments)
     runner = JsonErrorAppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

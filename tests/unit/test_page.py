@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from serving_fakes import FakePublisher, FakeService
+from serving_fakes import FakePublisher, FakeService, no_experiments
 
 from foundation.settings import Settings
 from online_state.api_keys import CATALOG_WRITE, EVENTS_WRITE, RECOMMENDATIONS_READ, KeyRecord, key_digest
@@ -72,7 +72,7 @@ async def make_client() -> AsyncIterator[Make]:
             return service
 
         app = create_app(settings, service_factory=factory, publisher_factory=lambda s: FakePublisher(),
-                         key_source=_keys)
+                         key_source=_keys, experiments_factory=no_experiments)
         if not any(r.resource is not None and r.resource.canonical == "/" for r in app.router.routes()):
             add_page_routes(app, settings, SERVICE, KEYS)  # until create_app adds the page itself
         client = TestClient(TestServer(app))

@@ -14,10 +14,11 @@ import jsonschema
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from serving_fakes import no_experiments
 
 from foundation.settings import Settings
 from models.recommend.pipeline import RecommendRequest
-from schemas.events import Event, ItemUpsert, Play
+from schemas.events import Event, Impression, ItemUpsert, Play
 from serving.app import create_app
 from serving.http_events import PublisherUnavailable, ValidEvent, decode_events
 from serving.openapi import openapi_document, response_schema
@@ -33,6 +34,7 @@ class StubService:
 
     def __init__(self) -> None:
         self.requests: list[Any] = []
+        self.assignments: list[list[Any]] = []
         self.fallbacks: list[str] = []
         self.fail: BaseException | None = None
         self.delay_s = 0.0
@@ -51,8 +53,12 @@ class StubService:
             raise self.fail
         items = [{"item_id": f"i{n}", "score": 1.0 / (n + 1), "sources": ["ann"], "reason": "because"}
                  for n in range(req.k)]
-        return {"user_id": req.user_id, "request_id": req.request_id, "model_version": "v-test", "items": items,
+        body = {"user_id": req.user_id, "request_id": req.request_id, "model_version": "v-test", "items": items,
                 "degraded": False, "timings_ms": {"candidates": 1.0, "total": 2.0}}
+        if assignments:  # as the real service: the experiments that ran, and (private) no interleaving teams
+            self.assignments.append(list(assignments))
+            body |= {"experiments": [{"name": a.experiment, "variant": a.variant} for a in assignments], "_teams": {}}
+        return body
 
     def fallback(self, req: Any, reason: str, seconds: float) -> dict[str, Any]:
         self.fallbacks.append(reason)
@@ -148,7 +154,7 @@ async def _no_keys() -> dict[str, Any]:  # the shared key table, empty (no Redis
 async def make_harness() -> AsyncIterator[Any]:
     clients: list[TestClient] = []
 
-    async def make(send_key: bool = True, **overrides: Any) -> Harness:
+    async def make(send_key: bool = True, experiments: Any = None, **overrides: Any) -> Harness:
         service, publisher = StubService(), StubPublisher()
         settings = _settings(**overrides)
 
@@ -156,7 +162,7 @@ async def make_harness() -> AsyncIterator[Any]:
             return service
 
         app = create_app(settings, service_factory=service_factory, publisher_factory=lambda settings: publisher,
-                         key_source=_no_keys)
+                         key_source=_no_keys, experiments_factory=experiments or no_experiments)
         client = TestClient(TestServer(app), headers={"X-API-Key": settings.api_key_value()} if send_key else None)
         await client.start_server()
         clients.append(client)
@@ -463,7 +469,7 @@ async def test_a_client_hanging_up_mid_body_is_not_an_unhandled_error() -> None:
         return StubService()
 
     app = create_app(_settings(), service_factory=service_factory, publisher_factory=lambda settings: publisher,
-                     key_source=_no_keys)
+                     key_source=_no_keys, experiments_factory=no_experiments)
     # As `streamrec serve` runs it (web.run_app): a client's hang-up does not cancel the handler, whose body read
     # fails instead (aiohttp's TestServer cancels handlers, which would skip the path under test).
     runner = web.AppRunner(app, handler_cancellation=False, access_log=None)
@@ -495,3 +501,32 @@ async def test_a_client_hanging_up_mid_body_is_not_an_unhandled_error() -> None:
 
 def _histogram_count(child: Any) -> float:
     return sum(bucket.get() for bucket in child._buckets)
+
+
+async def test_an_answer_in_an_experiment_names_it_and_its_exposure_reaches_the_publisher(make_harness: Any) -> None:
+    from models.experiments.config import parse_config
+    from online_state.keys import DEFAULT_KEYS
+    from serving.experiments import ExperimentsRegistry
+
+    config = parse_config({"version": 1, "experiments": [{"name": "ranker", "variants": [
+        {"name": "control"}, {"name": "retrieval_order", "changes": {"ranker": False}}]}]})
+    h = await make_harness(experiments=lambda s: ExperimentsRegistry(s, None, DEFAULT_KEYS, config),
+                           exposure_flush_ms=10)
+    body = await h.call("GET", "/v1/recommendations/u1?k=3&now=1800000000000&device=tv", REC, expect=200)
+    assert body["experiments"] in ([{"name": "ranker", "variant": v}] for v in ("control", "retrieval_order"))
+    assert "_teams" not in body and len(h.service.assignments) == 1
+    for _ in range(100):  # the exposure leaves the buffer in the background (every 10 ms)
+        if h.publisher.published:
+            break
+        await asyncio.sleep(0.01)
+    (exposure,) = h.publisher.published
+    assert isinstance(exposure, Impression) and exposure.user_id == "u1" and exposure.request_id == body["request_id"]
+    assert exposure.item_ids == ["i0", "i1", "i2"] and exposure.ts == 1_800_000_000_000
+    assert exposure.experiments is not None and exposure.experiments[0].variant == body["experiments"][0]["variant"]
+    assert exposure.context is not None and exposure.context.device == "tv"
+    # The document is readable (admin: the operator key has every scope); a PUT has no store here: 503.
+    doc = await h.call("GET", "/v1/experiments", "/v1/experiments", expect=200)
+    assert doc["experiments"][0]["name"] == "ranker"
+    refused = await h.call("PUT", "/v1/experiments", "/v1/experiments", expect=503,
+                           data=b'{"version": 2, "experiments": []}')
+    assert refused["error"]["field"] == "redis"
