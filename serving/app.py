@@ -396,8 +396,8 @@ async def put_experiments(request: web.Request) -> web.Response:
         return _error(400, "body", TOO_DEEP, request_id)
     try:
         config = parse_config(raw)
-    except ConfigError as exc:
-        return _error(400, exc.field, exc.message, request_id)
+    except ConfigError as exc:  # 400: not a document of the schema; 422: a rule across its fields is broken
+        return _error(422 if exc.rule else 400, exc.field, exc.message, request_id)
     registry = request.app[EXPERIMENTS]
     try:
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_s * 4):

@@ -427,7 +427,11 @@ def _paths() -> dict[str, Any]:
                                 "content": {"application/json": {"schema": _ref("ExperimentsConfig")}}},
                 "responses": {
                     "200": _json(_ref("ExperimentsConfig"), "Stored; the document now followed."),
-                    "400": _json(_ref("Error"), "Invalid: `error.field` names the part (`experiments[0].traffic`)."),
+                    "400": _json(_ref("Error"), "Not a document of this schema: `error.field` names the part "
+                                 "(`experiments[0].traffic`)."),
+                    "422": _json(_ref("Error"), "A document of this schema that breaks a rule across its fields "
+                                 "(a name used twice, a layer's traffic over 1, stop not after start, an interleaving "
+                                 "without exactly two variants); `error.field` names the part."),
                     "401": _AUTH_401,
                     "403": _json(_ref("Error"), "The key lacks the `admin` scope."),
                     "409": _json(_ref("Conflict"), "The stored document's version is as high or higher; send a "

@@ -64,13 +64,28 @@ def test_holdout_users_get_no_experiment_and_are_tagged() -> None:
     assert all(g[0].variant == "exposed" and len(g) == 3 for g in got if g[0].variant != "holdout")
 
 
-def test_start_and_stop_bound_an_experiment() -> None:
-    config = parse_config({"version": 1, "experiments": [{"name": "e", "start": "2026-01-01T00:00:00Z",
-                                                           "stop": 1_800_000_000_000, "variants": [{"name": "a"}]}]})
-    start = 1_767_225_600_000
+def test_start_and_stop_bound_an_experiment(tmp_path: Path) -> None:
+    start = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    config = parse_config({"version": 1, "experiments": [{"name": "e", "start": start, "stop": 1_800_000_000_000,
+                                                           "variants": [{"name": "a"}]}]})
     assert assign(config, "u1", start - 1) == []
     assert [a.experiment for a in assign(config, "u1", start)] == ["e"]
     assert assign(config, "u1", 1_800_000_000_000) == []
+    # A TOML file may write its own datetimes (one without a zone is UTC); the document holds epoch ms.
+    path = tmp_path / "e.toml"
+    path.write_text('version = 1\n[[experiments]]\nname = "e"\nstart = 2026-01-01T00:00:00Z\n'
+                    'stop = 2027-01-01T00:00:00\n[[experiments.variants]]\nname = "a"\n')
+    loaded = load_config(path)
+    assert (loaded.experiments[0].start, loaded.experiments[0].stop) == (start, 1_798_761_600_000)
+
+
+def test_the_budgetable_sources_are_the_candidate_sources() -> None:
+    from typing import get_args
+
+    from models.candidates import CandidateConfig
+    from models.experiments.config import Source
+
+    assert set(get_args(Source)) == set(CandidateConfig().budgets())
 
 
 def test_changes_merge_across_layers() -> None:
@@ -83,25 +98,30 @@ def test_changes_merge_across_layers() -> None:
         assert (merged.diversity == 0.3) == (variants["diversity"] == "diverse")
 
 
-@pytest.mark.parametrize(("doc", "field"), [
-    ({"experiments": [{"name": "a", "variants": []}]}, "experiments[0].variants"),
-    ({"experiments": [{"name": "a", "traffic": 1.5, "variants": [{"name": "x"}]}]}, "experiments[0].traffic"),
+@pytest.mark.parametrize(("doc", "field", "rule"), [
+    ({"experiments": [{"name": "a", "variants": []}]}, "experiments[0].variants", False),
+    ({"experiments": [{"name": "a", "traffic": 1.5, "variants": [{"name": "x"}]}]}, "experiments[0].traffic", False),
     ({"experiments": [{"name": "a", "variants": [{"name": "x", "changes": {"rankr": False}}]}]},
-     "experiments[0].variants[0].changes"),
+     "experiments[0].variants[0].changes", False),
     ({"experiments": [{"name": "a", "variants": [{"name": "x", "changes": {"candidates": {"annn": 3}}}]}]},
-     "experiments[0].variants[0].changes.candidates"),
-    ({"experiments": [{"name": "a", "kind": "interleave", "variants": [{"name": "x"}]}]}, "experiments[0].variants"),
+     "experiments[0].variants[0].changes.candidates", False),
+    ({"experiments": [{"name": "a", "start": "yesterday", "variants": [{"name": "x"}]}]}, "experiments[0].start",
+     False),
+    ({"experiments": [{"name": "a", "kind": "interleave", "variants": [{"name": "x"}]}]}, "experiments[0].variants",
+     True),
     ({"experiments": [{"name": "a", "variants": [{"name": "x"}]}, {"name": "a", "variants": [{"name": "x"}]}]},
-     "experiments[1].name"),
+     "experiments[1].name", True),
     ({"experiments": [{"name": "a", "layer": "L", "traffic": 0.6, "variants": [{"name": "x"}]},
                       {"name": "b", "layer": "L", "traffic": 0.6, "variants": [{"name": "x"}]}]},
-     "experiments[1].traffic"),
-    ({"experiments": [{"name": "a", "start": "yesterday", "variants": [{"name": "x"}]}]}, "experiments[0].start"),
+     "experiments[1].traffic", True),
+    ({"experiments": [{"name": "a", "start": 2000, "stop": 1000, "variants": [{"name": "x"}]}]},
+     "experiments[0].stop", True),
 ])
-def test_an_invalid_document_names_the_field(doc: dict[str, object], field: str) -> None:
+def test_an_invalid_document_names_the_field(doc: dict[str, object], field: str, rule: bool) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(doc)
-    assert err.value.field == field, err.value
+    assert err.value.field.startswith(field), err.value  # a dict key's error may name the key too
+    assert err.value.rule is rule, "a broken rule across fields is the API's 422, a malformed document its 400"
 
 
 def test_the_shipped_experiments_file_is_valid() -> None:
