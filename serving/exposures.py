@@ -8,6 +8,7 @@ logging is broken, as in the field.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from models.experiments.assignment import bucket
@@ -41,12 +42,6 @@ def exposure_of(req: RecommendRequest, body: dict[str, Any], seconds: float,
     context = None
     if req.device is not None or req.country is not None or req.hour is not None:
         context = Context(device=req.device, country=req.country, local_hour=req.hour)  # type: ignore[arg-type]
-    now = req.now_ms if req.now_ms is not None else None
-    return exposure_event(req.user_id, req.request_id or "unknown", now if now is not None else _wall_ms(),
-                          [i["item_id"] for i in items], tags, seconds * 1000, bool(body.get("degraded")), context)
-
-
-def _wall_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)
+    now = req.now_ms if req.now_ms is not None else int(time.time() * 1000)  # the request's clock, as assigned
+    return exposure_event(req.user_id, req.request_id or "unknown", now, [i["item_id"] for i in items], tags,
+                          seconds * 1000, bool(body.get("degraded")), context)
